@@ -1,0 +1,52 @@
+"""Paillier encryption for fedsk: phe's keys, vectorised gmpy2 arithmetic, packing.
+
+The only package in fedsk that imports ``phe`` or ``gmpy2``.
+
+>>> from fedsk.crypto import generate_keypair, encrypt, decrypt
+>>> pub, priv = generate_keypair(1024)
+>>> a = encrypt(pub, [0.5, -1.25, 3.0])
+>>> b = encrypt(priv, [1.0, 1.0, 1.0])          # key owner: CRT fast path
+>>> decrypt(priv, a + b).tolist()
+[1.5, -0.25, 4.0]
+>>> decrypt(priv, a.dot([[1.0, 0.0], [2.0, 1.0], [0.0, 1.0]])).tolist()
+[-2.0, 1.75]
+"""
+
+from ._array import (
+    EncryptedArray,
+    decrypt,
+    decrypt_integers,
+    decrypt_raw,
+    encrypt,
+    encrypt_integers,
+)
+from ._encoding import BASE, DEFAULT_EXPONENT
+from ._keys import (
+    DEFAULT_KEY_LENGTH,
+    MIN_KEY_LENGTH,
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    generate_keypair,
+    security_bits,
+    short_exponent_bits,
+)
+from ._packing import RecordLayout
+
+__all__ = [
+    "BASE",
+    "DEFAULT_EXPONENT",
+    "DEFAULT_KEY_LENGTH",
+    "MIN_KEY_LENGTH",
+    "EncryptedArray",
+    "PaillierPrivateKey",
+    "PaillierPublicKey",
+    "RecordLayout",
+    "decrypt",
+    "decrypt_integers",
+    "decrypt_raw",
+    "encrypt",
+    "encrypt_integers",
+    "generate_keypair",
+    "security_bits",
+    "short_exponent_bits",
+]

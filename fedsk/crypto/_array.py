@@ -1,0 +1,431 @@
+"""EncryptedArray: a vector of raw gmpy2 ciphertexts sharing one exponent.
+
+Every operation here works on the raw integers (never on phe objects) and splits large
+work over ``n_jobs`` workers of joblib's configured backend.
+"""
+
+import gmpy2
+import numpy as np
+
+from . import _kernels as K
+from ._encoding import DEFAULT_EXPONENT, decode, encode, to_signed
+from ._keys import PaillierPrivateKey
+from ._parallel import parallel_chunks
+
+__all__ = ["EncryptedArray", "decrypt", "decrypt_integers", "encrypt", "encrypt_integers"]
+
+
+def _concat(parts):
+    out = []
+    for p in parts:
+        out.extend(p)
+    return out
+
+
+def _public_key(key):
+    return key.public_key if isinstance(key, PaillierPrivateKey) else key
+
+
+def encrypt_integers(key, ints, *, exponent=0, n_jobs=None):
+    """Encrypt Python/numpy integers as they are (already fixed-point at ``exponent``).
+
+    With a :class:`PaillierPrivateKey` the CRT shortcut is used; with a public key, the
+    public path.
+    """
+    pub = _public_key(key)
+    n = pub.n
+    plains = [gmpy2.mpz(int(m)) % n for m in ints]
+    if isinstance(key, PaillierPrivateKey):
+        ops = pub.alpha_bits // 4 if pub.obfuscation == "fast" else pub.key_length
+        prefer = None if pub.obfuscation == "fast" else "threads"
+        crt, obf, bits = key._crt_enc(), pub.obfuscation, pub.alpha_bits
+        parts = parallel_chunks(
+            K.owner_encrypt,
+            len(plains),
+            lambda a, b: (plains[a:b], crt, obf, bits),
+            n_jobs=n_jobs,
+            ops_per_item=ops,
+            prefer=prefer,
+        )
+    else:
+        ops = pub.alpha_bits // 8 if pub.obfuscation == "fast" else 3 * pub.key_length
+        args = pub._public_args()
+        parts = parallel_chunks(
+            K.public_encrypt,
+            len(plains),
+            lambda a, b: (plains[a:b], *args),
+            n_jobs=n_jobs,
+            ops_per_item=ops,
+        )
+    return EncryptedArray(pub, _concat(parts), exponent)
+
+
+def encrypt(key, values, *, exponent=None, n_jobs=None):
+    """Encrypt a 1-d array of numbers at one shared fixed-point exponent.
+
+    Parameters
+    ----------
+    key : PaillierPublicKey or PaillierPrivateKey
+        The private key enables the faster CRT path (key owner only).
+    values : array-like of shape (n,)
+    exponent : int, default=None
+        Base-16 exponent shared by the array; ``None`` means 0 for integer arrays and
+        -13 (2**-52 precision) for floats.
+    n_jobs : int, default=None
+        Workers of joblib's active backend.
+    """
+    values = np.asarray(values)
+    if exponent is None:
+        exponent = 0 if values.dtype.kind in "iub" else DEFAULT_EXPONENT
+    pub = _public_key(key)
+    ints = encode(values, exponent, pub.max_int)
+    return encrypt_integers(key, ints, exponent=exponent, n_jobs=n_jobs)
+
+
+def decrypt_integers(private_key, enc, *, n_jobs=None):
+    """Decrypt to signed Python ints (the fixed-point integers, exponent not applied)."""
+    _check_same_key(private_key.public_key, enc)
+    crt = private_key._crt_dec()
+    cts = enc.ciphertexts
+    parts = parallel_chunks(
+        K.owner_decrypt,
+        len(cts),
+        lambda a, b: (cts[a:b], crt),
+        n_jobs=n_jobs,
+        ops_per_item=enc.public_key.key_length // 2,
+        prefer="threads",
+    )
+    pub = private_key.public_key
+    return to_signed(_concat(parts), pub.n, pub.max_int)
+
+
+def decrypt_raw(private_key, enc, *, n_jobs=None):
+    """Decrypt to non-negative ints in [0, n) (for packed plaintexts)."""
+    _check_same_key(private_key.public_key, enc)
+    crt = private_key._crt_dec()
+    cts = enc.ciphertexts
+    parts = parallel_chunks(
+        K.owner_decrypt,
+        len(cts),
+        lambda a, b: (cts[a:b], crt),
+        n_jobs=n_jobs,
+        ops_per_item=enc.public_key.key_length // 2,
+        prefer="threads",
+    )
+    return [int(m) for m in _concat(parts)]
+
+
+def decrypt(private_key, enc, *, n_jobs=None):
+    """Decrypt an :class:`EncryptedArray` to a float64 array."""
+    return decode(decrypt_integers(private_key, enc, n_jobs=n_jobs), enc.exponent)
+
+
+def _check_same_key(pub, enc):
+    if enc.public_key != pub:
+        raise ValueError(f"this array is encrypted under {enc.public_key!r}, not under {pub!r}")
+
+
+class EncryptedArray:
+    """A 1-d array of Paillier ciphertexts (raw ``gmpy2.mpz``) at one exponent.
+
+    Parameters
+    ----------
+    public_key : PaillierPublicKey
+    ciphertexts : list of gmpy2.mpz
+    exponent : int, default=0
+        Base-16 fixed-point exponent shared by every element.
+
+    Notes
+    -----
+    Results of ``+``, ``-``, ``*``, :meth:`sum_by_group`, :meth:`histogram` and
+    :meth:`dot` carry randomness that the key owner could relate to the inputs'
+    randomness. Call :meth:`rerandomise` before such a result leaves the process.
+    """
+
+    __slots__ = ("ciphertexts", "exponent", "public_key")
+
+    def __init__(self, public_key, ciphertexts, exponent=0):
+        self.public_key = public_key
+        self.ciphertexts = list(ciphertexts)
+        self.exponent = int(exponent)
+
+    def __len__(self):
+        return len(self.ciphertexts)
+
+    def __repr__(self):
+        return (
+            f"EncryptedArray(len={len(self)}, exponent={self.exponent}, "
+            f"key={self.public_key.fingerprint})"
+        )
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._like(self.ciphertexts[index])
+        if isinstance(index, (int, np.integer)):
+            return self._like([self.ciphertexts[index]])
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        cts = self.ciphertexts
+        return self._like([cts[i] for i in index.tolist()])
+
+    def _like(self, cts, exponent=None):
+        return EncryptedArray(self.public_key, cts, self.exponent if exponent is None else exponent)
+
+    @classmethod
+    def concat(cls, arrays):
+        """Concatenate arrays under the same key and exponent."""
+        arrays = list(arrays)
+        first = arrays[0]
+        for a in arrays[1:]:
+            first._check_compatible(a)
+        return first._like(_concat(a.ciphertexts for a in arrays))
+
+    def _check_compatible(self, other):
+        if other.public_key != self.public_key:
+            raise ValueError("cannot combine arrays encrypted under different keys")
+        if other.exponent != self.exponent:
+            raise ValueError(
+                f"exponents differ ({self.exponent} vs {other.exponent}): encrypt both "
+                "arrays at the same exponent"
+            )
+
+    def _mod(self):
+        return self.public_key.nsquare
+
+    # arithmetic ------------------------------------------------------------------------
+    def add(self, other, *, n_jobs=None):
+        """Elementwise sum with another EncryptedArray or with plaintext numbers."""
+        pub, nsq = self.public_key, self._mod()
+        cts = self.ciphertexts
+        if isinstance(other, EncryptedArray):
+            self._check_compatible(other)
+            if len(other) != len(self):
+                raise ValueError(f"length mismatch: {len(self)} vs {len(other)}")
+            ots = other.ciphertexts
+            parts = parallel_chunks(
+                K.mulmod_pairs, len(cts), lambda a, b: (cts[a:b], ots[a:b], nsq), n_jobs=n_jobs
+            )
+            return self._like(_concat(parts))
+        plain = np.broadcast_to(np.asarray(other), (len(self),))
+        ints = encode(plain, self.exponent, pub.max_int)
+        parts = parallel_chunks(
+            K.add_plaintexts,
+            len(cts),
+            lambda a, b: (cts[a:b], ints[a:b], pub.n, nsq),
+            n_jobs=n_jobs,
+        )
+        return self._like(_concat(parts))
+
+    def subtract(self, other, *, n_jobs=None):
+        """Elementwise difference ``self - other`` (other encrypted or plaintext)."""
+        nsq = self._mod()
+        if not isinstance(other, EncryptedArray):
+            return self.add(-np.asarray(other), n_jobs=n_jobs)
+        self._check_compatible(other)
+        if len(other) != len(self):
+            raise ValueError(f"length mismatch: {len(self)} vs {len(other)}")
+        cts, ots = self.ciphertexts, other.ciphertexts
+
+        def args(a, b):
+            return (cts[a:b], ots[a:b], nsq)
+
+        parts = parallel_chunks(_sub_chunk, len(cts), args, n_jobs=n_jobs, ops_per_item=4)
+        return self._like(_concat(parts))
+
+    __add__ = add
+    __radd__ = add
+    __sub__ = subtract
+
+    def multiply(self, scalars, *, exponent=None, n_jobs=None):
+        """Multiply by plaintext scalar(s); the result's exponent adds ``exponent``.
+
+        Integer scalars keep the array's exponent (``exponent=0``); float scalars are
+        encoded at ``exponent`` (default -13).
+        """
+        pub, nsq = self.public_key, self._mod()
+        scalars = np.broadcast_to(np.asarray(scalars), (len(self),))
+        if exponent is None:
+            exponent = 0 if scalars.dtype.kind in "iub" else DEFAULT_EXPONENT
+        ks = encode(scalars, exponent, pub.max_int)
+        cts = self.ciphertexts
+        bits = max((abs(k).bit_length() for k in ks), default=1)
+        parts = parallel_chunks(
+            K.powmod_scalars,
+            len(cts),
+            lambda a, b: (cts[a:b], ks[a:b], nsq),
+            n_jobs=n_jobs,
+            ops_per_item=bits,
+        )
+        return self._like(_concat(parts), self.exponent + exponent)
+
+    __mul__ = multiply
+    __rmul__ = multiply
+
+    def sum(self):
+        """Encrypted sum of all elements (a 1-element array)."""
+        return self._like([K.product(self.ciphertexts, self._mod())])
+
+    def sum_by_group(self, groups, n_groups, *, n_jobs=None):
+        """Sum elements into ``n_groups`` buckets given an integer bucket per element.
+
+        Empty buckets hold the trivial encryption of 0 (ciphertext 1).
+        """
+        groups = np.asarray(groups)
+        if groups.shape != (len(self),):
+            raise ValueError(f"groups must have shape ({len(self)},), got {groups.shape}")
+        if len(groups) and (groups.min() < 0 or groups.max() >= n_groups):
+            raise ValueError(f"groups must lie in [0, {n_groups})")
+        return self.histogram(groups.reshape(-1, 1), n_groups, n_jobs=n_jobs)
+
+    def histogram(self, bins, n_bins, *, n_jobs=None):
+        """Bucket sums of several features: ``bins`` of shape (n, n_features).
+
+        Returns an array of ``n_features * n_bins`` sums, feature-major.
+        """
+        bins = np.asarray(bins)
+        if bins.ndim != 2 or bins.shape[0] != len(self):
+            raise ValueError(f"bins must have shape ({len(self)}, n_features)")
+        if bins.size and (bins.min() < 0 or bins.max() >= n_bins):
+            raise ValueError(f"bin indices must lie in [0, {n_bins})")
+        cts, nsq = self.ciphertexts, self._mod()
+        parts = parallel_chunks(
+            K.histogram_products,
+            bins.shape[1],
+            lambda a, b: (cts, bins[:, a:b], n_bins, nsq),
+            n_jobs=n_jobs,
+            ops_per_item=max(len(cts), 1),
+        )
+        return self._like(_concat(parts))
+
+    def dot(self, X, *, exponent=None, n_jobs=None):
+        """``X.T @ self`` for a plaintext matrix X of shape (n,) or (n, m).
+
+        Uses Pippenger's bucket multi-exponentiation per column instead of one modular
+        exponentiation per element. Float X is encoded at ``exponent`` (default -6,
+        i.e. 24 fractional bits); the result's exponent is the sum of both.
+        """
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(-1, 1)
+        if X.ndim != 2 or X.shape[0] != len(self):
+            raise ValueError(f"X must have {len(self)} rows, got shape {X.shape}")
+        if exponent is None:
+            exponent = 0 if X.dtype.kind in "iub" else -6
+        scalars = self._encode_matrix(X, exponent)
+        cts, nsq = self.ciphertexts, self._mod()
+        parts = parallel_chunks(
+            K.multiexp_columns,
+            scalars.shape[1],
+            lambda a, b: (cts, scalars[:, a:b], nsq),
+            n_jobs=n_jobs,
+            ops_per_item=max(len(cts), 1) * 8,
+        )
+        return self._like(_concat(parts), self.exponent + exponent)
+
+    @staticmethod
+    def _encode_matrix(X, exponent):
+        if X.dtype.kind in "iub":
+            ints = X.astype(np.int64) << (-4 * exponent) if exponent < 0 else X.astype(np.int64)
+        else:
+            X = np.asarray(X, dtype=np.float64)
+            if not np.isfinite(X).all():
+                raise ValueError("X contains NaN or infinite values")
+            scaled = np.rint(np.ldexp(X, -4 * exponent))
+            if np.abs(scaled).max(initial=0) >= 2.0**62:
+                raise ValueError("X is too large for this fixed-point exponent")
+            ints = scaled.astype(np.int64)
+        return np.ascontiguousarray(ints)
+
+    def rerandomise(self, *, n_jobs=None):
+        """Multiply every element by a fresh encryption of zero.
+
+        Do this before an array computed from a peer's ciphertexts leaves the process.
+        """
+        pub = self.public_key
+        args = pub._public_args()
+        cts = self.ciphertexts
+        ops = pub.alpha_bits // 8 if pub.obfuscation == "fast" else 3 * pub.key_length
+        parts = parallel_chunks(
+            K.rerandomise,
+            len(cts),
+            lambda a, b: (cts[a:b], *args),
+            n_jobs=n_jobs,
+            ops_per_item=ops,
+        )
+        return self._like(_concat(parts))
+
+    def pack(self, records_per_ciphertext, record_bits, *, n_jobs=None):
+        """Pack consecutive elements into fewer ciphertexts by shifting plaintexts.
+
+        Element ``j`` of each group of ``records_per_ciphertext`` lands ``record_bits``
+        bits above element ``j + 1``. Only valid when every plaintext is a
+        non-negative integer below ``2**record_bits`` (see :mod:`fedsk.crypto._packing`).
+        """
+        k = int(records_per_ciphertext)
+        if k < 1:
+            raise ValueError("records_per_ciphertext must be >= 1")
+        if k * record_bits >= self.public_key.key_length:
+            raise ValueError("packed plaintext would not fit below n")
+        cts = self.ciphertexts
+        groups = [cts[i : i + k] for i in range(0, len(cts), k)]
+        nsq = self._mod()
+        parts = parallel_chunks(
+            K.horner_pack,
+            len(groups),
+            lambda a, b: (groups[a:b], record_bits, nsq),
+            n_jobs=n_jobs,
+            ops_per_item=k * record_bits,
+        )
+        return self._like(_concat(parts), 0)
+
+    # interop ---------------------------------------------------------------------------
+    def to_phe(self):
+        """The same values as a list of :class:`phe.paillier.EncryptedNumber`."""
+        from phe import paillier
+
+        pk = self.public_key.to_phe()
+        return [paillier.EncryptedNumber(pk, int(c), self.exponent) for c in self.ciphertexts]
+
+    @classmethod
+    def from_phe(cls, public_key, numbers):
+        """Build from phe EncryptedNumbers (all must share one exponent)."""
+        numbers = list(numbers)
+        exps = {x.exponent for x in numbers}
+        if len(exps) > 1:
+            raise ValueError(f"phe numbers have several exponents {sorted(exps)}")
+        exp = exps.pop() if exps else 0
+        return cls(public_key, [gmpy2.mpz(x.ciphertext(be_secure=False)) for x in numbers], exp)
+
+    def to_bytes(self):
+        """Fixed-width big-endian ciphertexts as a uint8 array of shape (len, width)."""
+        width = self.public_key.ciphertext_bytes
+        buf = b"".join(int(c).to_bytes(width, "big") for c in self.ciphertexts)
+        return np.frombuffer(buf, dtype=np.uint8).reshape(len(self), width).copy()
+
+    @classmethod
+    def from_bytes(cls, public_key, data, exponent=0):
+        """Inverse of :meth:`to_bytes`; checks shape and ``0 < c < n**2`` for every row.
+
+        Raises ``ValueError`` naming the first bad row.
+        """
+        data = np.asarray(data)
+        width = public_key.ciphertext_bytes
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != width:
+            raise ValueError(
+                f"ciphertexts must be a uint8 array of shape (k, {width}) for this key, "
+                f"got {data.dtype} {data.shape}"
+            )
+        nsq = public_key.nsquare
+        raw = data.tobytes()
+        cts = []
+        for i in range(data.shape[0]):
+            c = gmpy2.mpz(int.from_bytes(raw[i * width : (i + 1) * width], "big"))
+            if not 0 < c < nsq:
+                raise ValueError(f"ciphertext {i} is out of range (must be 0 < c < n**2)")
+            cts.append(c)
+        return cls(public_key, cts, exponent)
+
+
+def _sub_chunk(cts, ots, mod):
+    return K.mulmod_pairs(cts, K.batch_invert(ots, mod), mod)

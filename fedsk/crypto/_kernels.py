@@ -1,0 +1,313 @@
+"""Raw gmpy2 kernels: the hot loops of every protocol.
+
+Each function works on plain lists of ``gmpy2.mpz`` and Python ints, is defined at
+module level (so joblib can ship it to a worker process) and returns plain lists.
+Nothing here knows about keys, exponents or protocols.
+"""
+
+import math
+import secrets
+
+import gmpy2
+import numpy as np
+
+mpz = gmpy2.mpz
+powmod = gmpy2.powmod
+
+
+# -- elementwise ---------------------------------------------------------------------
+
+
+def mulmod_pairs(xs, ys, mod):
+    """``[x * y % mod]`` elementwise."""
+    return [x * y % mod for x, y in zip(xs, ys)]
+
+
+def add_plaintexts(cts, plains, n, nsquare):
+    """Add plaintext integers to ciphertexts: ``c * (1 + m n) mod n**2`` (g = n + 1)."""
+    return [c * ((1 + (m % n) * n) % nsquare) % nsquare for c, m in zip(cts, plains)]
+
+
+def batch_invert(xs, mod):
+    """Modular inverses of ``xs`` with one inversion (Montgomery's trick)."""
+    if not xs:
+        return []
+    prefix = [xs[0]]
+    for x in xs[1:]:
+        prefix.append(prefix[-1] * x % mod)
+    inv = gmpy2.invert(prefix[-1], mod)
+    out = [None] * len(xs)
+    for i in range(len(xs) - 1, 0, -1):
+        out[i] = inv * prefix[i - 1] % mod
+        inv = inv * xs[i] % mod
+    out[0] = inv
+    return out
+
+
+def powmod_scalars(cts, scalars, mod):
+    """``c ** k mod mod`` elementwise; negative ``k`` use the inverse (gmpy2 semantics)."""
+    return [powmod(c, k, mod) for c, k in zip(cts, scalars)]
+
+
+def product(cts, mod):
+    """Product of all ``cts`` modulo ``mod`` (1 for an empty list)."""
+    acc = mpz(1)
+    for c in cts:
+        acc = acc * c % mod
+    return acc
+
+
+# -- bucket sums (the histogram primitive) -----------------------------------------------
+
+
+def bucket_products(cts, groups, n_groups, mod):
+    """Multiply ``cts[i]`` into bucket ``groups[i]``; empty buckets hold 1.
+
+    ``groups`` is an integer numpy array with values in ``[0, n_groups)``.
+    """
+    buckets = [None] * n_groups
+    for c, g in zip(cts, groups.tolist()):
+        b = buckets[g]
+        buckets[g] = c if b is None else b * c % mod
+    one = mpz(1)
+    return [one if b is None else b for b in buckets]
+
+
+def histogram_products(cts, bins, n_bins, mod):
+    """Encrypted histograms of several features at once.
+
+    ``bins`` has shape (n_samples, n_features) with values in ``[0, n_bins)``. Returns
+    a flat list of length ``n_features * n_bins``, feature-major.
+    """
+    out = []
+    for j in range(bins.shape[1]):
+        out.extend(bucket_products(cts, bins[:, j], n_bins, mod))
+    return out
+
+
+# -- multi-exponentiation: X^T [[d]] ----------------------------------------------------
+
+
+def _pippenger_window(n_terms, bits):
+    """Window width minimising Pippenger's cost for ``n_terms`` scalars of ``bits`` bits."""
+    best, best_c = None, 1
+    for c in range(1, 17):
+        cost = math.ceil(bits / c) * (n_terms + 2 ** (c + 1)) + bits
+        if best is None or cost < best:
+            best, best_c = cost, c
+    return best_c
+
+
+def _multiexp_nonneg(bases, scalars, mod):
+    """``prod bases[i] ** scalars[i] mod mod`` for non-negative int64 ``scalars``.
+
+    Pippenger's bucket method: per window of c bits, multiply every base into the bucket
+    of its digit, then combine the buckets with a running product (2 * 2**c mults).
+    """
+    keep = scalars != 0
+    if not keep.any():
+        return mpz(1)
+    if not keep.all():
+        bases = [b for b, k in zip(bases, keep.tolist()) if k]
+        scalars = scalars[keep]
+    bits = int(scalars.max()).bit_length()
+    c = _pippenger_window(len(bases), bits)
+    mask = (1 << c) - 1
+    result = None
+    for w in range(math.ceil(bits / c) - 1, -1, -1):
+        if result is not None:
+            result = powmod(result, 1 << c, mod)
+        digits = ((scalars >> (w * c)) & mask).tolist()
+        buckets = [None] * (mask + 1)
+        for b, d in zip(bases, digits):
+            if d:
+                cur = buckets[d]
+                buckets[d] = b if cur is None else cur * b % mod
+        running = acc = None
+        for d in range(mask, 0, -1):
+            cur = buckets[d]
+            if cur is not None:
+                running = cur if running is None else running * cur % mod
+            if running is not None:
+                acc = running if acc is None else acc * running % mod
+        if acc is not None:
+            result = acc if result is None else result * acc % mod
+    return mpz(1) if result is None else result
+
+
+def multiexp_columns(bases, scalar_columns, mod):
+    """For each int64 column ``k`` of ``scalar_columns`` (shape (n, m)): prod b_i ** k_i.
+
+    Negative scalars are shifted by a common offset ``2**t`` so that every column is a
+    non-negative multi-exponentiation, then the shared factor ``(prod b_i) ** 2**t`` is
+    divided out with a single modular inversion for all columns.
+    """
+    out = []
+    if (scalar_columns < 0).any():
+        t = int(np.abs(scalar_columns).max()).bit_length()
+        shifted = scalar_columns + (np.int64(1) << t)
+        correction = gmpy2.invert(powmod(product(bases, mod), mpz(1) << t, mod), mod)
+        for j in range(scalar_columns.shape[1]):
+            out.append(_multiexp_nonneg(bases, shifted[:, j], mod) * correction % mod)
+        return out
+    for j in range(scalar_columns.shape[1]):
+        out.append(_multiexp_nonneg(bases, scalar_columns[:, j], mod))
+    return out
+
+
+def naive_multiexp_columns(bases, scalar_columns, mod):
+    """Reference: one powmod per element (what the benchmark compares against)."""
+    out = []
+    for j in range(scalar_columns.shape[1]):
+        acc = mpz(1)
+        for b, k in zip(bases, scalar_columns[:, j].tolist()):
+            acc = acc * powmod(b, k, mod) % mod
+        out.append(acc)
+    return out
+
+
+# -- packing several plaintext records into one ciphertext -------------------------------
+
+
+def horner_pack(groups, shift_bits, mod):
+    """For each group ``[c_0, ..., c_{k-1}]`` return ``prod c_j ** 2**(shift*(k-1-j))``.
+
+    The plaintext of the result is ``sum m_j << shift*(k-1-j)``: ``c_0`` lands in the
+    most significant record. Costs ``shift`` squarings per packed ciphertext.
+    """
+    factor = mpz(1) << shift_bits
+    out = []
+    for group in groups:
+        acc = group[0]
+        for c in group[1:]:
+            acc = powmod(acc, factor, mod) * c % mod
+        out.append(acc)
+    return out
+
+
+# -- obfuscators r**n (the cost of every encryption) -----------------------------------
+
+
+class FixedBaseTable:
+    """Precomputed powers ``base ** (j << (w*i))`` for fast ``base ** e`` with short ``e``.
+
+    A ``bits``-bit exponent costs ``ceil(bits / window) - 1`` modular multiplications
+    (the comb/fixed-base windowing method, Handbook of Applied Cryptography 14.109).
+    """
+
+    def __init__(self, base, mod, bits, window=8):
+        self.mod, self.bits, self.window = mod, bits, window
+        self.mask = (1 << window) - 1
+        rows, g = [], mpz(base) % mod
+        for _ in range(math.ceil(bits / window)):
+            row = [mpz(1), g]
+            for _ in range(2, 1 << window):
+                row.append(row[-1] * g % mod)
+            rows.append(row)
+            g = row[-1] * g % mod
+        self.rows = rows
+
+    def pow(self, e):
+        mod, mask, w = self.mod, self.mask, self.window
+        acc = None
+        for row in self.rows:
+            d = e & mask
+            e >>= w
+            if d:
+                acc = row[d] if acc is None else acc * row[d] % mod
+        return mpz(1) if acc is None else acc
+
+
+_TABLES = {}
+
+
+def cached_table(base, mod, bits):
+    """The process-wide :class:`FixedBaseTable` for ``(base, mod, bits)``.
+
+    Worker processes build their own copy on first use (tens of milliseconds) instead
+    of receiving megabytes of table with every task.
+    """
+    key = (int(base), int(mod), bits)
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= 8:
+            _TABLES.pop(next(iter(_TABLES)))
+        table = _TABLES[key] = FixedBaseTable(base, mod, bits)
+    return table
+
+
+def crt_combine(xp, xq, psquare, qsquare, qsquare_inv):
+    """The x mod n**2 with x = xp mod p**2 and x = xq mod q**2."""
+    return xq + qsquare * ((xp - xq) * qsquare_inv % psquare)
+
+
+def owner_encrypt(plains, crt, obfuscation, alpha_bits):
+    """Encrypt integers (already reduced mod n) with the private factors (CRT).
+
+    ``crt`` is the tuple ``(n, p, q, psquare, qsquare, qsquare_inv, hp_s, hq_s)``.
+    ``"fast"``: obfuscator ``h_s ** alpha`` with a fresh ``alpha_bits``-bit alpha,
+    through fixed-base tables modulo p**2 and q**2. ``"standard"``: a uniform n-th
+    residue ``x**p mod p**2`` and ``y**q mod q**2`` (the CRT image of ``r**n``).
+    """
+    n, p, q, psquare, qsquare, qsquare_inv, hp_s, hq_s = crt
+    out = []
+    if obfuscation == "fast":
+        tp = cached_table(hp_s, psquare, alpha_bits)
+        tq = cached_table(hq_s, qsquare, alpha_bits)
+        for m in plains:
+            alpha = secrets.randbits(alpha_bits)
+            cp = (1 + m * n) % psquare * tp.pow(alpha) % psquare
+            cq = (1 + m * n) % qsquare * tq.pow(alpha) % qsquare
+            out.append(crt_combine(cp, cq, psquare, qsquare, qsquare_inv))
+    else:
+        xs = [mpz(secrets.randbelow(int(psquare) - 2) + 2) for _ in plains]
+        ys = [mpz(secrets.randbelow(int(qsquare) - 2) + 2) for _ in plains]
+        rp = gmpy2.powmod_base_list(xs, p, psquare)
+        rq = gmpy2.powmod_base_list(ys, q, qsquare)
+        for m, a, b in zip(plains, rp, rq):
+            cp = (1 + m * n) % psquare * a % psquare
+            cq = (1 + m * n) % qsquare * b % qsquare
+            out.append(crt_combine(cp, cq, psquare, qsquare, qsquare_inv))
+    return out
+
+
+def public_obfuscators(count, n, nsquare, base, obfuscation, alpha_bits):
+    """``count`` fresh encryptions of zero under the public key alone.
+
+    ``"fast"``: ``base ** alpha`` where ``base = r0 ** n`` was drawn by *this* party (so a
+    peer's choice of base cannot weaken it). ``"standard"``: ``r ** n`` as in phe.
+    """
+    if obfuscation == "fast":
+        table = cached_table(base, nsquare, alpha_bits)
+        return [table.pow(secrets.randbits(alpha_bits)) for _ in range(count)]
+    rs = [mpz(secrets.randbelow(int(n) - 1) + 1) for _ in range(count)]
+    return gmpy2.powmod_base_list(rs, n, nsquare)
+
+
+def public_encrypt(plains, n, nsquare, base, obfuscation, alpha_bits):
+    """Encrypt integers (reduced mod n) under the public key alone."""
+    obf = public_obfuscators(len(plains), n, nsquare, base, obfuscation, alpha_bits)
+    return [(1 + m * n) % nsquare * r % nsquare for m, r in zip(plains, obf)]
+
+
+def rerandomise(cts, n, nsquare, base, obfuscation, alpha_bits):
+    """Multiply each ciphertext by a fresh encryption of zero."""
+    obf = public_obfuscators(len(cts), n, nsquare, base, obfuscation, alpha_bits)
+    return [c * r % nsquare for c, r in zip(cts, obf)]
+
+
+def owner_decrypt(cts, crt_dec):
+    """Decrypt to integers in [0, n) with CRT (as phe does), GIL-free powmods.
+
+    ``crt_dec`` is ``(n, p, q, psquare, qsquare, hp, hq, p_inv_q)`` where hp, hq are
+    phe's precomputed ``L(g**(p-1) mod p**2) ** -1 mod p`` (and for q).
+    """
+    _n, p, q, psquare, qsquare, hp, hq, q_inv_p = crt_dec
+    xp = gmpy2.powmod_base_list([c % psquare for c in cts], p - 1, psquare)
+    xq = gmpy2.powmod_base_list([c % qsquare for c in cts], q - 1, qsquare)
+    out = []
+    for a, b in zip(xp, xq):
+        mp = (a - 1) // p * hp % p
+        mq = (b - 1) // q * hq % q
+        out.append(mq + q * ((mp - mq) * q_inv_p % p))
+    return out

@@ -1,0 +1,236 @@
+"""Paillier keys: phe's keys plus what the vectorised paths need.
+
+phe stays the source of truth: key pairs come from
+:func:`phe.paillier.generate_paillier_keypair`, and every ciphertext fedsk makes
+decrypts with phe's private key (``PaillierPrivateKey.to_phe()``).
+"""
+
+import hashlib
+import secrets
+
+import gmpy2
+from phe import paillier
+
+from ._kernels import owner_decrypt, owner_encrypt, public_encrypt
+
+__all__ = [
+    "DEFAULT_KEY_LENGTH",
+    "MIN_KEY_LENGTH",
+    "PaillierPrivateKey",
+    "PaillierPublicKey",
+    "generate_keypair",
+    "security_bits",
+    "short_exponent_bits",
+]
+
+DEFAULT_KEY_LENGTH = 2048
+MIN_KEY_LENGTH = 1024
+OBFUSCATIONS = ("fast", "standard")
+
+# NIST SP 800-57 Part 1 Rev. 5, Table 2: security strength of an integer-factorisation
+# modulus of k bits.
+_NIST_STRENGTH = ((1024, 80), (2048, 112), (3072, 128), (7680, 192), (15360, 256))
+
+
+def security_bits(key_length):
+    """Security strength (bits) of a ``key_length``-bit modulus, per NIST SP 800-57."""
+    strength = 0
+    for bits, lam in _NIST_STRENGTH:
+        if key_length >= bits:
+            strength = lam
+    return strength
+
+
+def short_exponent_bits(key_length):
+    """Length of the fast obfuscator's random exponent alpha: twice the strength.
+
+    224 bits for a 2048-bit key, 160 for 1024. Finding alpha from ``h_s ** alpha`` by
+    Pollard's lambda/kangaroo method costs about ``2 ** (bits / 2)`` group operations,
+    which is the key's own strength; it is the rule NIST SP 800-56A Rev. 3 (5.6.1.1.1)
+    applies to Diffie-Hellman private exponents. See ``SECURITY.md`` for the assumption.
+    """
+    return 2 * max(security_bits(key_length), 80)
+
+
+def _check_obfuscation(obfuscation):
+    if obfuscation not in OBFUSCATIONS:
+        raise ValueError(f"obfuscation must be one of {OBFUSCATIONS}, got {obfuscation!r}")
+    return obfuscation
+
+
+class PaillierPublicKey:
+    """A Paillier public key (g = n + 1) with fedsk's vectorised encryption.
+
+    Parameters
+    ----------
+    n : int
+        The modulus.
+    obfuscation : {"fast", "standard"}, default="fast"
+        How this party draws the randomness ``r**n`` of its own encryptions and
+        re-randomisations under this key (see :func:`generate_keypair`).
+    """
+
+    def __init__(self, n, *, obfuscation="fast"):
+        self.n = gmpy2.mpz(n)
+        self.nsquare = self.n * self.n
+        self.key_length = int(self.n.bit_length())
+        self.max_int = self.n // 3 - 1  # phe's encodable range: [-max_int, max_int]
+        self.obfuscation = _check_obfuscation(obfuscation)
+        self.alpha_bits = short_exponent_bits(self.key_length)
+        self._base = None
+
+    # identity -----------------------------------------------------------------------
+    @property
+    def ciphertext_bytes(self):
+        """Width in bytes of one ciphertext on the wire (bytes of n**2)."""
+        return (int(self.nsquare).bit_length() + 7) // 8
+
+    @property
+    def fingerprint(self):
+        """Short SHA-256 of the modulus, to name a key in logs and errors."""
+        return hashlib.sha256(int(self.n).to_bytes((self.key_length + 7) // 8, "big")).hexdigest()[
+            :16
+        ]
+
+    def __eq__(self, other):
+        return isinstance(other, PaillierPublicKey) and self.n == other.n
+
+    def __hash__(self):
+        return hash(int(self.n))
+
+    def __repr__(self):
+        return f"PaillierPublicKey(key_length={self.key_length}, fingerprint={self.fingerprint})"
+
+    def __getstate__(self):
+        return {"n": int(self.n), "obfuscation": self.obfuscation}
+
+    def __setstate__(self, state):
+        self.__init__(state["n"], obfuscation=state["obfuscation"])
+
+    def to_phe(self):
+        """The same key as a :class:`phe.paillier.PaillierPublicKey`."""
+        return paillier.PaillierPublicKey(int(self.n))
+
+    # randomness --------------------------------------------------------------------
+    @property
+    def obfuscator_base(self):
+        """This party's own fixed base ``r0**n mod n**2`` for the fast obfuscator.
+
+        Drawn locally on first use, never taken from a peer, so that a peer cannot
+        choose a base that would make re-randomisation transparent to it.
+        """
+        if self._base is None:
+            r0 = gmpy2.mpz(secrets.randbelow(int(self.n) - 2) + 2)
+            self._base = gmpy2.powmod(r0, self.n, self.nsquare)
+        return self._base
+
+    def _public_args(self):
+        return (self.n, self.nsquare, self.obfuscator_base, self.obfuscation, self.alpha_bits)
+
+    def raw_encrypt(self, plains):
+        """Encrypt integers (any sign, reduced mod n) without the private key."""
+        n = self.n
+        return public_encrypt([gmpy2.mpz(m) % n for m in plains], *self._public_args())
+
+
+class PaillierPrivateKey:
+    """The private half: CRT encryption and decryption for the key owner.
+
+    Holds p and q; never serialised with a fitted model (it has no pickle support on
+    purpose: pickling raises).
+    """
+
+    def __init__(self, public_key, p, q):
+        self.public_key = public_key
+        p, q = gmpy2.mpz(p), gmpy2.mpz(q)
+        if p * q != public_key.n:
+            raise ValueError("p * q does not match the public key")
+        self.p, self.q = p, q
+        self.psquare, self.qsquare = p * p, q * q
+        n = public_key.n
+        g = n + 1
+        self.hp = gmpy2.invert((gmpy2.powmod(g, p - 1, self.psquare) - 1) // p, p)
+        self.hq = gmpy2.invert((gmpy2.powmod(g, q - 1, self.qsquare) - 1) // q, q)
+        self.q_inv_p = gmpy2.invert(q, p)
+        self.qsquare_inv = gmpy2.invert(self.qsquare, self.psquare)
+        # The fast obfuscator's base h_s = h**n, kept as its images mod p**2 and q**2.
+        h = gmpy2.mpz(secrets.randbelow(int(n) - 2) + 2)
+        self.hp_s = gmpy2.powmod(h, n, self.psquare)
+        self.hq_s = gmpy2.powmod(h, n, self.qsquare)
+
+    def __reduce__(self):
+        raise TypeError(
+            "a Paillier private key is not picklable: fedsk never stores it with a model. "
+            "Keep it in memory, or export p and q yourself if you really must."
+        )
+
+    def __repr__(self):
+        return f"PaillierPrivateKey(public_key={self.public_key!r})"
+
+    def to_phe(self):
+        """The same key as a :class:`phe.paillier.PaillierPrivateKey`."""
+        return paillier.PaillierPrivateKey(self.public_key.to_phe(), int(self.p), int(self.q))
+
+    def _crt_enc(self):
+        return (
+            self.public_key.n,
+            self.p,
+            self.q,
+            self.psquare,
+            self.qsquare,
+            self.qsquare_inv,
+            self.hp_s,
+            self.hq_s,
+        )
+
+    def _crt_dec(self):
+        return (
+            self.public_key.n,
+            self.p,
+            self.q,
+            self.psquare,
+            self.qsquare,
+            self.hp,
+            self.hq,
+            self.q_inv_p,
+        )
+
+    def raw_encrypt(self, plains, obfuscation=None):
+        """Encrypt integers (any sign, reduced mod n) with the CRT shortcut."""
+        pub = self.public_key
+        obfuscation = _check_obfuscation(obfuscation or pub.obfuscation)
+        n = pub.n
+        return owner_encrypt(
+            [gmpy2.mpz(m) % n for m in plains], self._crt_enc(), obfuscation, pub.alpha_bits
+        )
+
+    def raw_decrypt(self, cts):
+        """Decrypt ciphertexts to integers in ``[0, n)``."""
+        return owner_decrypt(cts, self._crt_dec())
+
+
+def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast"):
+    """Generate a Paillier key pair with phe.
+
+    Parameters
+    ----------
+    key_length : int, default=2048
+        Bits of the modulus n. At least 1024 (tests); 2048 is the default for users.
+    obfuscation : {"fast", "standard"}, default="fast"
+        ``"fast"`` draws each encryption's randomness as ``h_s ** alpha`` with a fixed
+        ``h_s = h ** n`` and a fresh ``alpha`` of :func:`short_exponent_bits` bits,
+        computed from fixed-base tables (Damgard, Jurik and Nielsen 2010; as in
+        SecretFlow HEU). It adds the assumption that such short-exponent powers are
+        indistinguishable from uniform n-th residues. ``"standard"`` draws a uniform
+        n-th residue ``r ** n`` exactly as phe does.
+
+    Returns
+    -------
+    public_key : PaillierPublicKey
+    private_key : PaillierPrivateKey
+    """
+    if not isinstance(key_length, int) or key_length < MIN_KEY_LENGTH:
+        raise ValueError(f"key_length must be an int >= {MIN_KEY_LENGTH}, got {key_length!r}")
+    phe_pub, phe_priv = paillier.generate_paillier_keypair(n_length=key_length)
+    pub = PaillierPublicKey(phe_pub.n, obfuscation=obfuscation)
+    return pub, PaillierPrivateKey(pub, phe_priv.p, phe_priv.q)

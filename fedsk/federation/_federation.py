@@ -1,0 +1,182 @@
+"""The Federation handle and the guest's live connection to one host."""
+
+import contextlib
+import os
+import re
+
+from ..exceptions import ProtocolError
+from ._routes import route, url_for
+from ._transport import HttpTransport, InProcessTransport, new_request_id
+from ._wire import Message
+
+__all__ = ["Federation", "HostClient", "InProcessFederation"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class HostClient:
+    """The guest's live connection to one host (created by :meth:`Federation.connect`)."""
+
+    def __init__(self, name, transport, dataset):
+        self.name, self.transport, self.dataset = name, transport, dataset
+
+    def __repr__(self):
+        return f"HostClient({self.name!r}, url={self.transport.url!r}, dataset={self.dataset!r})"
+
+    def open_session(self, protocol):
+        """Open a session on this host's dataset; returns ``(session_id, info)``."""
+        answer = self.transport.request(
+            "POST",
+            url_for("sessions.create"),
+            Message({"dataset": self.dataset, "protocol": protocol}),
+        )
+        sid = answer.meta.get("session_id")
+        if not isinstance(sid, str):
+            raise ProtocolError(f"{self.name} did not return a session ID")
+        return sid, answer.meta
+
+    def call(self, route_name, session_id, message=None, *, request_id=None):
+        """Send ``message`` to ``route_name`` of session ``session_id``; return the answer."""
+        r = route(route_name)
+        return self.transport.request(
+            r.method,
+            url_for(route_name, session_id=session_id),
+            message if message is not None else Message(),
+            request_id=request_id or new_request_id(),
+        )
+
+    def close_session(self, session_id):
+        """Close a session, ignoring a host that has already forgotten it."""
+        with contextlib.suppress(ProtocolError):
+            self.transport.request("DELETE", url_for("sessions.delete", session_id=session_id))
+
+    def delete_model(self, model_id):
+        self.transport.request("DELETE", url_for("models.delete", model_id=model_id))
+
+    def model_info(self, model_id):
+        return self.transport.request("GET", url_for("models.get", model_id=model_id)).meta
+
+    def close(self):
+        self.transport.close()
+
+
+class Federation:
+    """Where the hosts are and how to reach them: a handle, not a connection.
+
+    It holds only addresses, dataset names, tokens and options, so ``copy.deepcopy``,
+    ``pickle``, :func:`sklearn.base.clone` and ``GridSearchCV(n_jobs=2)`` work on
+    estimators that hold one. Connections are opened per fit or predict call.
+
+    Parameters
+    ----------
+    hosts : dict
+        ``{name: {"url": ..., "dataset": ..., "token": ...}}``. Instead of ``token``,
+        ``token_env`` names an environment variable that holds it. ``verify`` (default
+        True) may be the path of a CA bundle for a private certificate authority.
+    timeout : (float, float), default=(5.0, 300.0)
+        Connect and read timeouts in seconds for every request.
+    retries : int, default=4
+        Retries (with exponential backoff) on connection errors and 502/503/504; a host
+        still unreachable after them raises :class:`~fedsk.exceptions.PartyUnavailableError`.
+
+    Examples
+    --------
+    >>> fed = Federation(hosts={"insurer": {"url": "https://insurer.example:8443",
+    ...                                     "dataset": "customers", "token": "s3cret-token-123"}})
+    >>> fed
+    Federation(hosts=['insurer'])
+    """
+
+    def __init__(self, hosts, *, timeout=(5.0, 300.0), retries=4):
+        if not isinstance(hosts, dict) or not hosts:
+            raise ValueError("hosts must be a non-empty dict {name: {'url', 'dataset', 'token'}}")
+        checked = {}
+        for name, spec in hosts.items():
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(f"host name {name!r} must be 1-64 letters, digits, '_.-'")
+            if not isinstance(spec, dict):
+                raise ValueError(f"hosts[{name!r}] must be a dict with 'url', 'dataset', 'token'")
+            unknown = set(spec) - {"url", "dataset", "token", "token_env", "verify"}
+            if unknown:
+                raise ValueError(f"hosts[{name!r}] has unknown keys {sorted(unknown)}")
+            for key in ("url", "dataset"):
+                if not isinstance(spec.get(key), str) or not spec[key]:
+                    raise ValueError(f"hosts[{name!r}][{key!r}] must be a non-empty string")
+            if not spec["url"].startswith(("http://", "https://")):
+                raise ValueError(
+                    f"hosts[{name!r}]['url'] must start with https:// (or http:// "
+                    "for a party server on this machine)"
+                )
+            if ("token" in spec) == ("token_env" in spec):
+                raise ValueError(f"hosts[{name!r}] needs exactly one of 'token' or 'token_env'")
+            if spec.get("verify", True) is False:
+                raise ValueError(f"hosts[{name!r}]['verify'] cannot be False; give a CA bundle")
+            checked[name] = dict(spec)
+        if len(timeout) != 2 or min(timeout) <= 0:
+            raise ValueError("timeout must be (connect_seconds, read_seconds), both > 0")
+        self.hosts = checked
+        self.timeout = (float(timeout[0]), float(timeout[1]))
+        self.retries = int(retries)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(hosts={list(self.hosts)})"
+
+    @property
+    def host_names(self):
+        return list(self.hosts)
+
+    def _token(self, name):
+        spec = self.hosts[name]
+        if "token" in spec:
+            return spec["token"]
+        token = os.environ.get(spec["token_env"])
+        if not token:
+            raise ValueError(
+                f"environment variable {spec['token_env']} (token for host {name!r}) is not set"
+            )
+        return token
+
+    def connect(self):
+        """Open one :class:`HostClient` per host, in the order of ``hosts``."""
+        return [
+            HostClient(
+                name,
+                HttpTransport(
+                    name,
+                    spec["url"],
+                    self._token(name),
+                    timeout=self.timeout,
+                    retries=self.retries,
+                    verify=spec.get("verify", True),
+                ),
+                spec["dataset"],
+            )
+            for name, spec in self.hosts.items()
+        ]
+
+
+class InProcessFederation(Federation):
+    """A federation of party-server apps running in this process (protocol unit tests).
+
+    Parameters
+    ----------
+    apps : dict
+        ``{name: (wsgi_app, dataset, token)}``.
+    """
+
+    def __init__(self, apps):
+        self.apps = dict(apps)
+        self.hosts = {
+            name: {"url": f"inprocess://{name}", "dataset": ds, "token": tok}
+            for name, (_, ds, tok) in self.apps.items()
+        }
+        self.timeout, self.retries = (5.0, 300.0), 0
+
+    def __reduce__(self):
+        raise TypeError("an InProcessFederation lives in one process and cannot be pickled")
+
+    def connect(self):
+        return [
+            HostClient(name, InProcessTransport(name, app, tok), ds)
+            for name, (app, ds, tok) in self.apps.items()
+        ]

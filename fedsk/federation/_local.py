@@ -1,0 +1,241 @@
+"""LocalFederation: real party-server processes on 127.0.0.1, for simulation and tests."""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+import pandas as pd
+
+from ._federation import Federation
+from ._transport import ping
+
+__all__ = ["LocalFederation"]
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(procs, tmpdir):
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + 5
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    procs.clear()
+    if tmpdir is not None:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _toml_str(value):
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class LocalFederation(Federation):
+    """Start one real party server per host on 127.0.0.1 and federate with them.
+
+    Each host's DataFrame (indexed by sample ID) is written to a temporary directory, a
+    ``party-server`` process is started for it on a free port with a random token, and
+    the federation waits until every server is healthy. Use it as a context manager:
+    leaving the block (or the interpreter exiting) stops the processes and removes the
+    files. It is a :class:`Federation`, so estimators take it as is; pickling or
+    deep-copying it gives a plain :class:`Federation` handle to the same servers.
+
+    Parameters
+    ----------
+    hosts : dict of {str: pandas.DataFrame}
+        Each host's columns, indexed by sample ID.
+    n_jobs : int, default=1
+        Worker processes each party server uses for its encrypted computations.
+    min_key_length : int, default=1024
+        Smallest guest key the simulated hosts accept (real servers default to 2048).
+    publish_feature_names : bool, default=True
+        Whether the simulated hosts tell the guest their column names.
+    session_ttl : float, default=3600
+        Seconds an idle session lives on the hosts.
+    timeout, retries
+        As for :class:`Federation`.
+    startup_timeout : float, default=60
+        Seconds to wait for the servers to become healthy.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> host_df = pd.DataFrame({"x": [0.1, 0.2, 0.3]}, index=["a", "b", "c"])
+    >>> with LocalFederation(hosts={"insurer": host_df}) as fed:
+    ...     print(fed.host_names, fed.is_alive("insurer"))
+    ['insurer'] True
+    """
+
+    def __init__(
+        self,
+        hosts,
+        *,
+        n_jobs=1,
+        min_key_length=1024,
+        publish_feature_names=True,
+        session_ttl=3600.0,
+        timeout=(5.0, 300.0),
+        retries=4,
+        startup_timeout=60.0,
+        max_models=100,
+    ):
+        if not isinstance(hosts, dict) or not hosts:
+            raise ValueError("hosts must be a non-empty dict {name: DataFrame}")
+        self._tmp = Path(tempfile.mkdtemp(prefix="fedsk-local-"))
+        self._procs = {}
+        self._finalizer = weakref.finalize(self, _stop, self._procs, self._tmp)
+        self._ports, self._configs = {}, {}
+        specs = {}
+        try:
+            for name, df in hosts.items():
+                if not isinstance(df, pd.DataFrame):
+                    raise TypeError(
+                        f"hosts[{name!r}] must be a pandas DataFrame indexed by sample ID"
+                    )
+                if df.index.has_duplicates:
+                    raise ValueError(f"hosts[{name!r}] has duplicate sample IDs in its index")
+                token = secrets.token_urlsafe(24)
+                home = self._tmp / name
+                home.mkdir()
+                id_col = "__sample_id__"
+                data = df.copy()
+                data.columns = [str(c) for c in data.columns]
+                data.insert(0, id_col, df.index.to_numpy())
+                path = home / "data.parquet"
+                try:
+                    data.to_parquet(path, index=False)
+                except ImportError:  # no pyarrow: CSV with exact float round-trip
+                    path = home / "data.csv"
+                    data.to_csv(path, index=False, float_format="%.17g")
+                port = _free_port()
+                cfg = home / "host.toml"
+                cfg.write_text(
+                    "\n".join(
+                        [
+                            f"party = {_toml_str(name)}",
+                            f'bind = "127.0.0.1:{port}"',
+                            f"state_dir = {_toml_str(home / 'state')}",
+                            f"n_jobs = {int(n_jobs)}",
+                            f"min_key_length = {int(min_key_length)}",
+                            f"session_ttl = {float(session_ttl)}",
+                            "[models]",
+                            f"max_models = {int(max_models)}",
+                            "[datasets.data]",
+                            f"path = {_toml_str(path)}",
+                            f"id_column = {_toml_str(id_col)}",
+                            f"publish_feature_names = {'true' if publish_feature_names else 'false'}",
+                            "[peers.guest]",
+                            f"token = {_toml_str(token)}",
+                            "",
+                        ]
+                    )
+                )
+                self._ports[name], self._configs[name] = port, cfg
+                specs[name] = {"url": f"http://127.0.0.1:{port}", "dataset": "data", "token": token}
+                self._start(name)
+            super().__init__(specs, timeout=timeout, retries=retries)
+            self._wait_healthy(startup_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # processes ------------------------------------------------------------------------
+    def _start(self, name):
+        log = open(self._tmp / name / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        env = dict(os.environ, FEDSK_EXIT_WITH_PARENT=str(os.getpid()))
+        self._procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "party_server", "--config", str(self._configs[name])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        log.close()
+
+    def _wait_healthy(self, timeout, names=None):
+        deadline = time.monotonic() + timeout
+        for name in names or list(self._procs):
+            url = f"http://127.0.0.1:{self._ports[name]}"
+            while not ping(url, timeout=1.0):
+                proc = self._procs[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"party server {name!r} exited at start:\n" + self.server_log(name)[-2000:]
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"party server {name!r} did not become healthy in "
+                        f"{timeout:g} s:\n" + self.server_log(name)[-2000:]
+                    )
+                time.sleep(0.05)
+
+    def is_alive(self, name):
+        proc = self._procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, name):
+        """Kill host ``name``'s server at once (SIGKILL), as a crash would."""
+        proc = self._procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def restart(self, name, timeout=60.0):
+        """Start host ``name`` again on the same port and state directory."""
+        if self.is_alive(name):
+            self._procs[name].terminate()
+            self._procs[name].wait()
+        self._start(name)
+        self._wait_healthy(timeout, [name])
+
+    def pid(self, name):
+        return self._procs[name].pid
+
+    def state_dir(self, name):
+        return self._tmp / name / "state"
+
+    def audit_log_path(self, name):
+        return self.state_dir(name) / "audit.log"
+
+    def config_path(self, name):
+        return self._configs[name]
+
+    def server_log(self, name):
+        path = self._tmp / name / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self):
+        """Stop every server and remove the temporary files."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # a handle, not the processes, travels -------------------------------------------
+    def __reduce__(self):
+        return (_plain_federation, (self.hosts, self.timeout, self.retries))
+
+    def __deepcopy__(self, memo):
+        return _plain_federation(self.hosts, self.timeout, self.retries)
+
+
+def _plain_federation(hosts, timeout, retries):
+    return Federation(hosts, timeout=timeout, retries=retries)

@@ -1,0 +1,148 @@
+"""Private set intersection (ECDH-PSI on X25519) to align samples across parties.
+
+Each party hashes its sample IDs (SHA-256 with a domain separator and the session ID as
+salt) to X25519 u-coordinates and raises them to a secret scalar drawn for this run.
+Because scalar multiplication commutes, ``b * (a * H(x)) == a * (b * H(x))``:
+
+1. the guest sends ``a * H(x)`` for its IDs;
+2. the host answers ``b * (a * H(x))`` in the guest's order, and ``b * H(y)`` for its own
+   IDs in a secret random order;
+3. the guest computes ``a * (b * H(y))``, matches, and tells the host which of its
+   (shuffled) entries are in the intersection, in the guest's row order.
+
+What crosses the wire is only curve points (32-byte u-coordinates) and, at the end, the
+positions of matched entries. The guest learns the intersection and the host's set
+size; the host learns the intersection's rows and the guest's set size; neither learns
+an ID outside the intersection. Later messages address samples by their position in
+the agreed intersection, never by ID.
+"""
+
+import hashlib
+import secrets
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
+
+from ..crypto._parallel import parallel_chunks
+from ..exceptions import BadMessageError, ConflictError, ProtocolError
+from ._wire import Message
+
+__all__ = ["align", "canonical_id", "hash_ids", "host_exchange", "host_intersection"]
+
+DOMAIN = b"fedsk-psi-v1\x00"
+MAX_IDS = 50_000_000
+
+
+def canonical_id(value):
+    """The bytes an ID is hashed from: equal IDs on both sides must give equal bytes.
+
+    Integers (and integral floats such as ``5.0``) become their decimal text; strings
+    are UTF-8; anything else uses ``str()``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).encode()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)).encode()
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value)).encode()
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
+
+
+def hash_ids(ids, salt):
+    """SHA-256 of each ID under the domain separator and ``salt``: uint8 array (n, 32)."""
+    salt = salt.encode() if isinstance(salt, str) else salt
+    prefix = DOMAIN + len(salt).to_bytes(2, "big") + salt
+    out = b"".join(hashlib.sha256(prefix + canonical_id(v)).digest() for v in ids)
+    return np.frombuffer(out, dtype=np.uint8).reshape(-1, 32)
+
+
+def _multiply_chunk(points, private_raw):
+    key = X25519PrivateKey.from_private_bytes(private_raw)
+    out = bytearray()
+    for row in points:
+        try:
+            out += key.exchange(X25519PublicKey.from_public_bytes(row.tobytes()))
+        except ValueError:
+            raise ValueError("a point is of low order") from None
+    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 32)
+
+
+def multiply(points, private_key, *, n_jobs=None):
+    """Scalar-multiply every 32-byte u-coordinate by ``private_key``."""
+    raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    points = np.ascontiguousarray(points, dtype=np.uint8).reshape(-1, 32)
+    parts = parallel_chunks(_multiply_chunk, len(points), lambda a, b: (points[a:b], raw),
+                            n_jobs=n_jobs, ops_per_item=3)
+    return np.concatenate(parts) if parts else np.empty((0, 32), np.uint8)
+
+
+# -- guest half ---------------------------------------------------------------------------
+
+
+def align(client, session_id, ids, *, n_jobs=None):
+    """Run PSI with one host; return the positions of ``ids`` found at the host.
+
+    The intersection's agreed order is the order of ``ids``; the host stores the
+    matching rows of its dataset in that order.
+    """
+    key = X25519PrivateKey.generate()
+    mine = multiply(hash_ids(ids, session_id), key, n_jobs=n_jobs)
+    answer = client.call("psi.exchange", session_id, Message(arrays={"points": mine}))
+    try:
+        double = answer.array("double", kind="u", shape=(len(ids), 32))
+        theirs = answer.array("host", kind="u", ndim=2)
+        if theirs.shape[1:] != (32,):
+            raise BadMessageError("host points must have shape (m, 32)")
+        theirs = multiply(theirs, key, n_jobs=n_jobs)
+    except ValueError as exc:
+        raise ProtocolError(f"{client.name} sent bad PSI points: {exc}") from None
+    index = {row.tobytes(): j for j, row in enumerate(theirs)}
+    guest_pos, host_idx = [], []
+    for i, row in enumerate(double):
+        j = index.get(row.tobytes())
+        if j is not None:
+            guest_pos.append(i)
+            host_idx.append(j)
+    client.call("psi.intersection", session_id,
+                Message(arrays={"host_indices": np.asarray(host_idx, dtype=np.int64)}))
+    return np.asarray(guest_pos, dtype=np.int64)
+
+
+# -- host half ----------------------------------------------------------------------------
+
+
+def host_exchange(ctx, msg):
+    """Answer the guest's encoded IDs with theirs re-encoded and ours, shuffled."""
+    points = msg.array("points", kind="u", ndim=2)
+    if points.dtype != np.uint8 or points.shape[1] != 32 or len(points) > MAX_IDS:
+        raise BadMessageError("array 'points' must be uint8 of shape (n, 32)")
+    key = X25519PrivateKey.generate()
+    try:
+        double = multiply(points, key, n_jobs=ctx.n_jobs)
+    except ValueError as exc:
+        raise BadMessageError(f"array 'points': {exc}") from None
+    perm = np.random.default_rng(secrets.randbits(128)).permutation(ctx.dataset.n_rows)
+    ours = multiply(hash_ids(ctx.dataset.ids[perm], ctx.session.id), key, n_jobs=ctx.n_jobs)
+    ctx.session.state.clear()
+    ctx.session.state["psi_perm"] = perm
+    return Message({"n_host": int(len(perm))}, arrays={"double": double, "host": ours})
+
+
+def host_intersection(ctx, msg):
+    """Record the intersection (rows of our dataset in the guest's order)."""
+    perm = ctx.session.state.get("psi_perm")
+    if perm is None:
+        raise ConflictError("send the PSI exchange (psi) before the intersection")
+    idx = msg.array("host_indices", kind="iu", ndim=1, low=0, high=len(perm))
+    if len(np.unique(idx)) != len(idx):
+        raise BadMessageError("array 'host_indices' has duplicates")
+    ctx.session.state.clear()
+    ctx.session.state["rows"] = perm[idx.astype(np.int64)]
+    return Message({"n_intersection": int(len(idx))})

@@ -1,0 +1,215 @@
+"""Transports: how the guest's requests reach a host's party server.
+
+:class:`HttpTransport` speaks HTTP(S) with ``requests``: timeouts always set, retries
+with backoff on connection errors and 502/503/504 (safe for POSTs because every request
+carries a request ID that the server answers once), TLS verification on by default.
+:class:`InProcessTransport` calls a WSGI app in the same process, for fast protocol
+tests that still go through the real server code and the real wire format.
+"""
+
+import io
+import json
+import secrets
+import time
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from ..exceptions import AuthenticationError, BadMessageError, PartyUnavailableError, ProtocolError
+from ._wire import CONTENT_TYPE, message_from_wire, message_to_wire
+
+__all__ = ["HttpTransport", "InProcessTransport", "Transport", "new_request_id", "ping"]
+
+REQUEST_ID_HEADER = "Fedsk-Request-Id"
+
+
+def new_request_id():
+    return secrets.token_hex(12)
+
+
+class Transport:
+    """Send one request to one party and return its answer as a :class:`Message`."""
+
+    party = "?"
+    url = "?"
+
+    def request(self, method, path, message=None, *, request_id=None):  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    # shared answer handling -----------------------------------------------------------
+    def _answer(self, method, path, status, content_type, body):
+        if status == 200:
+            if (content_type or "").split(";")[0].strip() != CONTENT_TYPE:
+                raise ProtocolError(
+                    f"{self.party} answered {method} {path} with "
+                    f"{content_type!r} instead of a fedsk message"
+                )
+            try:
+                return message_from_wire(body)
+            except BadMessageError as exc:
+                raise ProtocolError(
+                    f"{self.party} sent a malformed answer to {method} {path}: {exc}"
+                ) from None
+        code, text = "error", body[:200].decode("utf-8", "replace")
+        try:
+            err = json.loads(body)["error"]
+            code, text = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"{self.party} at {self.url} refused our token ({text}); check the token this "
+                "federation uses for it"
+            )
+        if status in (502, 503, 504):
+            raise PartyUnavailableError(
+                self.party, self.url, f"{method} {path} answered {status}", text
+            )
+        raise ProtocolError(f"{self.party} refused {method} {path} with {status} [{code}]: {text}")
+
+
+class HttpTransport(Transport):
+    """HTTP(S) transport on a :class:`requests.Session`.
+
+    Parameters
+    ----------
+    party : str
+    url : str
+        Base URL of the party server, e.g. ``https://insurer.example:8443``.
+    token : str
+    timeout : (float, float), default=(5.0, 300.0)
+        Connect and read timeouts in seconds; never ``None``.
+    retries : int, default=4
+        Retries on connection errors, read errors and 502/503/504, with exponential
+        backoff starting at ``backoff`` seconds.
+    verify : bool or str, default=True
+        TLS verification, or the path of a CA bundle. Disabling it is refused.
+    """
+
+    def __init__(
+        self, party, url, token, *, timeout=(5.0, 300.0), retries=4, backoff=0.25, verify=True
+    ):
+        if verify is False:
+            raise ValueError(
+                "TLS verification cannot be disabled; pass a CA bundle path "
+                "to trust a private certificate authority"
+            )
+        self.party, self.url, self.token = party, url.rstrip("/"), token
+        self.timeout = tuple(float(t) for t in timeout)
+        self.retries, self.backoff, self.verify = retries, backoff, verify
+        self._session = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_session"] = None
+        return state
+
+    def _http(self):
+        if self._session is None:
+            retry = Retry(
+                total=self.retries,
+                connect=self.retries,
+                read=self.retries,
+                status=self.retries,
+                other=0,
+                backoff_factor=self.backoff,
+                status_forcelist=(502, 503, 504),
+                allowed_methods=None,
+                raise_on_status=False,
+            )
+            s = requests.Session()
+            adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=4)
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            s.verify = self.verify
+            s.trust_env = False
+            self._session = s
+        return self._session
+
+    def close(self):
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def request(self, method, path, message=None, *, request_id=None):
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            REQUEST_ID_HEADER: request_id or new_request_id(),
+        }
+        body = None
+        if message is not None:
+            body = message_to_wire(message)
+            headers["Content-Type"] = CONTENT_TYPE
+        started = time.monotonic()
+        try:
+            resp = self._http().request(
+                method, self.url + path, data=body, headers=headers, timeout=self.timeout
+            )
+        except requests.exceptions.SSLError as exc:
+            raise PartyUnavailableError(
+                self.party, self.url, "TLS verification failed", str(exc)
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            tried = (
+                f"{method} {path}: {self.retries + 1} attempts over "
+                f"{time.monotonic() - started:.1f} s (connect timeout {self.timeout[0]:g} s,"
+                f" read timeout {self.timeout[1]:g} s)"
+            )
+            raise PartyUnavailableError(self.party, self.url, tried, type(exc).__name__) from None
+        return self._answer(
+            method, path, resp.status_code, resp.headers.get("Content-Type"), resp.content
+        )
+
+
+class InProcessTransport(Transport):
+    """Call a WSGI app (e.g. ``party_server.create_app(config)``) in this process."""
+
+    def __init__(self, party, app, token, *, url="inprocess://"):
+        self.party, self.app, self.token, self.url = party, app, token, url
+
+    def request(self, method, path, message=None, *, request_id=None):
+        from wsgiref.util import setup_testing_defaults
+
+        body = message_to_wire(message) if message is not None else b""
+        parts = urlsplit(path)
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": parts.path,
+            "QUERY_STRING": parts.query,
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "HTTP_AUTHORIZATION": f"Bearer {self.token}",
+            "HTTP_FEDSK_REQUEST_ID": request_id or new_request_id(),
+        }
+        if message is not None:
+            environ["CONTENT_TYPE"] = CONTENT_TYPE
+        setup_testing_defaults(environ)
+        captured = {}
+
+        def start_response(status, headers, exc_info=None):
+            captured["status"] = int(status.split()[0])
+            captured["headers"] = dict(headers)
+
+        chunks = self.app(environ, start_response)
+        try:
+            data = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        return self._answer(
+            method, path, captured["status"], captured["headers"].get("Content-Type"), data
+        )
+
+
+def ping(url, *, timeout=2.0, verify=True):
+    """True when ``url``'s health endpoint answers (no token needed)."""
+    try:
+        r = requests.get(url.rstrip("/") + "/v1/health", timeout=timeout, verify=verify)
+        return r.status_code == 200
+    except requests.exceptions.RequestException:
+        return False

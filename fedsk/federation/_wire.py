@@ -1,0 +1,285 @@
+"""The wire format: a small JSON header plus binary arrays, never a pickle.
+
+A message on the wire is::
+
+    b"FEDSK1"  |  u32 header length (big-endian)  |  header (UTF-8 JSON)  |  .npy blobs
+
+The header is ``{"meta": {...}, "arrays": [{"name", "nbytes", "exponent"?}, ...]}``.
+Each array is an ``.npy`` blob read with ``allow_pickle=False`` and only numeric dtypes
+are accepted. Ciphertexts travel as one ``uint8`` array of shape ``(k, width)`` of
+fixed-width big-endian integers (``width`` = bytes of n**2) and are marked by an
+``exponent`` entry; they are turned back into numbers only against the session's
+public key, which checks ``0 < c < n**2`` for every one.
+"""
+
+import io
+import json
+import re
+import struct
+
+import numpy as np
+
+from ..crypto import EncryptedArray, PaillierPublicKey
+from ..exceptions import BadMessageError
+
+__all__ = [
+    "CONTENT_TYPE",
+    "Message",
+    "message_from_wire",
+    "message_to_wire",
+    "public_key_from_wire",
+    "public_key_to_wire",
+]
+
+CONTENT_TYPE = "application/x-fedsk-message"
+MAGIC = b"FEDSK1"
+MAX_HEADER_BYTES = 1 << 20
+MAX_ARRAYS = 64
+MAX_NDIM = 4
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_DTYPES = {
+    np.dtype(t)
+    for t in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float32",
+        "float64",
+    )
+}
+
+
+class Message:
+    """What a request or an answer carries: JSON ``meta``, numeric arrays, ciphertexts.
+
+    Outgoing ciphertexts are added with :meth:`add_encrypted`; incoming ones are read
+    with :meth:`encrypted` against the expected public key. The accessors validate and
+    raise :class:`~fedsk.exceptions.BadMessageError` naming the field.
+    """
+
+    def __init__(self, meta=None, arrays=None):
+        self.meta = dict(meta or {})
+        self.arrays = {}
+        self.exponents = {}  # name -> exponent, for arrays that hold ciphertexts
+        for name, arr in (arrays or {}).items():
+            self.add_array(name, arr)
+
+    def __repr__(self):
+        names = ", ".join(
+            f"{k}{'[ct]' if k in self.exponents else ''}{tuple(v.shape)}"
+            for k, v in self.arrays.items()
+        )
+        return f"Message(meta={sorted(self.meta)}, arrays=[{names}])"
+
+    # building ----------------------------------------------------------------------------
+    def add_array(self, name, array):
+        if not _NAME.match(name):
+            raise ValueError(f"bad array name {name!r}")
+        array = np.ascontiguousarray(array)
+        if array.dtype not in _DTYPES:
+            raise ValueError(f"array {name!r} has unsupported dtype {array.dtype}")
+        self.arrays[name] = array
+        return self
+
+    def add_encrypted(self, name, enc):
+        """Attach an :class:`EncryptedArray` (sent as fixed-width big-endian bytes)."""
+        self.add_array(name, enc.to_bytes())
+        self.exponents[name] = enc.exponent
+        return self
+
+    # reading -------------------------------------------------------------------------------
+    def field(self, name, kind=None, *, default=..., choices=None, minimum=None, maximum=None):
+        """A validated meta field. ``kind`` is a type or tuple of types."""
+        if name not in self.meta:
+            if default is ...:
+                raise BadMessageError(f"field {name!r} is missing")
+            return default
+        value = self.meta[name]
+        if kind is not None:
+            ok = isinstance(value, kind) and not (
+                isinstance(value, bool) and kind in (int, float, (int, float))
+            )
+            if not ok:
+                raise BadMessageError(f"field {name!r} has the wrong type")
+        if choices is not None and value not in choices:
+            raise BadMessageError(f"field {name!r} must be one of {sorted(choices)}")
+        if minimum is not None and value < minimum:
+            raise BadMessageError(f"field {name!r} must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise BadMessageError(f"field {name!r} must be <= {maximum}")
+        return value
+
+    def array(self, name, *, kind=None, ndim=None, shape=None, low=None, high=None, optional=False):
+        """A validated numeric array.
+
+        Parameters
+        ----------
+        kind : str, optional
+            Allowed dtype kinds, e.g. ``"i"``, ``"iu"``, ``"f"``, ``"b"``.
+        ndim : int, optional
+        shape : tuple, optional
+            Expected shape; ``None`` entries match any length.
+        low, high : number, optional
+            Inclusive lower bound and exclusive upper bound on the values.
+        """
+        if name not in self.arrays or name in self.exponents:
+            if optional:
+                return None
+            raise BadMessageError(f"array {name!r} is missing")
+        arr = self.arrays[name]
+        if kind is not None and arr.dtype.kind not in kind:
+            raise BadMessageError(f"array {name!r} must have dtype kind {kind!r}, got {arr.dtype}")
+        if ndim is not None and arr.ndim != ndim:
+            raise BadMessageError(f"array {name!r} must be {ndim}-d, got shape {arr.shape}")
+        if shape is not None and (
+            arr.ndim != len(shape)
+            or any(want is not None and got != want for got, want in zip(arr.shape, shape))
+        ):
+            raise BadMessageError(f"array {name!r} must have shape {shape}, got {arr.shape}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadMessageError(f"array {name!r} contains NaN or infinity")
+        if arr.size and low is not None and arr.min() < low:
+            raise BadMessageError(f"array {name!r} has values below {low}")
+        if arr.size and high is not None and arr.max() >= high:
+            raise BadMessageError(f"array {name!r} has values >= {high}")
+        return arr
+
+    def encrypted(self, name, public_key, *, length=None, optional=False):
+        """The ciphertext array ``name`` as an :class:`EncryptedArray` under ``public_key``."""
+        if name not in self.exponents:
+            if optional:
+                return None
+            raise BadMessageError(f"ciphertext array {name!r} is missing")
+        arr = self.arrays[name]
+        if length is not None and arr.shape[:1] != (length,):
+            raise BadMessageError(
+                f"ciphertext array {name!r} must hold {length} ciphertexts, got {arr.shape[:1]}"
+            )
+        try:
+            return EncryptedArray.from_bytes(public_key, arr, self.exponents[name])
+        except ValueError as exc:
+            raise BadMessageError(f"ciphertext array {name!r}: {exc}") from None
+
+    @property
+    def n_ciphertexts(self):
+        """Number of ciphertexts carried (for the audit log)."""
+        return sum(int(self.arrays[k].shape[0]) for k in self.exponents)
+
+
+def _npy_bytes(arr):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def message_to_wire(msg):
+    """Serialise a :class:`Message` to bytes."""
+    blobs, entries = [], []
+    for name, arr in msg.arrays.items():
+        blob = _npy_bytes(arr)
+        entry = {"name": name, "nbytes": len(blob)}
+        if name in msg.exponents:
+            entry["exponent"] = int(msg.exponents[name])
+        entries.append(entry)
+        blobs.append(blob)
+    header = json.dumps(
+        {"meta": msg.meta, "arrays": entries}, separators=(",", ":"), allow_nan=False
+    ).encode()
+    return b"".join([MAGIC, struct.pack(">I", len(header)), header, *blobs])
+
+
+def _read_npy(blob, name):
+    buf = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:  # numpy raises ValueError/SyntaxError/... on bad headers
+        raise BadMessageError(f"array {name!r} is not a valid .npy blob: {exc}") from None
+    if dtype.hasobject or dtype not in _DTYPES or fortran:
+        raise BadMessageError(f"array {name!r} has unsupported dtype {dtype}")
+    if len(shape) > MAX_NDIM:
+        raise BadMessageError(f"array {name!r} has too many dimensions")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    data = blob[buf.tell() :]
+    if count < 0 or count * dtype.itemsize != len(data):
+        raise BadMessageError(f"array {name!r} is truncated or has trailing bytes")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def message_from_wire(data):
+    """Parse bytes made by :func:`message_to_wire`; raise BadMessageError on anything odd."""
+    data = bytes(data)
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+        raise BadMessageError("body is not a fedsk message (bad magic)")
+    (hlen,) = struct.unpack(">I", data[len(MAGIC) : len(MAGIC) + 4])
+    start = len(MAGIC) + 4
+    if hlen > MAX_HEADER_BYTES or start + hlen > len(data):
+        raise BadMessageError("message header is too long or truncated")
+    try:
+        header = json.loads(data[start : start + hlen].decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise BadMessageError(f"message header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or set(header) != {"meta", "arrays"}:
+        raise BadMessageError("message header must be an object with 'meta' and 'arrays'")
+    meta, entries = header["meta"], header["arrays"]
+    if not isinstance(meta, dict) or not isinstance(entries, list) or len(entries) > MAX_ARRAYS:
+        raise BadMessageError("message header has a bad 'meta' or 'arrays'")
+    msg = Message(meta)
+    pos = start + hlen
+    for entry in entries:
+        if not isinstance(entry, dict) or not set(entry) <= {"name", "nbytes", "exponent"}:
+            raise BadMessageError("bad array entry in header")
+        name, nbytes = entry.get("name"), entry.get("nbytes")
+        if not isinstance(name, str) or not _NAME.match(name) or name in msg.arrays:
+            raise BadMessageError("bad or duplicate array name in header")
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or not nbytes >= 0:
+            raise BadMessageError(f"bad size for array {name!r}")
+        if pos + nbytes > len(data):
+            raise BadMessageError(f"array {name!r} is truncated")
+        arr = _read_npy(data[pos : pos + nbytes], name)
+        pos += nbytes
+        msg.arrays[name] = arr
+        if "exponent" in entry:
+            exp = entry["exponent"]
+            if not isinstance(exp, int) or isinstance(exp, bool) or abs(exp) > 1000:
+                raise BadMessageError(f"bad exponent for array {name!r}")
+            if arr.dtype != np.uint8 or arr.ndim != 2:
+                raise BadMessageError(f"ciphertext array {name!r} must be 2-d uint8")
+            msg.exponents[name] = exp
+    if pos != len(data):
+        raise BadMessageError("trailing bytes after the last array")
+    return msg
+
+
+def public_key_to_wire(public_key):
+    """A public key as a JSON-able dict (the modulus in hex)."""
+    return {"n": format(int(public_key.n), "x")}
+
+
+def public_key_from_wire(obj, *, min_key_length=1024):
+    """Inverse of :func:`public_key_to_wire`; refuses keys shorter than ``min_key_length``."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("n"), str) or len(obj["n"]) > 4096:
+        raise BadMessageError("public key must be {'n': '<hex modulus>'}")
+    try:
+        n = int(obj["n"], 16)
+    except ValueError:
+        raise BadMessageError("public key modulus is not hexadecimal") from None
+    if n.bit_length() < min_key_length:
+        raise BadMessageError(
+            f"key too short: {n.bit_length()} bits; this party requires at least "
+            f"{min_key_length} (min_key_length)"
+        )
+    if n % 2 == 0 or n < 3:
+        raise BadMessageError("public key modulus must be odd")
+    return PaillierPublicKey(n)

@@ -1,0 +1,305 @@
+"""The Flask application factory: HTTP in, a call into fedsk's host half, HTTP out.
+
+Every request is authenticated (bearer token of a configured peer, compared in
+constant time), validated, dispatched, answered and appended to the audit log. Any
+refusal is a JSON ``{"error": {"code", "message", "request_id"}}`` with a 4xx status;
+an unexpected failure is a 500 without details (the traceback goes to the server log
+only). The server holds no algorithm code: each session route names its host half.
+"""
+
+import hashlib
+import hmac
+import importlib
+import logging
+import re
+import time
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from fedsk.exceptions import NotFoundError, RequestError
+from fedsk.federation import (
+    CONTENT_TYPE,
+    ROUTES,
+    HostContext,
+    Message,
+    message_from_wire,
+    message_to_wire,
+)
+
+from ._audit import AuditLog
+from ._config import Config, ConfigError, config_from_dict, load_config
+from ._datasets import load_datasets
+from ._models import ModelStore
+from ._sessions import SessionStore
+from ._storage import StorageError, check_writable
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("party_server")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
+REQUEST_ID_HEADER = "Fedsk-Request-Id"
+
+
+class Unauthorized(RequestError):
+    status = 401
+    code = "unauthorized"
+
+
+class State:
+    """What the app keeps: config, datasets, sessions, models, audit log, handlers."""
+
+    def __init__(self, config):
+        self.config = config
+        try:
+            check_writable(config.state_dir)
+        except OSError as exc:
+            raise ConfigError(
+                f"config key 'state_dir': cannot write to {config.state_dir} "
+                f"({exc.strerror or exc})"
+            ) from None
+        self.datasets = load_datasets(config)
+        self.models = ModelStore(
+            config.state_dir / "models",
+            max_models=config.max_models,
+            max_age_days=config.max_model_age_days,
+        )
+        self.audit = AuditLog(config.state_dir / "audit.log", fsync=config.audit_fsync)
+        self.sessions = SessionStore(config.session_ttl)
+        self.created = {}  # (peer, request_id) -> replayable answer of sessions.create
+        self.handlers = {}
+        self._tokens = [(p.token.encode(), p.name) for p in config.peers.values()]
+
+    def handler(self, route):
+        fn = self.handlers.get(route.name)
+        if fn is None:
+            module, _, name = route.handler.partition(":")
+            fn = self.handlers[route.name] = getattr(importlib.import_module(module), name)
+        return fn
+
+    def authenticate(self, header):
+        scheme, _, token = (header or "").partition(" ")
+        if scheme != "Bearer" or not token:
+            raise Unauthorized("missing 'Authorization: Bearer <token>' header")
+        token = token.strip().encode()
+        peer = None
+        for known, name in self._tokens:  # check every token: time does not depend on which
+            if hmac.compare_digest(known, token):
+                peer = name
+        if peer is None:
+            raise Unauthorized("unknown token")
+        return peer
+
+
+def _error(status, code, message):
+    body = {
+        "error": {"code": code, "message": message, "request_id": getattr(g, "request_id", None)}
+    }
+    resp = jsonify(body)
+    resp.status_code = status
+    return resp
+
+
+def _state():
+    return current_app.extensions["fedsk"]
+
+
+def _message_in():
+    if request.method != "POST":
+        return Message()
+    ctype = (request.content_type or "").split(";")[0].strip()
+    if ctype != CONTENT_TYPE:
+        raise RequestError(
+            f"Content-Type must be {CONTENT_TYPE}", code="unsupported_media_type", status=415
+        )
+    msg = message_from_wire(request.get_data(cache=True))
+    g.ct_in = msg.n_ciphertexts
+    return msg
+
+
+def _reply(msg):
+    g.ct_out = msg.n_ciphertexts
+    return Response(message_to_wire(msg), status=200, content_type=CONTENT_TYPE)
+
+
+def _replayable(resp):
+    return (resp.status_code, resp.get_data(), resp.content_type, g.get("ct_out", 0))
+
+
+def _from_replay(reply):
+    status, body, ctype, ct_out = reply
+    g.ct_out = ct_out
+    return Response(body, status=status, content_type=ctype)
+
+
+def _make_view(route):
+    def view(**params):
+        state = _state()
+        g.endpoint_name = route.name
+        g.session = params.get("session_id")
+        if route.name == "health":
+            g.skip_audit = True
+            return jsonify({"status": "ok", "party": state.config.party})
+        g.peer = state.authenticate(request.headers.get("Authorization"))
+        if request.method != "GET" and g.request_id is None:
+            raise RequestError(
+                f"header {REQUEST_ID_HEADER} (8-64 characters) is required",
+                code="missing_request_id",
+            )
+        msg = _message_in()
+        if route.name == "sessions.create":
+            return _create_session(state, msg)
+        if route.name.startswith("models."):
+            return _models(state, route, params["model_id"])
+        entry = state.sessions.get(params["session_id"], g.peer)
+        if route.name == "sessions.delete":
+            state.sessions.delete(params["session_id"], g.peer)
+            return _reply(Message({"closed": True}))
+        with entry.lock:
+            cached = entry.replay(g.request_id)
+            if cached is not None:
+                return _from_replay(cached)
+            session = entry.session
+            ctx = HostContext(
+                party=state.config.party,
+                session=session,
+                dataset=state.datasets[session.dataset],
+                models=state.models,
+                n_jobs=state.config.n_jobs,
+                min_key_length=state.config.min_key_length,
+            )
+            resp = _reply(state.handler(route)(ctx, msg))
+            entry.remember(g.request_id, _replayable(resp))
+            return resp
+
+    view.__name__ = "view_" + route.name.replace(".", "_")
+    return view
+
+
+def _create_session(state, msg):
+    key = (g.peer, g.request_id)
+    if key in state.created:
+        return _from_replay(state.created[key])
+    name = msg.field("dataset", str)
+    allowed = state.config.peers[g.peer].datasets
+    if name not in state.datasets or (allowed is not None and name not in allowed):
+        raise NotFoundError(f"unknown dataset {name!r}")
+    entry = state.sessions.create(g.peer, name)
+    g.session = entry.session.id
+    info = state.datasets[name].describe()
+    resp = _reply(
+        Message(
+            {
+                "session_id": entry.session.id,
+                "party": state.config.party,
+                "min_key_length": state.config.min_key_length,
+                **info,
+            }
+        )
+    )
+    state.created[key] = _replayable(resp)
+    while len(state.created) > 1024:
+        state.created.pop(next(iter(state.created)))
+    return resp
+
+
+def _models(state, route, model_id):
+    meta, _ = state.models.load(model_id, g.peer)
+    if route.name == "models.delete":
+        state.models.delete(model_id, g.peer)
+        return _reply(Message({"deleted": model_id}))
+    public = {k: meta[k] for k in ("model_id", "kind", "created", "updated") if k in meta}
+    return _reply(Message(public))
+
+
+def _before():
+    g.started = time.perf_counter()
+    rid = request.headers.get(REQUEST_ID_HEADER)
+    g.request_id = rid if rid and REQUEST_ID.match(rid) else None
+
+
+def _after(resp):
+    if g.get("skip_audit"):
+        return resp
+    state = _state()
+    body = b""
+    if request.content_length is None or request.content_length <= state.config.max_body_bytes:
+        try:
+            body = request.get_data(cache=True)
+        except Exception:  # the body was refused (too large): log without a digest
+            body = b""
+    try:
+        state.audit.append(
+            peer=g.get("peer"),
+            method=request.method,
+            endpoint=g.get("endpoint_name") or request.path[:200],
+            session=g.get("session"),
+            request_id=g.get("request_id"),
+            status=resp.status_code,
+            bytes_in=request.content_length or len(body),
+            bytes_out=resp.calculate_content_length() or 0,
+            sha256_in=hashlib.sha256(body).hexdigest() if body else None,
+            ct_in=g.get("ct_in", 0),
+            ct_out=g.get("ct_out", 0),
+            ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
+        )
+    except StorageError as exc:
+        return _error(exc.status, exc.code, str(exc))
+    if g.get("request_id"):
+        resp.headers[REQUEST_ID_HEADER] = g.request_id
+    return resp
+
+
+def _handle_request_error(exc):
+    return _error(exc.status, exc.code, str(exc))
+
+
+def _handle_http_error(exc):
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return _error(exc.code or 400, code, exc.description or exc.name)
+
+
+def _handle_unexpected(exc):
+    log.exception("unexpected error while serving %s %s", request.method, request.path)
+    return _error(
+        500,
+        "internal_error",
+        "internal error; the party's operator can find the details in the server log",
+    )
+
+
+def create_app(config):
+    """Create the party server's Flask app.
+
+    Parameters
+    ----------
+    config : str, pathlib.Path, dict or Config
+        A TOML file, an already parsed document, or a validated :class:`Config`.
+        Problems raise :class:`ConfigError` with a one-line message naming the key.
+    """
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = config_from_dict(config)
+    elif not isinstance(config, Config):
+        raise TypeError("config must be a path, a dict or a Config")
+    app = Flask("party_server")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["fedsk"] = State(config)
+    bp = Blueprint("v1", __name__)
+    for route in ROUTES:
+        bp.add_url_rule(
+            route.path.replace("<", "<string:"),
+            endpoint=route.name.replace(".", "_"),
+            view_func=_make_view(route),
+            methods=[route.method],
+        )
+    app.register_blueprint(bp)
+    app.before_request(_before)
+    app.after_request(_after)
+    app.register_error_handler(RequestError, _handle_request_error)
+    app.register_error_handler(HTTPException, _handle_http_error)
+    app.register_error_handler(Exception, _handle_unexpected)
+    return app

@@ -1,0 +1,139 @@
+"""``party-server``: serve the app, or check and summarise the audit log.
+
+party-server --config host.toml              serve (waitress, plain HTTP on loopback)
+party-server audit verify --config host.toml exit 0 if the chain is intact
+party-server audit show --config host.toml   per-session summary
+"""
+
+import argparse
+import logging
+import sys
+
+from ._config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _serve(args):
+    from waitress import serve
+
+    from ._app import create_app
+
+    config = load_config(args.config)
+    app = create_app(config)
+    print(
+        f"party-server: {config.party} serving {len(config.datasets)} dataset(s) on "
+        f"http://{config.bind} (state: {config.state_dir})",
+        flush=True,
+    )
+    serve(
+        app,
+        host=config.host,
+        port=config.port,
+        threads=config.threads,
+        max_request_body_size=config.max_body_bytes + 1024,
+        ident="fedsk-party-server",
+        _quiet=True,
+    )
+    return 0
+
+
+def _audit_verify(args):
+    from ._audit import verify
+
+    config = load_config(args.config)
+    path = config.state_dir / "audit.log"
+    ok, n, problem = verify(path)
+    if ok:
+        print(f"audit log {path}: {n} records, chain intact")
+        return 0
+    print(f"audit log {path}: BROKEN after {n} good records: {problem}", file=sys.stderr)
+    return 1
+
+
+def _audit_show(args):
+    from ._audit import summarize
+
+    config = load_config(args.config)
+    path = config.state_dir / "audit.log"
+    sessions = summarize(path)
+    print(
+        f"audit log {path}: {sum(s['requests'] for s in sessions.values())} requests, "
+        f"{len(sessions)} sessions"
+    )
+    header = (
+        f"{'session':34} {'peer':12} {'first (UTC)':24} {'reqs':>5} {'errs':>5} "
+        f"{'ct in':>8} {'ct out':>8} {'MB in':>8} {'MB out':>8}  endpoints"
+    )
+    print(header)
+    for sid, s in sessions.items():
+        eps = ", ".join(f"{k} x{v}" for k, v in sorted(s["endpoints"].items()))
+        print(
+            f"{sid:34} {s['peer'] or '-':12} {s['first'] or '-':24} {s['requests']:5d} "
+            f"{s['errors']:5d} {s['ct_in']:8d} {s['ct_out']:8d} {s['bytes_in'] / 1e6:8.2f} "
+            f"{s['bytes_out'] / 1e6:8.2f}  {eps}"
+        )
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="party-server",
+        description="Serve a fedsk party (the host side of vertical federated learning), or "
+        "check its audit log.",
+    )
+    parser.add_argument("--config", help="TOML config file of this party")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the party (the default command)")
+    serve.add_argument("--config", dest="config_sub", help="TOML config file")
+    audit = sub.add_parser("audit", help="check or summarise the hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    for name, text in (
+        ("verify", "exit 0 if the chain is intact, 1 naming the first bad record otherwise"),
+        ("show", "print a per-session summary"),
+    ):
+        p = audit_sub.add_parser(name, help=text)
+        p.add_argument("--config", dest="config_sub", help="TOML config file")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.config = getattr(args, "config_sub", None) or args.config
+    if not args.config:
+        parser.error("--config host.toml is required")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    _exit_with_parent()
+    try:
+        if args.command == "audit":
+            return _audit_verify(args) if args.audit_command == "verify" else _audit_show(args)
+        return _serve(args)
+    except ConfigError as exc:
+        print(f"party-server: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover - interactive stop
+        return 0
+
+
+def _exit_with_parent():
+    """When started by LocalFederation, exit as soon as the parent process is gone."""
+    import os
+    import threading
+    import time
+
+    parent = os.environ.get("FEDSK_EXIT_WITH_PARENT")
+    if not parent or not parent.isdigit():
+        return
+
+    def watch():
+        while True:
+            if os.getppid() != int(parent):
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="fedsk-parent-watch", daemon=True).start()

@@ -1,0 +1,240 @@
+"""The party server's TOML configuration, validated at start.
+
+A bad file fails with :class:`ConfigError`, whose message is one line naming the key
+and what is wrong with it.
+"""
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Config", "ConfigError", "DatasetConfig", "PeerConfig", "load_config"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TOP_KEYS = {
+    "party",
+    "bind",
+    "state_dir",
+    "datasets",
+    "peers",
+    "max_body_bytes",
+    "session_ttl",
+    "n_jobs",
+    "min_key_length",
+    "threads",
+    "models",
+    "audit",
+    "behind_tls_proxy",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    path: Path
+    id_column: str
+    features: list | None = None
+    publish_feature_names: bool = False
+
+
+@dataclass
+class PeerConfig:
+    name: str
+    token: str = field(repr=False)
+    datasets: list | None = None  # None: every dataset
+
+
+@dataclass
+class Config:
+    party: str
+    host: str
+    port: int
+    state_dir: Path
+    datasets: dict
+    peers: dict
+    max_body_bytes: int = 256 * 1024 * 1024
+    session_ttl: float = 3600.0
+    n_jobs: int = 1
+    min_key_length: int = 2048
+    threads: int = 8
+    max_models: int = 100
+    max_model_age_days: float | None = None
+    audit_fsync: bool = True
+    behind_tls_proxy: bool = False
+    source: Path | None = None
+
+    @property
+    def bind(self):
+        return f"{self.host}:{self.port}"
+
+
+def _fail(key, problem):
+    raise ConfigError(f"config key {key!r}: {problem}")
+
+
+def _get(table, key, kind, where, default=...):
+    if key not in table:
+        if default is ...:
+            _fail(where + key, "is required")
+        return default
+    value = table[key]
+    if kind is int and isinstance(value, bool):
+        _fail(where + key, "must be an integer")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind):
+        _fail(where + key, f"must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _parse_bind(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail("bind", f"must look like '127.0.0.1:8443', got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_from_dict(raw, base_dir=Path(".")):
+    """Validate a parsed TOML document (also used by tests and LocalFederation)."""
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        _fail(sorted(unknown)[0], "is not a known setting")
+    party = _get(raw, "party", str, "")
+    if not _NAME.match(party):
+        _fail("party", "must be 1-64 letters, digits, '_', '-' or '.'")
+    host, port = _parse_bind(_get(raw, "bind", str, ""))
+    state_dir = Path(_get(raw, "state_dir", str, ""))
+    if not state_dir.is_absolute():
+        state_dir = base_dir / state_dir
+
+    datasets = {}
+    for name, table in _get(raw, "datasets", dict, "", default={}).items():
+        where = f"datasets.{name}."
+        if not _NAME.match(name) or not isinstance(table, dict):
+            _fail(f"datasets.{name}", "must be a table with a valid name")
+        extra = set(table) - {"path", "id_column", "features", "publish_feature_names"}
+        if extra:
+            _fail(where + sorted(extra)[0], "is not a known dataset setting")
+        path = Path(_get(table, "path", str, where))
+        if not path.is_absolute():
+            path = base_dir / path
+        features = _get(table, "features", list, where, default=None)
+        if features is not None and not all(isinstance(f, str) for f in features):
+            _fail(where + "features", "must be a list of column names")
+        datasets[name] = DatasetConfig(
+            name,
+            path,
+            _get(table, "id_column", str, where),
+            features,
+            _get(table, "publish_feature_names", bool, where, default=False),
+        )
+    if not datasets:
+        _fail("datasets", "at least one [datasets.<name>] table is required")
+
+    peers = {}
+    for name, table in _get(raw, "peers", dict, "", default={}).items():
+        where = f"peers.{name}."
+        if not _NAME.match(name) or not isinstance(table, dict):
+            _fail(f"peers.{name}", "must be a table with a valid name")
+        extra = set(table) - {"token", "token_env", "datasets"}
+        if extra:
+            _fail(where + sorted(extra)[0], "is not a known peer setting")
+        if ("token" in table) == ("token_env" in table):
+            _fail(where + "token", "give exactly one of 'token' or 'token_env'")
+        if "token" in table:
+            token = _get(table, "token", str, where)
+        else:
+            env = _get(table, "token_env", str, where)
+            token = os.environ.get(env)
+            if not token:
+                _fail(where + "token_env", f"environment variable {env} is not set")
+        if len(token) < 16:
+            _fail(where + "token", "must be at least 16 characters (use a random token)")
+        allowed = _get(table, "datasets", list, where, default=None)
+        if allowed is not None:
+            for d in allowed:
+                if d not in datasets:
+                    _fail(where + "datasets", f"names unknown dataset {d!r}")
+        peers[name] = PeerConfig(name, token, allowed)
+    if not peers:
+        _fail("peers", "at least one [peers.<name>] table is required")
+    tokens = [p.token for p in peers.values()]
+    if len(set(tokens)) != len(tokens):
+        _fail("peers", "two peers share a token; give each peer its own")
+
+    behind_proxy = _get(raw, "behind_tls_proxy", bool, "", default=False)
+    if not _is_loopback(host) and not behind_proxy:
+        _fail(
+            "bind",
+            f"{host} is not a loopback address: the CLI serves plain HTTP, so put a "
+            "TLS reverse proxy in front and set behind_tls_proxy = true, or serve "
+            "party_server.wsgi with gunicorn and TLS certificates",
+        )
+
+    models = _get(raw, "models", dict, "", default={})
+    audit = _get(raw, "audit", dict, "", default={})
+    cfg = Config(
+        party=party,
+        host=host,
+        port=port,
+        state_dir=state_dir,
+        datasets=datasets,
+        peers=peers,
+        max_body_bytes=_get(raw, "max_body_bytes", int, "", default=256 * 1024 * 1024),
+        session_ttl=_get(raw, "session_ttl", float, "", default=3600.0),
+        n_jobs=_get(raw, "n_jobs", int, "", default=1),
+        min_key_length=_get(raw, "min_key_length", int, "", default=2048),
+        threads=_get(raw, "threads", int, "", default=8),
+        max_models=_get(models, "max_models", int, "models.", default=100),
+        max_model_age_days=_get(models, "max_age_days", float, "models.", default=None),
+        audit_fsync=_get(audit, "fsync", bool, "audit.", default=True),
+        behind_tls_proxy=behind_proxy,
+    )
+    if cfg.max_body_bytes < 1024:
+        _fail("max_body_bytes", "must be at least 1024")
+    if cfg.session_ttl <= 0:
+        _fail("session_ttl", "must be positive (seconds)")
+    if cfg.min_key_length < 1024:
+        _fail("min_key_length", "must be at least 1024")
+    if cfg.max_models < 1:
+        _fail("models.max_models", "must be at least 1")
+    if cfg.threads < 1:
+        _fail("threads", "must be at least 1")
+    if cfg.n_jobs == 0:
+        _fail("n_jobs", "must be a positive number of workers or -1 for all cores")
+    return cfg
+
+
+def load_config(path):
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    cfg = config_from_dict(raw, path.resolve().parent)
+    cfg.source = path.resolve()
+    return cfg

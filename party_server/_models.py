@@ -1,0 +1,109 @@
+"""The model store: each host's half of every trained model, one file per model.
+
+A model is a single ``.npz`` file (numeric arrays plus a JSON metadata array), written
+atomically (temp file, fsync, rename), read back with ``allow_pickle=False``. Each
+model belongs to the peer that trained it; another peer is told it does not exist.
+Retention keeps at most ``max_models`` per peer (oldest first out) and, optionally,
+drops models older than ``max_age_days``.
+"""
+
+import io
+import json
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedsk.exceptions import NotFoundError
+from fedsk.federation import ModelStoreAPI
+
+from ._storage import atomic_write, check_writable
+
+__all__ = ["ModelStore"]
+
+_ID = re.compile(r"^[0-9a-f]{24}$")
+
+
+class ModelStore(ModelStoreAPI):
+    def __init__(self, root, *, max_models=100, max_age_days=None):
+        self.root = Path(root)
+        check_writable(self.root)
+        self.max_models = max_models
+        self.max_age_days = max_age_days
+        self._lock = threading.Lock()
+        for tmp in self.root.glob(".tmp-*"):  # left by a crash mid-write: never a model
+            tmp.unlink(missing_ok=True)
+
+    def _path(self, model_id):
+        if not isinstance(model_id, str) or not _ID.match(model_id):
+            raise NotFoundError("unknown model")
+        return self.root / f"{model_id}.npz"
+
+    def create(self, peer, kind):
+        return secrets.token_hex(12)
+
+    def _read(self, path):
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+        return meta, arrays
+
+    def save(self, model_id, peer, meta, arrays):
+        path = self._path(model_id)
+        with self._lock:
+            created = time.time()
+            if path.exists():
+                old, _ = self._read(path)
+                if old.get("owner") != peer:
+                    raise NotFoundError("unknown model")
+                created = old.get("created", created)
+            full = dict(meta, model_id=model_id, owner=peer, created=created, updated=time.time())
+            buf = io.BytesIO()
+            payload = {k: np.asarray(v) for k, v in arrays.items()}
+            payload["__meta__"] = np.frombuffer(json.dumps(full).encode(), dtype=np.uint8)
+            np.savez(buf, **payload)
+            atomic_write(path, buf.getvalue())
+            self._apply_retention(peer)
+
+    def load(self, model_id, peer):
+        path = self._path(model_id)
+        try:
+            meta, arrays = self._read(path)
+        except FileNotFoundError:
+            raise NotFoundError(f"unknown model {model_id}") from None
+        if meta.get("owner") != peer:
+            raise NotFoundError(f"unknown model {model_id}")
+        return meta, arrays
+
+    def delete(self, model_id, peer):
+        self.load(model_id, peer)
+        with self._lock:
+            self._path(model_id).unlink(missing_ok=True)
+
+    def list(self, peer=None):
+        """Metadata of every model (of ``peer`` if given), oldest first."""
+        out = []
+        for path in self.root.glob("*.npz"):
+            try:
+                meta, _ = self._read(path)
+            except (OSError, ValueError, KeyError):
+                continue
+            if peer is None or meta.get("owner") == peer:
+                out.append(meta)
+        return sorted(out, key=lambda m: m.get("created", 0))
+
+    def _apply_retention(self, peer):
+        models = self.list(peer)
+        now = time.time()
+        doomed = []
+        if self.max_age_days is not None:
+            limit = now - self.max_age_days * 86400
+            doomed += [m for m in models if m.get("updated", now) < limit]
+        keep = [m for m in models if m not in doomed]
+        if len(keep) > self.max_models:
+            doomed += keep[: len(keep) - self.max_models]
+        for m in doomed:
+            self._path(m["model_id"]).unlink(missing_ok=True)

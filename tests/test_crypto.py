@@ -1,0 +1,245 @@
+"""The vectorised Paillier layer, checked against phe."""
+
+import gmpy2
+import numpy as np
+import pytest
+from phe import paillier
+
+from fedsk.crypto import (
+    EncryptedArray,
+    RecordLayout,
+    decrypt,
+    decrypt_integers,
+    decrypt_raw,
+    encrypt,
+    encrypt_integers,
+    generate_keypair,
+    security_bits,
+    short_exponent_bits,
+)
+from fedsk.crypto import _kernels as K
+from fedsk.exceptions import PackingOverflowError
+
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture(params=["fast", "standard"])
+def keys(request, keypair, standard_keypair):
+    return keypair if request.param == "fast" else standard_keypair
+
+
+def test_keys_come_from_phe_and_match(keypair):
+    pub, priv = keypair
+    phe_priv = priv.to_phe()
+    assert isinstance(phe_priv, paillier.PaillierPrivateKey)
+    assert phe_priv.public_key.n == int(pub.n)
+    assert pub.key_length == 1024
+
+
+@pytest.mark.parametrize("owner", [True, False])
+def test_encrypt_decrypts_with_phe(keys, owner):
+    pub, priv = keys
+    x = rng.normal(size=40) * 100
+    enc = encrypt(priv if owner else pub, x)
+    phe_priv = priv.to_phe()
+    got = np.array([phe_priv.decrypt(v) for v in enc.to_phe()])
+    np.testing.assert_allclose(got, x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(decrypt(priv, enc), x, rtol=0, atol=1e-12)
+
+
+def test_decrypt_matches_phe_encryptions(keypair):
+    pub, priv = keypair
+    x = rng.normal(size=10)
+    phe_pub = pub.to_phe()
+    nums = [phe_pub.encrypt(float(v), precision=2.0**-52) for v in x]
+    # phe picks one exponent per value; realign to the smallest as a protocol would.
+    e = min(v.exponent for v in nums)
+    nums = [v.decrease_exponent_to(e) for v in nums]
+    enc = EncryptedArray.from_phe(pub, nums)
+    np.testing.assert_allclose(decrypt(priv, enc), x, atol=1e-12)
+
+
+def test_encryption_is_randomised(keys):
+    pub, priv = keys
+    a = encrypt(priv, np.zeros(5))
+    b = encrypt(priv, np.zeros(5))
+    assert len(set(map(int, a.ciphertexts + b.ciphertexts))) == 10
+    assert all(c != 1 for c in a.ciphertexts)
+
+
+def test_add_subtract_against_phe(keypair):
+    pub, priv = keypair
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    ex, ey = encrypt(pub, x), encrypt(priv, y)
+    np.testing.assert_allclose(decrypt(priv, ex + ey), x + y, atol=1e-12)
+    np.testing.assert_allclose(decrypt(priv, ex - ey), x - y, atol=1e-12)
+    np.testing.assert_allclose(decrypt(priv, ex + 2.5), x + 2.5, atol=1e-12)
+    np.testing.assert_allclose(decrypt(priv, ex - y), x - y, atol=1e-12)
+    # phe agrees on the very same ciphertexts
+    phe_sum = [a + b for a, b in zip(ex.to_phe(), ey.to_phe())]
+    phe_priv = priv.to_phe()
+    np.testing.assert_allclose([phe_priv.decrypt(v) for v in phe_sum], x + y, atol=1e-12)
+
+
+def test_negative_values_and_integers(keypair):
+    pub, priv = keypair
+    ints = [-(2**60), -1, 0, 1, 2**60]
+    enc = encrypt_integers(pub, ints)
+    assert decrypt_integers(priv, enc) == ints
+    assert decrypt_integers(priv, enc.sum()) == [0]
+
+
+def test_exponent_mismatch_is_an_error(keypair):
+    pub, _ = keypair
+    with pytest.raises(ValueError, match="exponents differ"):
+        encrypt(pub, [1.0], exponent=-13) + encrypt(pub, [1.0], exponent=-10)
+
+
+def test_scalar_multiply_against_phe(keypair):
+    pub, priv = keypair
+    x = rng.normal(size=12)
+    k = rng.integers(-1000, 1000, size=12)
+    enc = encrypt(pub, x)
+    np.testing.assert_allclose(decrypt(priv, enc * k), x * k, atol=1e-9)
+    f = rng.normal(size=12)
+    prod = enc.multiply(f, exponent=-8)
+    np.testing.assert_allclose(decrypt(priv, prod), x * f, atol=1e-8)
+    phe_priv = priv.to_phe()
+    phe_prod = [a * int(b) for a, b in zip(enc.to_phe(), k)]
+    np.testing.assert_allclose([phe_priv.decrypt(v) for v in phe_prod], x * k, atol=1e-9)
+
+
+def test_sum_by_group_and_histogram(keypair):
+    pub, priv = keypair
+    ints = rng.integers(0, 1000, size=200)
+    enc = encrypt_integers(priv, ints.tolist())
+    groups = rng.integers(0, 7, size=200)
+    got = decrypt_integers(priv, enc.sum_by_group(groups, 9))
+    assert got == np.bincount(groups, weights=ints, minlength=9).astype(int).tolist()
+    bins = rng.integers(0, 5, size=(200, 3))
+    hist = decrypt_integers(priv, enc.histogram(bins, 5))
+    want = [int(v) for j in range(3) for v in np.bincount(bins[:, j], weights=ints, minlength=5)]
+    assert hist == want
+
+
+@pytest.mark.parametrize("shape", [(50,), (120, 4)])
+def test_dot_matches_plaintext_and_naive(keypair, shape):
+    pub, priv = keypair
+    d = rng.normal(size=shape[0])
+    X = rng.normal(size=shape) * 3
+    enc = encrypt(priv, d, exponent=-10)
+    got = decrypt(priv, enc.dot(X, exponent=-6))
+    Xq = np.rint(np.ldexp(X, 24)) / 2.0**24
+    np.testing.assert_allclose(got, np.atleast_1d(Xq.T @ d), atol=1e-9)
+    scal = np.rint(np.ldexp(X.reshape(shape[0], -1), 24)).astype(np.int64)
+    naive = K.naive_multiexp_columns(enc.ciphertexts, scal, pub.nsquare)
+    assert [int(c) for c in naive] == [int(c) for c in enc.dot(X, exponent=-6).ciphertexts]
+
+
+def test_dot_integer_matrix_with_zeros_and_signs(keypair):
+    pub, priv = keypair
+    d = rng.integers(-50, 50, size=64)
+    X = rng.integers(-3, 4, size=(64, 5))
+    X[:, 2] = 0
+    enc = encrypt_integers(priv, d.tolist())
+    assert decrypt_integers(priv, enc.dot(X)) == (X.T @ d).tolist()
+
+
+def test_rerandomise_keeps_value_changes_ciphertext(keys):
+    pub, priv = keys
+    x = rng.normal(size=8)
+    enc = encrypt(pub, x)
+    re = enc.rerandomise()
+    assert all(int(a) != int(b) for a, b in zip(enc.ciphertexts, re.ciphertexts))
+    np.testing.assert_allclose(decrypt(priv, re), x, atol=1e-12)
+
+
+def test_parallel_paths_match_serial(keypair):
+    pub, priv = keypair
+    x = rng.integers(0, 100, size=3000)
+    enc = encrypt_integers(priv, x.tolist(), n_jobs=2)
+    assert decrypt_integers(priv, enc, n_jobs=2) == x.tolist()
+    bins = rng.integers(0, 8, size=(3000, 4))
+    assert decrypt_integers(priv, enc.histogram(bins, 8, n_jobs=2)) == decrypt_integers(
+        priv, enc.histogram(bins, 8, n_jobs=1)
+    )
+
+
+def test_packing_roundtrip_through_ciphertexts(keypair):
+    pub, priv = keypair
+    layout = RecordLayout.for_sums([1000, 500, 1], n_terms=40)
+    rows = np.column_stack(
+        [rng.integers(0, 1001, 40), rng.integers(0, 501, 40), np.ones(40, dtype=int)]
+    )
+    enc = encrypt_integers(priv, layout.pack(rows))
+    groups = rng.integers(0, 6, size=40)
+    sums = enc.sum_by_group(groups, 6)  # each slot sums at most 40 terms
+    per = layout.records_per_plaintext(pub.key_length)
+    packed = sums.pack(per, layout.record_bits)
+    assert len(packed) == -(-6 // per)
+    records = layout.split_plaintexts(decrypt_raw(priv, packed), 6, per)
+    got = layout.unpack(records).astype(np.int64)
+    for g in range(6):
+        np.testing.assert_array_equal(got[g], rows[groups == g].sum(axis=0))
+
+
+def test_packing_overflow_raises():
+    layout = RecordLayout.for_sums([10, 10], n_terms=2)
+    with pytest.raises(PackingOverflowError):
+        layout.pack(np.array([[11, 0]]))
+    # a sum of more terms than planned overflows its slot and is caught on decode
+    too_big = (30 << layout.slot_bits[1]) | 5
+    with pytest.raises(PackingOverflowError):
+        layout.unpack([too_big])
+    with pytest.raises(PackingOverflowError):
+        layout.unpack([1 << layout.record_bits])
+
+
+def test_ciphertext_bytes_roundtrip_and_range(keypair):
+    pub, priv = keypair
+    enc = encrypt(pub, [1.0, 2.0, -3.0])
+    raw = enc.to_bytes()
+    assert raw.dtype == np.uint8 and raw.shape == (3, pub.ciphertext_bytes)
+    back = EncryptedArray.from_bytes(pub, raw, enc.exponent)
+    assert back.ciphertexts == enc.ciphertexts
+    bad = raw.copy()
+    bad[1] = 0
+    with pytest.raises(ValueError, match="ciphertext 1 is out of range"):
+        EncryptedArray.from_bytes(pub, bad)
+    big = np.frombuffer(int(pub.nsquare).to_bytes(pub.ciphertext_bytes, "big"), np.uint8)
+    with pytest.raises(ValueError, match="out of range"):
+        EncryptedArray.from_bytes(pub, big.reshape(1, -1))
+
+
+def test_private_key_refuses_pickle(keypair):
+    import pickle
+
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(keypair[1])
+
+
+def test_public_key_pickles_without_private_parts(keypair):
+    import pickle
+
+    pub = pickle.loads(pickle.dumps(keypair[0]))
+    assert pub == keypair[0]
+
+
+def test_security_levels_and_alpha_lengths():
+    assert security_bits(2048) == 112 and short_exponent_bits(2048) == 224
+    assert security_bits(1024) == 80 and short_exponent_bits(1024) == 160
+    assert short_exponent_bits(3072) == 256
+    with pytest.raises(ValueError, match="key_length"):
+        generate_keypair(512)
+
+
+def test_batch_invert(keypair):
+    pub, _ = keypair
+    xs = [gmpy2.mpz(v) for v in rng.integers(2, 2**40, size=9).tolist()]
+    inv = K.batch_invert(xs, pub.nsquare)
+    assert all(x * i % pub.nsquare == 1 for x, i in zip(xs, inv))
+
+
+def test_encrypt_rejects_nan(keypair):
+    with pytest.raises(ValueError, match="NaN"):
+        encrypt(keypair[0], [np.nan])

@@ -1,0 +1,156 @@
+"""Federation handles, the HTTP transport and LocalFederation over real processes."""
+
+import copy
+import os
+import pickle
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsk.exceptions import AuthenticationError, PartyUnavailableError, ProtocolError
+from fedsk.federation import (
+    Federation,
+    HttpTransport,
+    LocalFederation,
+    Message,
+    message_from_wire,
+    message_to_wire,
+    public_key_from_wire,
+    public_key_to_wire,
+)
+from fedsk.federation._psi import align
+
+pytestmark = pytest.mark.integration
+
+
+def test_message_roundtrip(keypair):
+    from fedsk.crypto import encrypt
+
+    pub, priv = keypair
+    enc = encrypt(pub, [1.5, -2.0])
+    msg = Message({"a": 1, "b": [1, "x"]}, arrays={"x": np.arange(6).reshape(2, 3),
+                                                    "m": np.array([True, False])})
+    msg.add_encrypted("ct", enc)
+    back = message_from_wire(message_to_wire(msg))
+    assert back.meta == msg.meta
+    assert back.array("x").tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert back.array("m", kind="b").tolist() == [True, False]
+    got = back.encrypted("ct", pub)
+    assert got.exponent == enc.exponent and got.ciphertexts == enc.ciphertexts
+    assert back.n_ciphertexts == 2
+
+
+def test_public_key_roundtrip_and_min_length(keypair):
+    from fedsk.exceptions import BadMessageError
+
+    pub = keypair[0]
+    assert public_key_from_wire(public_key_to_wire(pub), min_key_length=1024) == pub
+    with pytest.raises(BadMessageError, match="at least 2048"):
+        public_key_from_wire(public_key_to_wire(pub), min_key_length=2048)
+
+
+def test_federation_handle_validates_and_copies():
+    spec = {"insurer": {"url": "https://insurer.example:8443", "dataset": "customers",
+                        "token": "tok-0123456789abcdef"}}
+    fed = Federation(spec)
+    assert pickle.loads(pickle.dumps(fed)).hosts == fed.hosts
+    assert copy.deepcopy(fed).hosts == fed.hosts
+    assert "tok-" not in repr(fed)
+    with pytest.raises(ValueError, match="url"):
+        Federation({"insurer": {"dataset": "x", "token": "t"}})
+    with pytest.raises(ValueError, match="verify"):
+        Federation({"i": {**spec["insurer"], "verify": False}})
+    with pytest.raises(ValueError, match="TLS verification"):
+        HttpTransport("i", "https://x", "t", verify=False)
+
+
+def test_tls_verification_is_on_by_default():
+    t = HttpTransport("i", "https://insurer.example", "token")
+    assert t._http().verify is True
+    t2 = HttpTransport("i", "https://insurer.example", "token", verify="/etc/ca.pem")
+    assert t2._http().verify == "/etc/ca.pem"
+
+
+def test_unreachable_party_raises_quickly():
+    fed = Federation({"insurer": {"url": "http://127.0.0.1:9", "dataset": "d",
+                                  "token": "tok-0123456789abcdef"}}, retries=2)
+    [client] = fed.connect()
+    t = time.monotonic()
+    with pytest.raises(PartyUnavailableError) as err:
+        client.open_session("x")
+    assert time.monotonic() - t < 10
+    assert err.value.party == "insurer" and "127.0.0.1:9" in str(err.value)
+    assert isinstance(err.value, ConnectionError)
+
+
+@pytest.fixture(scope="module")
+def local_fed():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(40, 2)), index=[f"id{i}" for i in range(40)],
+                      columns=["a", "b"])
+    with LocalFederation(hosts={"insurer": df}) as fed:
+        yield fed
+
+
+def test_local_federation_serves_over_http(local_fed):
+    [client] = local_fed.connect()
+    sid, info = client.open_session("t")
+    assert info["feature_names"] == ["a", "b"] and info["min_key_length"] == 1024
+    pos = align(client, sid, [f"id{i}" for i in range(30, 50)])
+    assert pos.tolist() == list(range(10))
+    client.close_session(sid)
+    with pytest.raises(ProtocolError, match="404"):
+        client.call("psi.exchange", sid, Message())
+
+
+def test_local_federation_pickles_as_a_plain_handle(local_fed):
+    for copied in (pickle.loads(pickle.dumps(local_fed)), copy.deepcopy(local_fed)):
+        assert type(copied) is Federation and copied.hosts == local_fed.hosts
+        [client] = copied.connect()
+        assert client.open_session("t")[0]
+
+
+def test_wrong_token_is_authentication_error(local_fed):
+    spec = dict(local_fed.hosts["insurer"], token="not-the-right-token")
+    [client] = Federation({"insurer": spec}).connect()
+    with pytest.raises(AuthenticationError, match="insurer"):
+        client.open_session("t")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_local_federation_cleans_up_and_killed_host_is_unavailable():
+    df = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "b"])
+    fed = LocalFederation(hosts={"h1": df, "h2": df}, retries=1)
+    pids = [fed.pid("h1"), fed.pid("h2")]
+    tmp = fed.state_dir("h1").parent.parent
+    [c1, c2] = fed.connect()
+    sid, _ = c1.open_session("t")
+    fed.kill("h1")
+    t = time.monotonic()
+    with pytest.raises(PartyUnavailableError, match="h1"):
+        c1.call("psi.exchange", sid, Message())
+    assert time.monotonic() - t < 10
+    fed.restart("h1")
+    assert c1.open_session("t")[0]
+    pids.append(fed.pid("h1"))
+    fed.close()
+    assert not tmp.exists()
+    deadline = time.monotonic() + 5
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_pid_alive(p) for p in pids)
+
+
+def test_local_federation_rejects_duplicate_ids():
+    df = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "a"])
+    with pytest.raises(ValueError, match="duplicate"):
+        LocalFederation(hosts={"h": df})

@@ -1,0 +1,253 @@
+"""The party server app: auth, validation, sessions, idempotency, models, audit."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedsk.federation import CONTENT_TYPE, Message, message_to_wire
+from party_server import ConfigError, create_app
+from party_server._audit import verify
+from party_server._cli import main as cli_main
+
+from .conftest import TOKEN, write_host
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def rid(i=0):
+    return {"Fedsk-Request-Id": f"req-{i:08d}"}
+
+
+def post(client, path, msg, headers=None, i=0):
+    return client.post(path, data=message_to_wire(msg), content_type=CONTENT_TYPE,
+                       headers={**AUTH, **rid(i), **(headers or {})})
+
+
+def open_session(client):
+    r = post(client, "/v1/sessions", Message({"dataset": "customers", "protocol": "t"}), i=99)
+    assert r.status_code == 200, r.data
+    from fedsk.federation import message_from_wire
+
+    return message_from_wire(r.data).meta
+
+
+def error_of(resp):
+    assert resp.content_type == "application/json", resp.data[:200]
+    body = json.loads(resp.data)
+    assert set(body["error"]) == {"code", "message", "request_id"}
+    return body["error"]
+
+
+@pytest.fixture
+def client(host_app):
+    return host_app.test_client()
+
+
+def test_health_needs_no_token(client):
+    r = client.get("/v1/health")
+    assert r.status_code == 200 and r.json["status"] == "ok"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-xxxxxxxx"},
+                                     {"Authorization": "Basic abc"}])
+def test_unknown_or_missing_token_is_401(client, headers):
+    r = client.post("/v1/sessions", data=b"", headers={**headers, **rid()})
+    assert r.status_code == 401
+    assert error_of(r)["code"] == "unauthorized"
+
+
+def test_session_open_describes_dataset(client, host_df):
+    meta = open_session(client)
+    assert meta["n_features"] == 3 and meta["feature_names"] == list(host_df.columns)
+    assert len(meta["session_id"]) == 32
+
+
+def test_unpublished_feature_names_stay_private(tmp_path, host_df):
+    app = create_app(write_host(tmp_path, host_df, publish=False))
+    meta = open_session(app.test_client())
+    assert "feature_names" not in meta and meta["n_features"] == 3
+
+
+@pytest.mark.parametrize("body,ctype,code", [
+    (b"junk", CONTENT_TYPE, "bad_message"),
+    (b"FEDSK1\x00\x00\x00\x05{bad}", CONTENT_TYPE, "bad_message"),
+    (message_to_wire(Message({"dataset": "customers"}))[:-3], CONTENT_TYPE, "bad_message"),
+    (b'{"dataset": "customers"}', "application/json", "unsupported_media_type"),
+])
+def test_malformed_bodies_are_json_4xx(client, body, ctype, code):
+    r = client.post("/v1/sessions", data=body, content_type=ctype, headers={**AUTH, **rid()})
+    assert 400 <= r.status_code < 500
+    assert error_of(r)["code"] == code
+    assert client.get("/v1/health").status_code == 200
+
+
+def test_wrong_field_types_and_unknown_dataset(client):
+    r = post(client, "/v1/sessions", Message({"dataset": 5}))
+    assert r.status_code == 400 and "dataset" in error_of(r)["message"]
+    r = post(client, "/v1/sessions", Message({"dataset": "nope"}), i=1)
+    assert r.status_code == 404
+
+
+def test_pickle_is_refused(client):
+    import io
+    import pickle
+
+    arr = np.array([object()], dtype=object)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=True)
+    blob = buf.getvalue()
+    header = json.dumps({"meta": {}, "arrays": [{"name": "x", "nbytes": len(blob)}]}).encode()
+    body = b"FEDSK1" + len(header).to_bytes(4, "big") + header + blob
+    r = client.post("/v1/sessions", data=body, content_type=CONTENT_TYPE,
+                    headers={**AUTH, **rid()})
+    assert r.status_code == 400 and "dtype" in error_of(r)["message"]
+    r = client.post("/v1/sessions", data=pickle.dumps({"a": 1}), content_type=CONTENT_TYPE,
+                    headers={**AUTH, **rid(1)})
+    assert r.status_code == 400
+
+
+def test_oversized_body_is_413(tmp_path, host_df):
+    app = create_app(write_host(tmp_path, host_df, max_body_bytes=4096))
+    c = app.test_client()
+    msg = Message({"dataset": "customers"}, arrays={"big": np.zeros(10_000)})
+    r = post(c, "/v1/sessions", msg)
+    assert r.status_code == 413 and error_of(r)["code"] == "request_entity_too_large"
+    assert c.get("/v1/health").status_code == 200
+
+
+def test_unknown_session_and_foreign_session(tmp_path, host_df):
+    cfg = write_host(tmp_path, host_df)
+    cfg["peers"]["telco"] = {"token": "telco-token-0123456789"}
+    app = create_app(cfg)
+    c = app.test_client()
+    sid = open_session(c)["session_id"]
+    r = post(c, "/v1/sessions/0123/psi", Message(), i=2)
+    assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+    r = c.post(f"/v1/sessions/{sid}/psi", data=message_to_wire(Message()),
+               content_type=CONTENT_TYPE,
+               headers={"Authorization": "Bearer telco-token-0123456789", **rid(3)})
+    assert r.status_code == 404  # another peer's session does not exist for telco
+
+
+def test_missing_request_id_is_refused(client):
+    r = client.post("/v1/sessions", data=message_to_wire(Message({"dataset": "customers"})),
+                    content_type=CONTENT_TYPE, headers=AUTH)
+    assert r.status_code == 400 and error_of(r)["code"] == "missing_request_id"
+
+
+def test_unknown_route_and_method_are_json(client):
+    r = client.get("/v1/nothing", headers=AUTH)
+    assert r.status_code == 404 and error_of(r)
+    r = client.get("/v1/sessions", headers=AUTH)
+    assert r.status_code == 405 and error_of(r)
+
+
+def test_retried_request_is_answered_once(client):
+    sid = open_session(client)["session_id"]
+    from fedsk.federation._psi import hash_ids
+
+    msg = Message(arrays={"points": hash_ids(["c0001", "zz"], sid)})
+    a = post(client, f"/v1/sessions/{sid}/psi", msg, i=7)
+    b = post(client, f"/v1/sessions/{sid}/psi", msg, i=7)
+    c = post(client, f"/v1/sessions/{sid}/psi", msg, i=8)
+    assert a.status_code == b.status_code == c.status_code == 200
+    assert a.data == b.data  # replayed, not recomputed (fresh keys would differ)
+    assert a.data != c.data
+    # a retried session creation returns the same session
+    assert open_session(client)["session_id"] == open_session(client)["session_id"]
+
+
+def test_models_survive_restart_and_can_be_deleted(tmp_path, host_df):
+    cfg = write_host(tmp_path, host_df)
+    app = create_app(cfg)
+    store = app.extensions["fedsk"].models
+    mid = store.create("bank", "test")
+    store.save(mid, "bank", {"kind": "test", "n": 3}, {"w": np.arange(3.0)})
+    app2 = create_app(cfg)  # a restarted server on the same state directory
+    meta, arrays = app2.extensions["fedsk"].models.load(mid, "bank")
+    assert meta["n"] == 3 and arrays["w"].tolist() == [0.0, 1.0, 2.0]
+    c = app2.test_client()
+    assert c.get(f"/v1/models/{mid}", headers=AUTH).status_code == 200
+    assert c.delete(f"/v1/models/{mid}", headers={**AUTH, **rid(5)}).status_code == 200
+    assert c.get(f"/v1/models/{mid}", headers=AUTH).status_code == 404
+
+
+def test_model_retention_bounds_the_store(tmp_path, host_df):
+    app = create_app(write_host(tmp_path, host_df, models={"max_models": 3}))
+    store = app.extensions["fedsk"].models
+    ids = []
+    for i in range(6):
+        mid = store.create("bank", "test")
+        store.save(mid, "bank", {"i": i}, {"w": np.zeros(2)})
+        ids.append(mid)
+    kept = [m["model_id"] for m in store.list("bank")]
+    assert kept == ids[-3:]
+    assert len(list(store.root.glob("*.npz"))) == 3
+
+
+def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
+    cfg = write_host(tmp_path, host_df)
+    app = create_app(cfg)
+    c = app.test_client()
+    sid = open_session(c)["session_id"]
+    post(c, f"/v1/sessions/{sid}/psi", Message(), i=1)  # refused: logged too
+    c.post("/v1/sessions", data=b"x", headers={"Authorization": "Bearer nope", **rid(2)})
+    path = tmp_path / "insurer" / "state" / "audit.log"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["status"] for r in records] == [200, 400, 401]
+    assert records[0]["peer"] == "bank" and records[2]["peer"] is None
+    assert records[1]["session"] == sid and len(records[0]["sha256_in"]) == 64
+    assert not any(TOKEN in line for line in path.read_text().splitlines())
+    assert verify(path)[0]
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 0
+    assert cli_main(["audit", "show", "--config", str(cfg_path)]) == 0
+    assert sid in capsys.readouterr().out
+    data = bytearray(path.read_bytes())
+    pos = data.index(b'"status":400') + len('"status":4')
+    data[pos] = ord("2")  # one byte: 400 -> 420
+    path.write_bytes(bytes(data))
+    ok, n_good, problem = verify(path)
+    assert not ok and n_good == 1 and "record 2" in problem
+    assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 1
+
+
+def _write_toml(path, cfg):
+    lines = []
+    for k, v in cfg.items():
+        if not isinstance(v, dict):
+            lines.append(f"{k} = {json.dumps(v)}")
+    for table in ("datasets", "peers"):
+        for name, sub in cfg[table].items():
+            lines.append(f"[{table}.{name}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in sub.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("mutate,key", [
+    (lambda c: c.pop("party"), "party"),
+    (lambda c: c.update(bind="nonsense"), "bind"),
+    (lambda c: c.update(bind="0.0.0.0:8443"), "bind"),
+    (lambda c: c["datasets"]["customers"].update(id_column="nope"), "id_column"),
+    (lambda c: c["datasets"]["customers"].update(path="/does/not/exist.csv"), "path"),
+    (lambda c: c["peers"]["bank"].update(token="short"), "peers.bank.token"),
+    (lambda c: c["peers"]["bank"].update(token_env="FEDSK_NOT_SET_XYZ"), "peers.bank.token"),
+    (lambda c: c.update(session_ttl=-1), "session_ttl"),
+    (lambda c: c.update(surprise=1), "surprise"),
+])
+def test_bad_config_fails_naming_the_key(tmp_path, host_df, mutate, key):
+    cfg = write_host(tmp_path, host_df)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        create_app(cfg)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "host.toml"
+    bad.write_text('party = "x"\nbind = "127.0.0.1:1"\n')
+    assert cli_main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("party-server: config key") and "\n" not in err

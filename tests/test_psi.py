@@ -1,0 +1,98 @@
+"""Private set intersection: correctness, what crosses the wire, multi-host."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsk.federation import InProcessFederation, Message
+from fedsk.federation._psi import align, canonical_id, hash_ids
+from party_server import create_app
+
+from .conftest import TOKEN, write_host
+
+
+class Recorder:
+    """Wrap a transport and keep every request and answer message."""
+
+    def __init__(self, transport):
+        self.inner, self.sent, self.received = transport, [], []
+        self.party, self.url = transport.party, transport.url
+
+    def request(self, method, path, message=None, *, request_id=None):
+        self.sent.append((path, message))
+        answer = self.inner.request(method, path, message, request_id=request_id)
+        self.received.append((path, answer))
+        return answer
+
+
+def test_canonical_ids_match_across_types():
+    assert canonical_id(5) == canonical_id(np.int64(5)) == canonical_id(5.0) == canonical_id("5")
+    assert canonical_id("a") != canonical_id("b")
+    assert (hash_ids(["x"], "s1") != hash_ids(["x"], "s2")).any()
+
+
+@pytest.mark.parametrize("kind", ["str", "int"])
+def test_intersection_is_correct(tmp_path, kind):
+    rng = np.random.default_rng(3)
+    host_ids = rng.choice(5000, size=300, replace=False)
+    guest_ids = np.concatenate([rng.choice(host_ids, 120, replace=False),
+                                rng.choice(np.arange(5000, 9000), 80, replace=False)])
+    rng.shuffle(guest_ids)
+    conv = (lambda a: [f"id-{v}" for v in a]) if kind == "str" else (lambda a: list(a))
+    df = pd.DataFrame({"x": rng.normal(size=300)}, index=conv(host_ids))
+    app = create_app(write_host(tmp_path, df))
+    [client] = InProcessFederation({"h": (app, "customers", TOKEN)}).connect()
+    sid, info = client.open_session("psi-test")
+    guest = conv(guest_ids)
+    pos = align(client, sid, guest)
+    want = [i for i, g in enumerate(guest_ids) if g in set(host_ids)]
+    assert pos.tolist() == want
+    # the host recorded the matching rows in the guest's order
+    state = app.extensions["fedsk"].sessions.get(sid, "bank").session.state
+    assert [df.index[r] for r in state["rows"]] == [guest[i] for i in pos]
+
+
+def test_only_curve_points_cross(inproc, host_df):
+    [client] = inproc.connect()
+    rec = Recorder(client.transport)
+    client.transport = rec
+    sid, _ = client.open_session("psi-test")
+    guest_ids = list(host_df.index[:30]) + ["zz-not-there"]
+    align(client, sid, guest_ids)
+    id_bytes = [canonical_id(v) for v in list(host_df.index) + guest_ids]
+    for path, msg in rec.sent + rec.received:
+        for name, arr in msg.arrays.items():
+            raw = arr.tobytes()
+            assert not any(b in raw for b in id_bytes if len(b) > 3), (path, name)
+        assert not any(str(v) in str(msg.meta) for v in guest_ids)
+    # shapes: only 32-byte points and, at the end, positions
+    exch = [m for p, m in rec.received if p.endswith("/psi")][0]
+    assert exch.arrays["double"].shape == (31, 32) and exch.arrays["host"].shape == (60, 32)
+
+
+def test_host_refuses_bad_psi_input(inproc):
+    [client] = inproc.connect()
+    sid, _ = client.open_session("psi-test")
+    from fedsk.exceptions import ProtocolError
+
+    with pytest.raises(ProtocolError, match="points"):
+        client.call("psi.exchange", sid, Message(arrays={"points": np.zeros((3, 31), np.uint8)}))
+    with pytest.raises(ProtocolError, match="low order"):
+        client.call("psi.exchange", sid, Message(arrays={"points": np.zeros((2, 32), np.uint8)}))
+    with pytest.raises(ProtocolError, match="before"):
+        client.call("psi.intersection", sid, Message(arrays={"host_indices": np.arange(2)}))
+
+
+def test_multi_host(tmp_path):
+    rng = np.random.default_rng(5)
+    ids = [f"u{i}" for i in range(100)]
+    apps = {}
+    for name, keep in [("a", ids[:70]), ("b", ids[30:])]:
+        df = pd.DataFrame({"v": rng.normal(size=len(keep))}, index=keep)
+        apps[name] = (create_app(write_host(tmp_path / name, df, name=name)), "customers", TOKEN)
+    clients = InProcessFederation(apps).connect()
+    got = {}
+    for c in clients:
+        sid, _ = c.open_session("psi-test")
+        got[c.name] = set(align(c, sid, ids).tolist())
+    assert got["a"] == set(range(70)) and got["b"] == set(range(30, 100))
