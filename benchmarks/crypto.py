@@ -13,8 +13,8 @@ import time
 import numpy as np
 from phe import paillier
 
-from fedsk.crypto import decrypt, encrypt, generate_keypair
 from fedsk.crypto import _kernels as K
+from fedsk.crypto import decrypt, encrypt, generate_keypair
 
 
 def rate(fn, n_ops, repeat=1):

@@ -16,13 +16,16 @@ def build_parser():
         "demo",
         help="train SecureBoost and logistic regression across two simulated organisations",
         description="Split the breast-cancer data between a guest (labels + 10 columns) and a "
-                    "host (20 columns), start a real party server on 127.0.0.1 and compare "
-                    "guest-only, federated and centralised models.",
+        "host (20 columns), start a real party server on 127.0.0.1 and compare "
+        "guest-only, federated and centralised models.",
     )
-    demo.add_argument("--key-length", type=int, default=2048,
-                      help="Paillier key length in bits (default 2048; 1024 is faster)")
-    demo.add_argument("--n-estimators", type=int, default=5,
-                      help="SecureBoost trees (default 5)")
+    demo.add_argument(
+        "--key-length",
+        type=int,
+        default=2048,
+        help="Paillier key length in bits (default 2048; 1024 is faster)",
+    )
+    demo.add_argument("--n-estimators", type=int, default=5, help="SecureBoost trees (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the data split")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -34,8 +37,12 @@ def main(argv=None):
     if args.command == "demo":
         from ._demo import run_demo
 
-        return run_demo(key_length=args.key_length, n_estimators=args.n_estimators,
-                        seed=args.seed, quiet=args.quiet)
+        return run_demo(
+            key_length=args.key_length,
+            n_estimators=args.n_estimators,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
     parser.print_help()
     return 0
 

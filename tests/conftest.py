@@ -33,9 +33,13 @@ def write_host(tmp_path, df, *, name="insurer", publish=True, **extra):
         "bind": "127.0.0.1:8443",
         "state_dir": str(home / "state"),
         "min_key_length": 1024,
-        "datasets": {"customers": {"path": str(home / "customers.csv"),
-                                   "id_column": "customer_id",
-                                   "publish_feature_names": publish}},
+        "datasets": {
+            "customers": {
+                "path": str(home / "customers.csv"),
+                "id_column": "customer_id",
+                "publish_feature_names": publish,
+            }
+        },
         "peers": {"bank": {"token": TOKEN}},
     }
     cfg.update(extra)

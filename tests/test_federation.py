@@ -30,8 +30,10 @@ def test_message_roundtrip(keypair):
 
     pub, priv = keypair
     enc = encrypt(pub, [1.5, -2.0])
-    msg = Message({"a": 1, "b": [1, "x"]}, arrays={"x": np.arange(6).reshape(2, 3),
-                                                    "m": np.array([True, False])})
+    msg = Message(
+        {"a": 1, "b": [1, "x"]},
+        arrays={"x": np.arange(6).reshape(2, 3), "m": np.array([True, False])},
+    )
     msg.add_encrypted("ct", enc)
     back = message_from_wire(message_to_wire(msg))
     assert back.meta == msg.meta
@@ -52,8 +54,13 @@ def test_public_key_roundtrip_and_min_length(keypair):
 
 
 def test_federation_handle_validates_and_copies():
-    spec = {"insurer": {"url": "https://insurer.example:8443", "dataset": "customers",
-                        "token": "tok-0123456789abcdef"}}
+    spec = {
+        "insurer": {
+            "url": "https://insurer.example:8443",
+            "dataset": "customers",
+            "token": "tok-0123456789abcdef",
+        }
+    }
     fed = Federation(spec)
     assert pickle.loads(pickle.dumps(fed)).hosts == fed.hosts
     assert copy.deepcopy(fed).hosts == fed.hosts
@@ -74,8 +81,10 @@ def test_tls_verification_is_on_by_default():
 
 
 def test_unreachable_party_raises_quickly():
-    fed = Federation({"insurer": {"url": "http://127.0.0.1:9", "dataset": "d",
-                                  "token": "tok-0123456789abcdef"}}, retries=2)
+    fed = Federation(
+        {"insurer": {"url": "http://127.0.0.1:9", "dataset": "d", "token": "tok-0123456789abcdef"}},
+        retries=2,
+    )
     [client] = fed.connect()
     t = time.monotonic()
     with pytest.raises(PartyUnavailableError) as err:
@@ -88,8 +97,9 @@ def test_unreachable_party_raises_quickly():
 @pytest.fixture(scope="module")
 def local_fed():
     rng = np.random.default_rng(0)
-    df = pd.DataFrame(rng.normal(size=(40, 2)), index=[f"id{i}" for i in range(40)],
-                      columns=["a", "b"])
+    df = pd.DataFrame(
+        rng.normal(size=(40, 2)), index=[f"id{i}" for i in range(40)], columns=["a", "b"]
+    )
     with LocalFederation(hosts={"insurer": df}) as fed:
         yield fed
 

@@ -20,8 +20,12 @@ def rid(i=0):
 
 
 def post(client, path, msg, headers=None, i=0):
-    return client.post(path, data=message_to_wire(msg), content_type=CONTENT_TYPE,
-                       headers={**AUTH, **rid(i), **(headers or {})})
+    return client.post(
+        path,
+        data=message_to_wire(msg),
+        content_type=CONTENT_TYPE,
+        headers={**AUTH, **rid(i), **(headers or {})},
+    )
 
 
 def open_session(client):
@@ -49,8 +53,10 @@ def test_health_needs_no_token(client):
     assert r.status_code == 200 and r.json["status"] == "ok"
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-xxxxxxxx"},
-                                     {"Authorization": "Basic abc"}])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-token-xxxxxxxx"}, {"Authorization": "Basic abc"}],
+)
 def test_unknown_or_missing_token_is_401(client, headers):
     r = client.post("/v1/sessions", data=b"", headers={**headers, **rid()})
     assert r.status_code == 401
@@ -69,12 +75,15 @@ def test_unpublished_feature_names_stay_private(tmp_path, host_df):
     assert "feature_names" not in meta and meta["n_features"] == 3
 
 
-@pytest.mark.parametrize("body,ctype,code", [
-    (b"junk", CONTENT_TYPE, "bad_message"),
-    (b"FEDSK1\x00\x00\x00\x05{bad}", CONTENT_TYPE, "bad_message"),
-    (message_to_wire(Message({"dataset": "customers"}))[:-3], CONTENT_TYPE, "bad_message"),
-    (b'{"dataset": "customers"}', "application/json", "unsupported_media_type"),
-])
+@pytest.mark.parametrize(
+    "body,ctype,code",
+    [
+        (b"junk", CONTENT_TYPE, "bad_message"),
+        (b"FEDSK1\x00\x00\x00\x05{bad}", CONTENT_TYPE, "bad_message"),
+        (message_to_wire(Message({"dataset": "customers"}))[:-3], CONTENT_TYPE, "bad_message"),
+        (b'{"dataset": "customers"}', "application/json", "unsupported_media_type"),
+    ],
+)
 def test_malformed_bodies_are_json_4xx(client, body, ctype, code):
     r = client.post("/v1/sessions", data=body, content_type=ctype, headers={**AUTH, **rid()})
     assert 400 <= r.status_code < 500
@@ -99,11 +108,14 @@ def test_pickle_is_refused(client):
     blob = buf.getvalue()
     header = json.dumps({"meta": {}, "arrays": [{"name": "x", "nbytes": len(blob)}]}).encode()
     body = b"FEDSK1" + len(header).to_bytes(4, "big") + header + blob
-    r = client.post("/v1/sessions", data=body, content_type=CONTENT_TYPE,
-                    headers={**AUTH, **rid()})
+    r = client.post("/v1/sessions", data=body, content_type=CONTENT_TYPE, headers={**AUTH, **rid()})
     assert r.status_code == 400 and "dtype" in error_of(r)["message"]
-    r = client.post("/v1/sessions", data=pickle.dumps({"a": 1}), content_type=CONTENT_TYPE,
-                    headers={**AUTH, **rid(1)})
+    r = client.post(
+        "/v1/sessions",
+        data=pickle.dumps({"a": 1}),
+        content_type=CONTENT_TYPE,
+        headers={**AUTH, **rid(1)},
+    )
     assert r.status_code == 400
 
 
@@ -124,15 +136,22 @@ def test_unknown_session_and_foreign_session(tmp_path, host_df):
     sid = open_session(c)["session_id"]
     r = post(c, "/v1/sessions/0123/psi", Message(), i=2)
     assert r.status_code == 404 and error_of(r)["code"] == "not_found"
-    r = c.post(f"/v1/sessions/{sid}/psi", data=message_to_wire(Message()),
-               content_type=CONTENT_TYPE,
-               headers={"Authorization": "Bearer telco-token-0123456789", **rid(3)})
+    r = c.post(
+        f"/v1/sessions/{sid}/psi",
+        data=message_to_wire(Message()),
+        content_type=CONTENT_TYPE,
+        headers={"Authorization": "Bearer telco-token-0123456789", **rid(3)},
+    )
     assert r.status_code == 404  # another peer's session does not exist for telco
 
 
 def test_missing_request_id_is_refused(client):
-    r = client.post("/v1/sessions", data=message_to_wire(Message({"dataset": "customers"})),
-                    content_type=CONTENT_TYPE, headers=AUTH)
+    r = client.post(
+        "/v1/sessions",
+        data=message_to_wire(Message({"dataset": "customers"})),
+        content_type=CONTENT_TYPE,
+        headers=AUTH,
+    )
     assert r.status_code == 400 and error_of(r)["code"] == "missing_request_id"
 
 
@@ -226,17 +245,20 @@ def _write_toml(path, cfg):
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("mutate,key", [
-    (lambda c: c.pop("party"), "party"),
-    (lambda c: c.update(bind="nonsense"), "bind"),
-    (lambda c: c.update(bind="0.0.0.0:8443"), "bind"),
-    (lambda c: c["datasets"]["customers"].update(id_column="nope"), "id_column"),
-    (lambda c: c["datasets"]["customers"].update(path="/does/not/exist.csv"), "path"),
-    (lambda c: c["peers"]["bank"].update(token="short"), "peers.bank.token"),
-    (lambda c: c["peers"]["bank"].update(token_env="FEDSK_NOT_SET_XYZ"), "peers.bank.token"),
-    (lambda c: c.update(session_ttl=-1), "session_ttl"),
-    (lambda c: c.update(surprise=1), "surprise"),
-])
+@pytest.mark.parametrize(
+    "mutate,key",
+    [
+        (lambda c: c.pop("party"), "party"),
+        (lambda c: c.update(bind="nonsense"), "bind"),
+        (lambda c: c.update(bind="0.0.0.0:8443"), "bind"),
+        (lambda c: c["datasets"]["customers"].update(id_column="nope"), "id_column"),
+        (lambda c: c["datasets"]["customers"].update(path="/does/not/exist.csv"), "path"),
+        (lambda c: c["peers"]["bank"].update(token="short"), "peers.bank.token"),
+        (lambda c: c["peers"]["bank"].update(token_env="FEDSK_NOT_SET_XYZ"), "peers.bank.token"),
+        (lambda c: c.update(session_ttl=-1), "session_ttl"),
+        (lambda c: c.update(surprise=1), "surprise"),
+    ],
+)
 def test_bad_config_fails_naming_the_key(tmp_path, host_df, mutate, key):
     cfg = write_host(tmp_path, host_df)
     mutate(cfg)

@@ -35,8 +35,12 @@ def test_canonical_ids_match_across_types():
 def test_intersection_is_correct(tmp_path, kind):
     rng = np.random.default_rng(3)
     host_ids = rng.choice(5000, size=300, replace=False)
-    guest_ids = np.concatenate([rng.choice(host_ids, 120, replace=False),
-                                rng.choice(np.arange(5000, 9000), 80, replace=False)])
+    guest_ids = np.concatenate(
+        [
+            rng.choice(host_ids, 120, replace=False),
+            rng.choice(np.arange(5000, 9000), 80, replace=False),
+        ]
+    )
     rng.shuffle(guest_ids)
     conv = (lambda a: [f"id-{v}" for v in a]) if kind == "str" else (lambda a: list(a))
     df = pd.DataFrame({"x": rng.normal(size=300)}, index=conv(host_ids))

@@ -1,7 +1,8 @@
 """Federation handles, transports, the wire format and private set intersection."""
 
 from ._federation import Federation, HostClient, InProcessFederation
-from ._hostapi import HostContext, HostDataset, HostSession, ModelStoreAPI
+from ._guest import GuestSession, aligned_sessions, check_federated_X, sample_ids
+from ._hostapi import HostContext, HostDataset, HostSession, ModelStoreAPI, aligned_rows
 from ._local import LocalFederation
 from ._routes import ROUTES, Route, route, url_for
 from ._transport import HttpTransport, InProcessTransport, Transport
@@ -18,6 +19,7 @@ __all__ = [
     "CONTENT_TYPE",
     "ROUTES",
     "Federation",
+    "GuestSession",
     "HostClient",
     "HostContext",
     "HostDataset",
@@ -30,10 +32,14 @@ __all__ = [
     "ModelStoreAPI",
     "Route",
     "Transport",
+    "aligned_rows",
+    "aligned_sessions",
+    "check_federated_X",
     "message_from_wire",
     "message_to_wire",
     "public_key_from_wire",
     "public_key_to_wire",
     "route",
+    "sample_ids",
     "url_for",
 ]

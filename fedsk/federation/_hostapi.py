@@ -78,3 +78,16 @@ class HostContext:
     models: ModelStoreAPI
     n_jobs: int = 1
     min_key_length: int = 2048
+
+
+def aligned_rows(ctx):
+    """The host's dataset rows of this session, in the agreed intersection order."""
+    from ..exceptions import ConflictError
+
+    rows = ctx.session.state.get("rows")
+    if rows is None:
+        raise ConflictError("align samples (psi, intersection) before this request")
+    return rows
+
+
+__all__ += ["aligned_rows"]

@@ -139,7 +139,7 @@ class LocalFederation(Federation):
                             "[datasets.data]",
                             f"path = {_toml_str(path)}",
                             f"id_column = {_toml_str(id_col)}",
-                            f"publish_feature_names = {'true' if publish_feature_names else 'false'}",
+                            f"publish_feature_names = {str(bool(publish_feature_names)).lower()}",
                             "[peers.guest]",
                             f"token = {_toml_str(token)}",
                             "",

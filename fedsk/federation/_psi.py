@@ -78,8 +78,9 @@ def multiply(points, private_key, *, n_jobs=None):
     """Scalar-multiply every 32-byte u-coordinate by ``private_key``."""
     raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     points = np.ascontiguousarray(points, dtype=np.uint8).reshape(-1, 32)
-    parts = parallel_chunks(_multiply_chunk, len(points), lambda a, b: (points[a:b], raw),
-                            n_jobs=n_jobs, ops_per_item=3)
+    parts = parallel_chunks(
+        _multiply_chunk, len(points), lambda a, b: (points[a:b], raw), n_jobs=n_jobs, ops_per_item=3
+    )
     return np.concatenate(parts) if parts else np.empty((0, 32), np.uint8)
 
 
@@ -110,8 +111,11 @@ def align(client, session_id, ids, *, n_jobs=None):
         if j is not None:
             guest_pos.append(i)
             host_idx.append(j)
-    client.call("psi.intersection", session_id,
-                Message(arrays={"host_indices": np.asarray(host_idx, dtype=np.int64)}))
+    client.call(
+        "psi.intersection",
+        session_id,
+        Message(arrays={"host_indices": np.asarray(host_idx, dtype=np.int64)}),
+    )
     return np.asarray(guest_pos, dtype=np.int64)
 
 
@@ -132,7 +136,7 @@ def host_exchange(ctx, msg):
     ours = multiply(hash_ids(ctx.dataset.ids[perm], ctx.session.id), key, n_jobs=ctx.n_jobs)
     ctx.session.state.clear()
     ctx.session.state["psi_perm"] = perm
-    return Message({"n_host": int(len(perm))}, arrays={"double": double, "host": ours})
+    return Message({"n_host": len(perm)}, arrays={"double": double, "host": ours})
 
 
 def host_intersection(ctx, msg):
@@ -145,4 +149,4 @@ def host_intersection(ctx, msg):
         raise BadMessageError("array 'host_indices' has duplicates")
     ctx.session.state.clear()
     ctx.session.state["rows"] = perm[idx.astype(np.int64)]
-    return Message({"n_intersection": int(len(idx))})
+    return Message({"n_intersection": len(idx)})

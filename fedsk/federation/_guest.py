@@ -1,0 +1,96 @@
+"""The guest's side of a federated fit or predict: open sessions and align samples."""
+
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import FedskError
+from ._federation import Federation, HostClient
+from ._psi import align
+from ._wire import Message
+
+__all__ = ["GuestSession", "aligned_sessions", "check_federated_X", "sample_ids"]
+
+
+def check_federated_X(X, estimator):
+    """With a federation, X must be a DataFrame indexed by unique sample IDs."""
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(
+            f"{type(estimator).__name__} with a federation needs X as a pandas DataFrame "
+            "indexed by sample ID (the IDs align your rows with the hosts' rows); got "
+            f"{type(X).__name__}. In a Pipeline, use set_output(transform='pandas')."
+        )
+    if X.index.has_duplicates:
+        dup = X.index[X.index.duplicated()][:3].tolist()
+        raise ValueError(
+            f"X has {int(X.index.duplicated().sum())} duplicate sample IDs in its "
+            f"index (e.g. {dup}); each row must have its own ID"
+        )
+    if X.index.hasnans:
+        raise ValueError("X has rows without a sample ID (NaN in the index)")
+
+
+def sample_ids(X):
+    return X.index.to_numpy()
+
+
+@dataclass
+class GuestSession:
+    """The guest's handle on one host's session."""
+
+    client: HostClient
+    session_id: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def name(self):
+        return self.client.name
+
+    @property
+    def n_features(self):
+        return int(self.info.get("n_features", 0))
+
+    @property
+    def feature_names(self):
+        return self.info.get("feature_names")
+
+    def call(self, route_name, message=None):
+        return self.client.call(route_name, self.session_id, message or Message())
+
+    def close(self):
+        self.client.close_session(self.session_id)
+        self.client.close()
+
+
+@contextmanager
+def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
+    """Open one session per host and align ``ids`` by PSI; close them on exit.
+
+    Every ID must be held by every host: otherwise ``ValueError`` says how many rows
+    each host lacks. Yields the list of :class:`GuestSession` in the federation's order.
+    """
+    if not isinstance(federation, Federation):
+        raise TypeError(f"federation must be a fedsk Federation, got {type(federation).__name__}")
+    sessions = []
+    try:
+        for client in federation.connect():
+            sid, info = client.open_session(protocol)
+            session = GuestSession(client, sid, info)
+            sessions.append(session)
+            found = align(client, sid, ids, n_jobs=n_jobs)
+            if len(found) != len(ids):
+                missing = np.setdiff1d(np.arange(len(ids)), found)
+                example = [ids[i] for i in missing[:3]]
+                raise ValueError(
+                    f"{len(missing)} of {len(ids)} rows of X have sample IDs that host "
+                    f"{client.name!r} does not hold (e.g. {example}). Federated training and "
+                    "prediction use rows every party holds: drop those rows from X, or ask the "
+                    "host to add them to its dataset."
+                )
+        yield sessions
+    finally:
+        for s in sessions:
+            with suppress(FedskError):
+                s.close()
