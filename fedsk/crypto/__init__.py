@@ -19,6 +19,7 @@ from ._array import (
     decrypt_raw,
     encrypt,
     encrypt_integers,
+    packed_histograms,
 )
 from ._encoding import BASE, DEFAULT_EXPONENT
 from ._keys import (
@@ -47,6 +48,7 @@ __all__ = [
     "encrypt",
     "encrypt_integers",
     "generate_keypair",
+    "packed_histograms",
     "security_bits",
     "short_exponent_bits",
 ]

@@ -5,14 +5,23 @@ work over ``n_jobs`` workers of joblib's configured backend.
 """
 
 import gmpy2
+import joblib
 import numpy as np
 
 from . import _kernels as K
 from ._encoding import DEFAULT_EXPONENT, decode, encode, to_signed
 from ._keys import PaillierPrivateKey
-from ._parallel import parallel_chunks
+from ._parallel import chunk_bounds, parallel_chunks, resolve_n_jobs
 
-__all__ = ["EncryptedArray", "decrypt", "decrypt_integers", "encrypt", "encrypt_integers"]
+__all__ = [
+    "EncryptedArray",
+    "decrypt",
+    "decrypt_integers",
+    "decrypt_raw",
+    "encrypt",
+    "encrypt_integers",
+    "packed_histograms",
+]
 
 
 def _concat(parts):
@@ -429,3 +438,51 @@ class EncryptedArray:
 
 def _sub_chunk(cts, ots, mod):
     return K.mulmod_pairs(cts, K.batch_invert(ots, mod), mod)
+
+
+def packed_histograms(enc, nodes, bins, n_bins, *, n_jobs=None):
+    """Encrypted histograms of several nodes, packed for decryption and re-randomised.
+
+    The host's step of SecureBoost in one call. Node ``k`` is given as
+    ``(rows, features, record_bits, per, keep)``: the ciphertexts ``enc[rows]`` are summed
+    into ``len(features) * n_bins`` buckets by ``bins[rows][:, features]`` (feature-major),
+    the buckets where ``keep`` is true (all if ``keep`` is None) are packed ``per`` to a
+    ciphertext (``record_bits`` apart, the first most significant), and every packed
+    ciphertext is re-randomised with this party's own obfuscator. Work is split into
+    tasks of whole packing groups over ``n_jobs`` workers. Returns one
+    :class:`EncryptedArray` per node.
+    """
+    pub = enc.public_key
+    pub_args = pub._public_args()
+    workers = resolve_n_jobs(n_jobs)
+    cts = enc.ciphertexts
+    plans = []
+    for rows, features, record_bits, per, keep in nodes:
+        n_records = len(features) * n_bins
+        ids = np.arange(n_records) if keep is None else np.flatnonzero(keep)
+        n_groups = -(-len(ids) // per)
+        cost = len(rows) * len(features) + len(ids) * record_bits
+        plans.append((rows, features, record_bits, per, ids, n_groups, cost))
+    total = sum(p[-1] for p in plans) or 1
+    tasks, owners = [], []
+    for k, (rows, features, record_bits, per, ids, n_groups, cost) in enumerate(plans):
+        if not n_groups:
+            continue
+        n_tasks = 1 if workers == 1 else max(1, min(n_groups, round(2 * workers * cost / total)))
+        node_cts = [cts[i] for i in rows]
+        node_bins = np.ascontiguousarray(bins[np.ix_(rows, features)])
+        for g0, g1 in chunk_bounds(n_groups, n_tasks):
+            tasks.append(
+                (node_cts, node_bins, n_bins, ids[g0 * per : g1 * per], record_bits, per, pub_args)
+            )
+            owners.append(k)
+    if workers == 1 or len(tasks) == 1:
+        results = [K.packed_histogram_task(*t) for t in tasks]
+    else:
+        results = joblib.Parallel(n_jobs=workers)(
+            joblib.delayed(K.packed_histogram_task)(*t) for t in tasks
+        )
+    out = [[] for _ in nodes]
+    for k, part in zip(owners, results):
+        out[k].extend(part)
+    return [EncryptedArray(pub, packed, 0) for packed in out]

@@ -311,3 +311,21 @@ def owner_decrypt(cts, crt_dec):
         mq = (b - 1) // q * hq % q
         out.append(mq + q * ((mp - mq) * q_inv_p % p))
     return out
+
+
+# -- SecureBoost's host step: histogram, pack, re-randomise ---------------------------------
+
+
+def packed_histogram_task(cts, bins, n_bins, record_ids, record_bits, per, pub_args):
+    """Bucket sums of ``cts`` for the records ``record_ids`` (record = column of ``bins`` *
+    ``n_bins`` + bin, sorted), packed ``per`` records per ciphertext (first record most
+    significant) and re-randomised with this party's obfuscator.
+    """
+    nsquare = pub_args[1]
+    f0 = int(record_ids[0]) // n_bins
+    f1 = int(record_ids[-1]) // n_bins + 1
+    flat = histogram_products(cts, bins[:, f0:f1], n_bins, nsquare)
+    base = f0 * n_bins
+    records = [flat[r - base] for r in record_ids.tolist()]
+    groups = [records[i : i + per] for i in range(0, len(records), per)]
+    return rerandomise(horner_pack(groups, record_bits, nsquare), *pub_args)

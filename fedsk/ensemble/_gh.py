@@ -1,0 +1,23 @@
+"""How SecureBoost packs (g, h, count) of a sample into one Paillier plaintext.
+
+Shared by the guest (which encrypts and decodes) and the host (which sums and packs), so
+both compute the same slot widths from the same numbers.
+"""
+
+from ..crypto import RecordLayout
+from ..tree import GH_BITS
+
+__all__ = ["GH_MAX_VALUES", "gh_layout"]
+
+# per sample: g + 2**GH_BITS in [0, 2**(GH_BITS+1)], h in [0, 2**GH_BITS], count 1
+GH_MAX_VALUES = (1 << (GH_BITS + 1), 1 << GH_BITS, 1)
+
+
+def gh_layout(n_terms, key_length):
+    """Record layout for sums over ``n_terms`` samples, and records per plaintext.
+
+    A sample's (g, h, count) is packed with these slot widths when it is encrypted, so
+    ``n_terms`` is the number of rows of the round (the largest possible node).
+    """
+    layout = RecordLayout.for_sums(GH_MAX_VALUES, n_terms)
+    return layout, layout.records_per_plaintext(key_length)

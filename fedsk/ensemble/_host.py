@@ -1,0 +1,233 @@
+"""The host half of SecureBoost: plain functions the party server calls.
+
+State kept per session (in memory): the guest's public key, this party's binned
+columns for the session's rows, the guest's encrypted (g, h, count) per tree slot, and
+the split records made so far. What a trained model needs (one record per host split:
+feature, threshold, missing side) is written to the model store after every boosting
+round, so a finished round survives a crash and ``warm_start`` can continue from it.
+
+What the host sees: the guest's public key, ciphertexts, which rows are in each node
+(the instance space), and which of its own (feature, bin) candidates won. It never sees
+labels, gradients, the guest's features or its splits' values.
+"""
+
+import itertools
+
+import numpy as np
+
+from ..crypto import EncryptedArray, packed_histograms
+from ..exceptions import BadMessageError, ConflictError
+from ..federation import Message, aligned_rows, public_key_from_wire
+from ..tree import BinMapper
+from ._gh import GH_MAX_VALUES, gh_layout
+
+__all__ = ["decisions", "gradients", "histograms", "setup", "splits", "trees"]
+
+KIND = "secureboost"
+MAX_SLOTS = 256
+
+
+def _state(ctx):
+    st = ctx.session.state.get("sb")
+    if st is None:
+        raise ConflictError("set up boosting (POST .../boosting) first")
+    return st
+
+
+def _load_records(ctx, model_id):
+    meta, arrays = ctx.models.load(model_id, ctx.session.peer)
+    if meta.get("kind") != KIND or meta.get("dataset") != ctx.dataset.name:
+        raise ConflictError("that model was not trained by SecureBoost on this dataset")
+    return {k: arrays[k] for k in ("feature", "threshold", "missing_left")}
+
+
+def _empty_records():
+    return {
+        "feature": np.empty(0, np.int32),
+        "threshold": np.empty(0),
+        "missing_left": np.empty(0, bool),
+    }
+
+
+def setup(ctx, msg):
+    """Start a fit: bin our columns on the training rows, remember the guest's key."""
+    rows = aligned_rows(ctx)
+    pub = public_key_from_wire(msg.field("public_key", dict), min_key_length=ctx.min_key_length)
+    max_bins = msg.field("max_bins", int, minimum=2, maximum=255)
+    train = msg.array("train_positions", kind="iu", ndim=1, low=0, high=len(rows))
+    if len(np.unique(train)) != len(train) or len(train) < 1:
+        raise BadMessageError("array 'train_positions' must be unique and non-empty")
+    model_id = msg.field("model_id", (str, type(None)), default=None)
+    X = ctx.dataset.X[rows]
+    mapper = BinMapper(max_bins).fit(X[np.sort(train)])
+    records = _load_records(ctx, model_id) if model_id else _empty_records()
+    if model_id is None:
+        model_id = ctx.models.create(ctx.session.peer, KIND)
+    ctx.session.state["sb"] = {
+        "public_key": pub,
+        "mapper": mapper,
+        "binned": mapper.transform(X),
+        "model_id": model_id,
+        "records": records,
+        "n_committed": len(records["feature"]),
+        "gh": {},
+    }
+    return Message(
+        {
+            "model_id": model_id,
+            "n_features": ctx.dataset.n_features,
+            "n_records": len(records["feature"]),
+        }
+    )
+
+
+def gradients(ctx, msg):
+    """Receive the encrypted (g, h, count) records of one boosting round."""
+    st = _state(ctx)
+    n_rows = st["binned"].shape[0]
+    n_slots = msg.field("n_slots", int, minimum=1, maximum=MAX_SLOTS)
+    if list(msg.field("max_values", list)) != list(GH_MAX_VALUES):
+        raise BadMessageError("field 'max_values' does not match this version's packing")
+    positions = msg.array("positions", kind="iu", ndim=1, low=0, high=n_rows)
+    if len(positions) == 0 or np.any(np.diff(positions) <= 0):
+        raise BadMessageError("array 'positions' must be strictly increasing and non-empty")
+    index = np.full(n_rows, -1, dtype=np.int64)
+    index[positions] = np.arange(len(positions))
+    st["gh"] = {
+        "index": index,
+        "n_terms": len(positions),
+        "slots": [
+            msg.encrypted(f"gh{k}", st["public_key"], length=len(positions)) for k in range(n_slots)
+        ],
+    }
+    return Message({"received": len(positions) * n_slots})
+
+
+def _nodes(msg, n_rows):
+    rows = msg.array("rows", kind="iu", ndim=1, low=0, high=n_rows).astype(np.int64)
+    offsets = msg.array("offsets", kind="iu", ndim=1, low=0, high=len(rows) + 1)
+    if (
+        len(offsets) < 2
+        or offsets[0] != 0
+        or offsets[-1] != len(rows)
+        or np.any(np.diff(offsets) < 0)
+    ):
+        raise BadMessageError("array 'offsets' must go from 0 to len(rows), non-decreasing")
+    return [rows[a:b] for a, b in itertools.pairwise(offsets)]
+
+
+def histograms(ctx, msg):
+    """Encrypted, packed (feature, bin) histograms of the requested nodes."""
+    st = _state(ctx)
+    gh = st["gh"]
+    if not gh:
+        raise ConflictError("send the round's gradients before asking for histograms")
+    binned, mapper = st["binned"], st["mapper"]
+    node_rows = _nodes(msg, binned.shape[0])
+    slots = msg.array(
+        "slots", kind="iu", ndim=1, shape=(len(node_rows),), low=0, high=len(gh["slots"])
+    )
+    features = msg.array("features", kind="b", shape=(len(node_rows), binned.shape[1]))
+    key_length = st["public_key"].key_length
+    by_slot, kept = {}, []
+    for k, (rows, slot) in enumerate(zip(node_rows, slots.tolist())):
+        idx = gh["index"][rows]
+        if len(rows) == 0 or np.any(idx < 0) or len(np.unique(rows)) != len(rows):
+            raise BadMessageError(f"node {k}: rows must be distinct rows of this round")
+        layout, per = gh_layout(gh["n_terms"], key_length)
+        feats = np.flatnonzero(features[k])
+        # Bins no row of the node falls in are left out: the guest learns nothing from
+        # that, since it decrypts every bin's count anyway.
+        n_bins = mapper.n_bins_total
+        flat = binned[np.ix_(rows, feats)].astype(np.int64) + np.arange(len(feats)) * n_bins
+        keep = np.bincount(flat.ravel(), minlength=len(feats) * n_bins) > 0
+        kept.append(keep)
+        by_slot.setdefault(slot, []).append((k, (idx, feats, layout.record_bits, per, keep)))
+    packed = [None] * len(node_rows)
+    for slot, items in by_slot.items():
+        out = packed_histograms(
+            gh["slots"][slot],
+            [spec for _, spec in items],
+            binned,
+            mapper.n_bins_total,
+            n_jobs=ctx.n_jobs,
+        )
+        for (k, _), enc in zip(items, out):
+            packed[k] = enc
+    reply = Message(
+        arrays={
+            "n_packed": np.array([len(p) for p in packed], dtype=np.int64),
+            "kept": np.packbits(np.concatenate(kept).astype(np.uint8)),
+        }
+    )
+    reply.add_encrypted("packed", EncryptedArray.concat(packed))
+    return reply
+
+
+def splits(ctx, msg):
+    """Record the guest's chosen candidates as our splits; say which rows go left."""
+    st = _state(ctx)
+    binned, mapper = st["binned"], st["mapper"]
+    node_rows = _nodes(msg, binned.shape[0])
+    n = len(node_rows)
+    feature = msg.array("feature", kind="iu", shape=(n,), low=0, high=binned.shape[1])
+    bins = msg.array("bin", kind="iu", shape=(n,), low=0, high=mapper.max_bins)
+    missing_left = msg.array("missing_left", kind="b", shape=(n,))
+    recs = st["records"]
+    first = len(recs["feature"])
+    new_thr, go = [], []
+    for rows, f, b, ml in zip(node_rows, feature.tolist(), bins.tolist(), missing_left.tolist()):
+        col = binned[rows, f]
+        go.append(np.where(col == mapper.missing_bin, ml, col <= b))
+        new_thr.append(mapper.threshold(f, b))
+    st["records"] = {
+        "feature": np.concatenate([recs["feature"], feature.astype(np.int32)]),
+        "threshold": np.concatenate([recs["threshold"], np.asarray(new_thr, dtype=np.float64)]),
+        "missing_left": np.concatenate([recs["missing_left"], missing_left.astype(bool)]),
+    }
+    bits = np.packbits(np.concatenate(go).astype(np.uint8)) if go else np.empty(0, np.uint8)
+    return Message(arrays={"go_left": bits, "records": np.arange(first, first + n, dtype=np.int64)})
+
+
+def trees(ctx, msg):
+    """Persist every record made so far: the round is complete on both sides."""
+    st = _state(ctx)
+    n_rounds = msg.field("n_rounds", int, minimum=1)
+    recs = st["records"]
+    ctx.models.save(
+        st["model_id"],
+        ctx.session.peer,
+        {
+            "kind": KIND,
+            "dataset": ctx.dataset.name,
+            "n_features": ctx.dataset.n_features,
+            "n_rounds": n_rounds,
+            "n_records": len(recs["feature"]),
+        },
+        recs,
+    )
+    st["n_committed"] = len(recs["feature"])
+    return Message({"model_id": st["model_id"], "n_records": st["n_committed"]})
+
+
+def decisions(ctx, msg):
+    """For every record of a model, does each of the session's rows go left?
+
+    Prediction needs nothing encrypted: the host answers with these bits only, one
+    request per prediction call.
+    """
+    rows = aligned_rows(ctx)
+    model_id = msg.field("model_id", (str, type(None)), default=None)
+    if model_id is not None:
+        recs = _load_records(ctx, model_id)
+    else:
+        recs = _state(ctx)["records"]
+    X = ctx.dataset.X[rows]
+    feat = recs["feature"].astype(np.int64)
+    if feat.size and feat.max() >= X.shape[1]:
+        raise ConflictError("the model does not match this dataset's columns")
+    vals = X[:, feat]
+    go = np.where(np.isnan(vals), recs["missing_left"][None, :], vals <= recs["threshold"][None, :])
+    return Message(
+        {"n_records": len(feat)}, arrays={"decisions": np.packbits(go.astype(np.uint8).ravel())}
+    )

@@ -1,0 +1,70 @@
+"""Losses of gradient boosting: raw predictions of shape (n, K) in, gradients out."""
+
+import numpy as np
+from scipy.special import expit, logsumexp, softmax
+
+__all__ = ["HalfSquaredError", "LogLoss", "MultinomialLoss"]
+
+
+class LogLoss:
+    """Binary logistic loss; one raw score per sample."""
+
+    n_trees_per_round = 1
+
+    def baseline(self, y):
+        p = np.clip(np.mean(y), 1e-12, 1 - 1e-12)
+        return np.array([np.log(p / (1 - p))])
+
+    def gradients(self, y, raw):
+        p = expit(raw[:, 0])
+        return [(p - y, p * (1 - p))]
+
+    def loss(self, y, raw):
+        r = raw[:, 0]
+        return float(np.mean(np.logaddexp(0, r) - y * r))
+
+    def proba(self, raw):
+        p = expit(raw[:, 0])
+        return np.column_stack([1 - p, p])
+
+
+class MultinomialLoss:
+    """Softmax cross-entropy; one tree (and raw score) per class per round."""
+
+    def __init__(self, n_classes):
+        self.n_trees_per_round = n_classes
+
+    def baseline(self, y):
+        prior = np.bincount(y, minlength=self.n_trees_per_round) / len(y)
+        logp = np.log(np.clip(prior, 1e-12, None))
+        return logp - logp.mean()
+
+    def gradients(self, y, raw):
+        p = softmax(raw, axis=1)
+        out = []
+        for k in range(self.n_trees_per_round):
+            pk = p[:, k]
+            out.append((pk - (y == k), pk * (1 - pk)))
+        return out
+
+    def loss(self, y, raw):
+        return float(np.mean(logsumexp(raw, axis=1) - raw[np.arange(len(y)), y]))
+
+    def proba(self, raw):
+        return softmax(raw, axis=1)
+
+
+class HalfSquaredError:
+    """0.5 * (y - raw)**2; one raw score per sample."""
+
+    n_trees_per_round = 1
+
+    def baseline(self, y):
+        return np.array([float(np.mean(y))])
+
+    def gradients(self, y, raw):
+        g = raw[:, 0] - y
+        return [(g, np.ones_like(g))]
+
+    def loss(self, y, raw):
+        return float(0.5 * np.mean((y - raw[:, 0]) ** 2))

@@ -1,0 +1,197 @@
+"""Depth-wise growth of one or several trees at once, whoever computes the histograms.
+
+The grower works on positions ``0..n-1`` of the rows it is given. A boolean ``active``
+mask marks the rows whose gradients count (sampled training rows); the other rows
+(unsampled or validation rows) are routed through the splits but never summed. Growth
+is layer by layer, and every tree of a boosting round (one per class) advances
+together, so that one layer costs one histogram request and one partition request per
+party. Of two siblings only the smaller gets a histogram; the other is the parent
+minus it (exact, in integers).
+
+Who computes a histogram or applies a split is the job of a *source* (see
+:class:`LocalSource`): the federated source asks the hosts for their part.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._histogram import build_histograms
+from ._splitting import find_best_split, leaf_value
+
+__all__ = ["GrowerTree", "LocalSource", "Node", "TreeSpec", "grow_trees"]
+
+
+@dataclass
+class Node:
+    depth: int
+    rows: np.ndarray  # positions routed to this node (all rows)
+    active: np.ndarray  # positions whose gradients count (subset of rows)
+    total: np.ndarray  # integer (G, H, count) over the active rows
+    hist: np.ndarray | None = None
+    split: object = None  # SplitInfo
+    record: object = None  # who holds the split: None (here) or (host index, record id)
+    left: int = -1
+    right: int = -1
+    parent: int = -1
+    value: float = 0.0
+
+
+@dataclass
+class TreeSpec:
+    """One tree to grow: its quantised gradients and the features it may use."""
+
+    qg: object  # QuantizedGradients over all positions
+    features: np.ndarray | None = None
+    slot: int = 0  # which of the round's trees (class) this is
+
+
+@dataclass
+class GrowerTree:
+    nodes: list = field(default_factory=list)
+
+    def leaf_values_of_rows(self, n_rows):
+        """Value of the leaf every position ended in (positions never routed: 0)."""
+        out = np.zeros(n_rows)
+        for node in self.nodes:
+            if node.left < 0:
+                out[node.rows] = node.value
+        return out
+
+
+class LocalSource:
+    """Histograms and partitions computed here from binned columns."""
+
+    def __init__(self, binned, n_bins_total, missing_bin):
+        self.binned, self.n_bins_total, self.missing_bin = binned, n_bins_total, missing_bin
+
+    def histograms(self, requests):
+        """``requests``: list of ``(spec, active_rows)``; returns one histogram each."""
+        return [
+            build_histograms(self.binned, rows, spec.qg, self.n_bins_total, spec.features)
+            for spec, rows in requests
+        ]
+
+    def partition(self, splits):
+        """``splits``: list of ``(rows, SplitInfo)``; returns ``(go_left, record)`` each."""
+        out = []
+        for rows, split in splits:
+            col = self.binned[rows, split.feature]
+            left = np.where(col == self.missing_bin, split.missing_left, col <= split.bin)
+            out.append((left, None))
+        return out
+
+
+def _totals(qg, rows):
+    return np.array([qg.g[rows].sum(), qg.h[rows].sum(), len(rows)], dtype=np.int64)
+
+
+def grow_trees(source, specs, active, *, max_depth, params, learning_rate, n_rows):
+    """Grow one tree per :class:`TreeSpec` on the same rows; return ``GrowerTree`` list.
+
+    ``active`` is a boolean mask over positions ``0..n_rows-1``.
+    """
+    all_rows = np.arange(n_rows)
+    act = np.flatnonzero(active)
+    trees = [GrowerTree([Node(0, all_rows, act, _totals(s.qg, act))]) for s in specs]
+    layer = [(t, 0) for t in range(len(specs))]
+
+    def splittable(node):
+        return node.depth < max_depth and node.total[2] >= 2 * params.min_samples_leaf
+
+    while layer:
+        # 1. histograms: only for nodes that may split; of two siblings the smaller is
+        #    computed and the larger derived (parent - smaller) when it needs one
+        requests, targets = [], []
+        for t, i in layer:
+            tree, node = trees[t], trees[t].nodes[i]
+            if i == 0:
+                if splittable(node):
+                    requests.append((specs[t], node.active))
+                    targets.append((t, i))
+                continue
+            parent, sibling = _parent_and_sibling(tree, i)
+            if _sibling_derivable(tree, i):
+                continue  # the sibling is the smaller one and is handled with it
+            if splittable(node) or splittable(sibling):
+                requests.append((specs[t], node.active))
+                targets.append((t, i))
+        for (t, i), hist in zip(targets, source.histograms(requests) if requests else []):
+            trees[t].nodes[i].hist = hist
+        for t, i in layer:
+            node = trees[t].nodes[i]
+            if node.hist is None and i != 0 and splittable(node):
+                parent, sibling = _parent_and_sibling(trees[t], i)
+                node.hist = parent.hist - sibling.hist
+        for t, i in layer:  # parents are done once both children have a histogram
+            if trees[t].nodes[i].parent >= 0:
+                trees[t].nodes[trees[t].nodes[i].parent].hist = None
+        # 2. best split of every node of the layer (the split finder is the same everywhere)
+        to_split = []
+        for t, i in layer:
+            node = trees[t].nodes[i]
+            qg = specs[t].qg
+            split = None
+            if splittable(node):
+                split = find_best_split(
+                    node.hist, node.total, qg.g_scale, qg.h_scale, params, specs[t].features
+                )
+            if split is None:
+                node.value = learning_rate * leaf_value(
+                    node.total[0] / qg.g_scale, node.total[1] / qg.h_scale, params.l2_regularization
+                )
+            else:
+                node.split = split
+                to_split.append((t, i))
+        # 3. partitions (a host answers for its own features)
+        results = (
+            source.partition(
+                [(trees[t].nodes[i].rows, trees[t].nodes[i].split) for t, i in to_split]
+            )
+            if to_split
+            else []
+        )
+        next_layer = []
+        for (t, i), (go_left, record) in zip(to_split, results):
+            tree, node = trees[t], trees[t].nodes[i]
+            node.record = record
+            go_left = np.asarray(go_left, dtype=bool)
+            in_active = np.isin(node.rows, node.active, assume_unique=True)
+            for side, mask in ((0, go_left), (1, ~go_left)):
+                rows = node.rows[mask]
+                act_rows = node.rows[mask & in_active]
+                child = Node(
+                    node.depth + 1,
+                    rows,
+                    act_rows,
+                    np.array(node.split.left if side == 0 else node.split.right, dtype=np.int64),
+                    parent=i,
+                )
+                tree.nodes.append(child)
+                if side == 0:
+                    node.left = len(tree.nodes) - 1
+                else:
+                    node.right = len(tree.nodes) - 1
+                next_layer.append((t, len(tree.nodes) - 1))
+        for t, i in layer:
+            if trees[t].nodes[i].left < 0:
+                trees[t].nodes[i].hist = None
+        layer = next_layer
+    return trees
+
+
+def _parent_and_sibling(tree, i):
+    parent = tree.nodes[tree.nodes[i].parent]
+    return parent, tree.nodes[parent.right if parent.left == i else parent.left]
+
+
+def _sibling_derivable(tree, i):
+    """A child is derived from its parent when its sibling is the smaller (or equal, left)."""
+    if i == 0:
+        return False
+    parent, sibling = _parent_and_sibling(tree, i)
+    me = tree.nodes[i]
+    mine, theirs = len(me.active), len(sibling.active)
+    if mine != theirs:
+        return mine > theirs
+    return parent.right == i  # equal sizes: compute the left child, derive the right
