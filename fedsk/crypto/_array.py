@@ -440,12 +440,13 @@ def _sub_chunk(cts, ots, mod):
     return K.mulmod_pairs(cts, K.batch_invert(ots, mod), mod)
 
 
-def packed_histograms(enc, nodes, bins, n_bins, *, n_jobs=None):
+def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     """Encrypted histograms of several nodes, packed for decryption and re-randomised.
 
     The host's step of SecureBoost in one call. Node ``k`` is given as
-    ``(rows, features, record_bits, per, keep)``: the ciphertexts ``enc[rows]`` are summed
-    into ``len(features) * n_bins`` buckets by ``bins[rows][:, features]`` (feature-major),
+    ``(rows, bins, record_bits, per, keep)``: the ciphertexts ``enc[rows]`` are summed
+    into ``bins.shape[1] * n_bins`` buckets by ``bins`` (shape (len(rows), n_features),
+    values in ``[0, n_bins)``; feature-major),
     the buckets where ``keep`` is true (all if ``keep`` is None) are packed ``per`` to a
     ciphertext (``record_bits`` apart, the first most significant), and every packed
     ciphertext is re-randomised with this party's own obfuscator. Work is split into
@@ -457,20 +458,22 @@ def packed_histograms(enc, nodes, bins, n_bins, *, n_jobs=None):
     workers = resolve_n_jobs(n_jobs)
     cts = enc.ciphertexts
     plans = []
-    for rows, features, record_bits, per, keep in nodes:
-        n_records = len(features) * n_bins
+    for rows, bins, record_bits, per, keep in nodes:
+        if bins.shape[0] != len(rows):
+            raise ValueError("bins must have one row per ciphertext row")
+        n_records = bins.shape[1] * n_bins
         ids = np.arange(n_records) if keep is None else np.flatnonzero(keep)
         n_groups = -(-len(ids) // per)
-        cost = len(rows) * len(features) + len(ids) * record_bits
-        plans.append((rows, features, record_bits, per, ids, n_groups, cost))
+        cost = len(rows) * bins.shape[1] + len(ids) * record_bits
+        plans.append((rows, bins, record_bits, per, ids, n_groups, cost))
     total = sum(p[-1] for p in plans) or 1
     tasks, owners = [], []
-    for k, (rows, features, record_bits, per, ids, n_groups, cost) in enumerate(plans):
+    for k, (rows, bins, record_bits, per, ids, n_groups, cost) in enumerate(plans):
         if not n_groups:
             continue
         n_tasks = 1 if workers == 1 else max(1, min(n_groups, round(2 * workers * cost / total)))
         node_cts = [cts[i] for i in rows]
-        node_bins = np.ascontiguousarray(bins[np.ix_(rows, features)])
+        node_bins = np.ascontiguousarray(bins)
         for g0, g1 in chunk_bounds(n_groups, n_tasks):
             tasks.append(
                 (node_cts, node_bins, n_bins, ids[g0 * per : g1 * per], record_bits, per, pub_args)

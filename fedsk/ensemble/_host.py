@@ -139,16 +139,17 @@ def histograms(ctx, msg):
         # Bins no row of the node falls in are left out: the guest learns nothing from
         # that, since it decrypts every bin's count anyway.
         n_bins = mapper.n_bins_total
-        flat = binned[np.ix_(rows, feats)].astype(np.int64) + np.arange(len(feats)) * n_bins
+        node_bins = binned[np.ix_(rows, feats)]
+        flat = node_bins.astype(np.int64) + np.arange(len(feats)) * n_bins
         keep = np.bincount(flat.ravel(), minlength=len(feats) * n_bins) > 0
         kept.append(keep)
-        by_slot.setdefault(slot, []).append((k, (idx, feats, layout.record_bits, per, keep)))
+        spec = (idx, node_bins, layout.record_bits, per, keep)
+        by_slot.setdefault(slot, []).append((k, spec))
     packed = [None] * len(node_rows)
     for slot, items in by_slot.items():
         out = packed_histograms(
             gh["slots"][slot],
             [spec for _, spec in items],
-            binned,
             mapper.n_bins_total,
             n_jobs=ctx.n_jobs,
         )

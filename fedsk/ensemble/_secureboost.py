@@ -222,7 +222,6 @@ class BaseSecureBoost(BaseEstimator, ABC):
 
     def _boost(self, engine, X, y, loss, train_pos, val_pos, decisions):
         n = X.shape[0]
-        K = loss.n_trees_per_round
         if not self._is_fitted():
             self._baseline = loss.baseline(y[train_pos])
             self._predictors = []
@@ -271,22 +270,21 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     learning_rate=self.learning_rate,
                     n_rows=n,
                 )
-                self._predictors.append(
-                    [
-                        TreePredictor.from_grower(t, engine.threshold_of, engine.n_local_features)
-                        for t in trees
-                    ]
-                )
+                predictors = [
+                    TreePredictor.from_grower(t, engine.threshold_of, engine.n_local_features)
+                    for t in trees
+                ]
+                # the round counts once every host has persisted its half of it
+                engine.finish_round(len(self._predictors) + 1)
+                self._predictors.append(predictors)
                 for k, t in enumerate(trees):
                     raw[:, k] += t.leaf_values_of_rows(n)
-                engine.finish_round(len(self._predictors))
                 self._record_scores(loss, y, raw, train_pos, val_pos)
                 progress.update(1)
                 if len(val_pos) and self._should_stop(self.validation_score_):
                     break
         finally:
             progress.close()
-        del K
 
     def _record_scores(self, loss, y, raw, train_pos, val_pos):
         self.train_score_ = list(self.train_score_) + [-loss.loss(y[train_pos], raw[train_pos])]
@@ -590,11 +588,13 @@ class SecureBoostClassifier(ClassifierMixin, BaseSecureBoost):
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes)."""
-        return self._loss.proba(self._raw_predict(X))
+        raw = self._raw_predict(X)
+        return self._loss.proba(raw)
 
     def predict(self, X):
         """Most probable class of each row."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class SecureBoostRegressor(RegressorMixin, BaseSecureBoost):

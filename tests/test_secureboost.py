@@ -1,0 +1,217 @@
+"""SecureBoost: sklearn compatibility, losslessness, multi-host, privacy (in-process hosts)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import make_classification, make_regression
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from fedsk import SecureBoostClassifier, SecureBoostRegressor
+from fedsk.exceptions import ProtocolError
+from fedsk.federation import InProcessFederation
+from party_server import create_app
+
+from ._privacy import RecordingFederation, assert_absent
+from .conftest import TOKEN, write_host
+
+KEY = 1024
+
+
+@parametrize_with_checks([SecureBoostClassifier(), SecureBoostRegressor()])
+def test_sklearn_compatible_locally(estimator, check):
+    check(estimator)
+
+
+def make_parties(tmp_path, n=240, n_guest=3, host_cols=(4,), task="clf", seed=0, nan=0.05):
+    """Joined data split into guest columns + one DataFrame per host, indexed by ID."""
+    total = n_guest + sum(host_cols)
+    if task == "clf":
+        X, y = make_classification(n, total, n_informative=total // 2 + 1, random_state=seed)
+    elif task == "multi":
+        X, y = make_classification(
+            n, total, n_informative=total // 2 + 1, n_classes=3, random_state=seed
+        )
+    else:
+        X, y = make_regression(n, total, noise=5.0, random_state=seed)
+    rng = np.random.default_rng(seed)
+    X[rng.random(X.shape) < nan] = np.nan
+    ids = [f"cust-{i:05d}" for i in range(n)]
+    joined = pd.DataFrame(X, index=ids, columns=[f"c{j}" for j in range(total)])
+    guest = joined.iloc[:, :n_guest]
+    apps, hosts, start = {}, {}, n_guest
+    for h, k in enumerate(host_cols):
+        name = f"host{h}"
+        hosts[name] = joined.iloc[:, start : start + k]
+        start += k
+        apps[name] = (
+            create_app(write_host(tmp_path / name, hosts[name], name=name)),
+            "customers",
+            TOKEN,
+        )
+    return joined, guest, pd.Series(y, index=ids), hosts, apps
+
+
+def host_records(apps, clf, h):
+    app = apps[clf._host_names[h]][0]
+    _, arrays = app.extensions["fedsk"].models.load(clf._host_model_ids[h], "bank")
+    return arrays
+
+
+def assert_same_trees(fed, local, apps, n_guest, host_offsets):
+    assert len(fed._predictors) == len(local._predictors)
+    for rf, rl in zip(fed._predictors, local._predictors):
+        for tf, tl in zip(rf, rl):
+            np.testing.assert_array_equal(tf.left, tl.left)
+            np.testing.assert_array_equal(tf.value, tl.value)
+            np.testing.assert_array_equal(tf.missing_left, tl.missing_left)
+            for i in np.flatnonzero(tf.left >= 0):
+                if tf.host[i] < 0:
+                    assert tf.feature[i] == tl.feature[i] < n_guest
+                    assert tf.threshold[i] == tl.threshold[i]
+                else:
+                    rec = host_records(apps, fed, tf.host[i])
+                    r = tf.record[i]
+                    assert host_offsets[tf.host[i]] + rec["feature"][r] == tl.feature[i]
+                    assert rec["threshold"][r] == tl.threshold[i]
+
+
+@pytest.mark.parametrize(
+    "task,host_cols,params",
+    [
+        ("clf", (4,), {}),
+        ("clf", (2, 3), {"subsample": 0.7, "colsample": 0.6, "max_depth": 4}),
+        ("multi", (4,), {"n_estimators": 3}),
+        ("reg", (3,), {"min_samples_leaf": 5, "l2_regularization": 0.5}),
+    ],
+)
+def test_federated_equals_centralised(tmp_path, task, host_cols, params):
+    joined, guest, y, hosts, apps = make_parties(tmp_path, task=task, host_cols=host_cols)
+    Est = SecureBoostRegressor if task == "reg" else SecureBoostClassifier
+    kw = dict(n_estimators=4, random_state=0, key_length=KEY) | params
+    fed = Est(federation=InProcessFederation(apps), **kw).fit(guest, y)
+    local = Est(**kw).fit(joined.to_numpy(), y.to_numpy())
+    offsets = np.cumsum([guest.shape[1], *host_cols])[:-1]
+    assert_same_trees(fed, local, apps, guest.shape[1], offsets)
+    # equal predictions on any data, including rows never seen in training
+    rng = np.random.default_rng(1)
+    new = joined + rng.normal(scale=0.5, size=joined.shape)
+    for name, app in apps.items():
+        fedsk_state = app[0].extensions["fedsk"]
+        fedsk_state.datasets["customers"].X[:] = new[hosts[name].columns].to_numpy()
+    if task == "reg":
+        np.testing.assert_allclose(
+            fed.predict(new[guest.columns]), local.predict(new.to_numpy()), rtol=0, atol=1e-9
+        )
+    else:
+        np.testing.assert_allclose(
+            fed.predict_proba(new[guest.columns]),
+            local.predict_proba(new.to_numpy()),
+            rtol=0,
+            atol=1e-6,
+        )
+    assert fed.n_estimators_ == local.n_estimators_
+    np.testing.assert_allclose(fed.train_score_, local.train_score_)
+
+
+def test_early_stopping_matches_centralised(tmp_path):
+    joined, guest, y, _, apps = make_parties(tmp_path, n=300)
+    kw = dict(
+        n_estimators=30,
+        early_stopping=True,
+        n_iter_no_change=2,
+        validation_fraction=0.2,
+        learning_rate=1.0,
+        random_state=3,
+        key_length=KEY,
+    )
+    fed = SecureBoostClassifier(federation=InProcessFederation(apps), **kw).fit(guest, y)
+    local = SecureBoostClassifier(**kw).fit(joined.to_numpy(), y.to_numpy())
+    assert fed.n_estimators_ == local.n_estimators_ < 30
+    np.testing.assert_allclose(fed.validation_score_, local.validation_score_)
+
+
+def test_importances_name_host_columns(tmp_path):
+    joined, guest, y, hosts, apps = make_parties(tmp_path)
+    clf = SecureBoostClassifier(
+        federation=InProcessFederation(apps), n_estimators=3, key_length=KEY
+    ).fit(guest, y)
+    table = clf.importances_
+    assert list(table.party) == ["guest"] * 3 + ["host0"] * 4
+    assert list(table.feature) == list(joined.columns)
+    assert table.gain.sum() == pytest.approx(1.0)
+    assert clf.feature_importances_.shape == (3,)
+    assert clf.host_n_features_ == {"host0": 4}
+    assert set(clf.host_feature_importances_["host0"].index) == set(hosts["host0"].columns)
+
+
+def test_host_that_does_not_publish_names_is_indexed(tmp_path):
+    _, guest, y, hosts, _ = make_parties(tmp_path)
+    app = create_app(write_host(tmp_path / "p", hosts["host0"], publish=False))
+    clf = SecureBoostClassifier(
+        federation=InProcessFederation({"h": (app, "customers", TOKEN)}),
+        n_estimators=2,
+        key_length=KEY,
+    ).fit(guest, y)
+    assert list(clf.host_feature_importances_["h"].index) == ["0", "1", "2", "3"]
+
+
+def test_privacy_of_fit_and_predict(tmp_path):
+    joined, guest, y, hosts, apps = make_parties(tmp_path, nan=0.0)
+    rec = RecordingFederation(InProcessFederation(apps))
+    clf = SecureBoostClassifier(federation=rec, n_estimators=3, key_length=KEY, random_state=0)
+    clf.fit(guest, y)
+    clf.predict_proba(guest)
+    assert_absent(rec, y.to_numpy(), "labels")
+    assert_absent(rec, y.to_numpy().astype(float), "labels as floats")
+    assert_absent(rec, hosts["host0"].to_numpy(), "host feature values")
+    assert_absent(rec, guest.to_numpy(), "guest feature values")
+    recs = host_records(apps, clf, 0)
+    assert len(recs["threshold"]) > 0
+    assert_absent(rec, recs["threshold"], "host thresholds", as_vector=False)
+    # plaintext gradients of the first round
+    p = np.full(len(y), y.mean())
+    assert_absent(rec, p - y.to_numpy(), "first-round gradients")
+    assert_absent(rec, p * (1 - p), "first-round hessians", one_by_one=False)
+
+
+def test_fit_raw_ids_must_be_held_by_every_host(tmp_path):
+    _, guest, y, _, apps = make_parties(tmp_path)
+    extra = pd.DataFrame({c: [0.0] for c in guest.columns}, index=["stranger"])
+    X = pd.concat([guest, extra])
+    with pytest.raises(ValueError, match="1 of 241 rows of X have sample IDs that host"):
+        SecureBoostClassifier(federation=InProcessFederation(apps), key_length=KEY).fit(
+            X, np.r_[y, 0]
+        )
+
+
+def test_federated_fit_needs_a_dataframe(tmp_path):
+    _, guest, y, _, apps = make_parties(tmp_path)
+    clf = SecureBoostClassifier(federation=InProcessFederation(apps), key_length=KEY)
+    with pytest.raises(TypeError, match="DataFrame indexed by sample ID"):
+        clf.fit(guest.to_numpy(), y)
+    dup = guest.copy()
+    dup.index = ["same"] * len(dup)
+    with pytest.raises(ValueError, match="duplicate sample IDs"):
+        clf.fit(dup, y)
+
+
+def test_key_shorter_than_host_minimum_is_refused(tmp_path):
+    _, guest, y, hosts, _ = make_parties(tmp_path)
+    app = create_app(write_host(tmp_path / "strict", hosts["host0"], min_key_length=2048))
+    clf = SecureBoostClassifier(
+        federation=InProcessFederation({"h": (app, "customers", TOKEN)}), key_length=1024
+    )
+    with pytest.raises(ProtocolError, match="at least 2048"):
+        clf.fit(guest, y)
+
+
+def test_warm_start_adds_rounds_and_matches_one_long_fit(tmp_path):
+    joined, guest, y, _, apps = make_parties(tmp_path)
+    fed = InProcessFederation(apps)
+    kw = dict(random_state=0, key_length=KEY)
+    a = SecureBoostClassifier(federation=fed, n_estimators=2, warm_start=True, **kw).fit(guest, y)
+    model_id = a._host_model_ids[0]
+    a.set_params(n_estimators=4).fit(guest, y)
+    assert a.n_estimators_ == 4 and a._host_model_ids[0] == model_id
+    b = SecureBoostClassifier(federation=fed, n_estimators=4, **kw).fit(guest, y)
+    np.testing.assert_allclose(a.predict_proba(guest), b.predict_proba(guest), atol=1e-12)

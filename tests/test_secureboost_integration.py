@@ -1,0 +1,131 @@
+"""SecureBoost against real party-server processes: sklearn tooling, persistence, faults."""
+
+import threading
+import time
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fedsk import LocalFederation, SecureBoostClassifier
+from fedsk.exceptions import PartyUnavailableError
+
+from .test_secureboost import make_parties
+
+pytestmark = pytest.mark.integration
+KEY = 1024
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory):
+    joined, guest, y, hosts, _ = make_parties(
+        tmp_path_factory.mktemp("p"), n=200, host_cols=(4,), nan=0.02
+    )
+    with LocalFederation(hosts=hosts, n_jobs=2) as fed:
+        yield joined, guest, y, fed
+
+
+def test_pipeline_with_pandas_output(parties):
+    joined, guest, y, fed = parties
+    pipe = make_pipeline(
+        StandardScaler().set_output(transform="pandas"),
+        SecureBoostClassifier(federation=fed, n_estimators=3, key_length=KEY, random_state=0),
+    )
+    pipe.fit(guest, y)
+    local = SecureBoostClassifier(n_estimators=3, random_state=0).fit(
+        np.c_[StandardScaler().fit_transform(guest), joined.iloc[:, 3:]], y
+    )
+    np.testing.assert_allclose(
+        pipe.predict_proba(guest),
+        local.predict_proba(
+            np.c_[StandardScaler().fit(guest).transform(guest), joined.iloc[:, 3:]]
+        ),
+        atol=1e-6,
+    )
+
+
+def test_grid_search_in_two_processes_and_cross_val(parties):
+    _, guest, y, fed = parties
+    est = SecureBoostClassifier(federation=fed, n_estimators=2, key_length=KEY, random_state=0)
+    grid = GridSearchCV(est, {"max_depth": [1, 2]}, cv=2, scoring="roc_auc", n_jobs=2)
+    grid.fit(guest, y)
+    assert grid.best_params_["max_depth"] in (1, 2)
+    assert grid.best_score_ > 0.7
+    # each candidate, fitted alone, gives the same CV scores as in the parallel search
+    alone = cross_val_score(
+        clone(est).set_params(max_depth=grid.best_params_["max_depth"]),
+        guest,
+        y,
+        cv=2,
+        scoring="roc_auc",
+    )
+    assert np.mean(alone) == pytest.approx(grid.best_score_)
+
+
+def test_joblib_dump_load_then_predict(parties, tmp_path):
+    _, guest, y, fed = parties
+    clf = SecureBoostClassifier(federation=fed, n_estimators=3, key_length=KEY).fit(guest, y)
+    path = tmp_path / "model.joblib"
+    joblib.dump(clf, path)
+    raw = path.read_bytes()
+    assert b"PaillierPrivateKey" not in raw
+    loaded = joblib.load(path)
+    np.testing.assert_allclose(loaded.predict_proba(guest), clf.predict_proba(guest))
+    assert roc_auc_score(y, loaded.predict_proba(guest)[:, 1]) > 0.8
+
+
+def test_host_restart_keeps_models(parties):
+    _, guest, y, fed = parties
+    clf = SecureBoostClassifier(federation=fed, n_estimators=2, key_length=KEY).fit(guest, y)
+    before = clf.predict_proba(guest)
+    fed.restart("host0")
+    np.testing.assert_array_equal(clf.predict_proba(guest), before)
+
+
+def _audit_count(fed, name, endpoint):
+    path = fed.audit_log_path(name)
+    return path.read_text().count(f'"endpoint":"{endpoint}"') if path.exists() else 0
+
+
+def test_killed_host_mid_fit_then_warm_start_continues(tmp_path):
+    joined, guest, y, hosts, _ = make_parties(tmp_path, n=160, host_cols=(3,), nan=0.0)
+    with LocalFederation(hosts=hosts, retries=1, timeout=(2.0, 20.0)) as fed:
+        clf = SecureBoostClassifier(
+            federation=fed, n_estimators=6, key_length=KEY, warm_start=True, random_state=0
+        )
+        error = {}
+
+        def run():
+            try:
+                clf.fit(guest, y)
+            except Exception as exc:
+                error["exc"] = exc
+                error["at"] = time.monotonic()
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.monotonic() + 60
+        while _audit_count(fed, "host0", "secureboost.trees") < 2:
+            assert time.monotonic() < deadline, "the fit never completed two rounds"
+            time.sleep(0.01)
+        killed_at = time.monotonic()
+        fed.kill("host0")
+        t.join(60)
+        assert not t.is_alive()
+        exc = error.get("exc")
+        assert isinstance(exc, PartyUnavailableError) and exc.party == "host0"
+        assert error["at"] - killed_at < 30  # retries and timeouts are bounded
+        done = clf.n_estimators_
+        assert 2 <= done < 6
+        fed.restart("host0")
+        clf.fit(guest, y)  # warm start: continues from the last completed round
+        assert clf.n_estimators_ == 6
+        fresh = SecureBoostClassifier(
+            federation=fed, n_estimators=6, key_length=KEY, random_state=0
+        ).fit(guest, y)
+        np.testing.assert_allclose(clf.predict_proba(guest), fresh.predict_proba(guest), atol=1e-12)
