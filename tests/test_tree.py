@@ -14,6 +14,7 @@ from fedsk.tree import (
     grow_trees,
     quantize,
 )
+from fedsk.tree._histogram import GH_BITS, H_BITS
 
 rng = np.random.default_rng(0)
 
@@ -40,7 +41,7 @@ def test_quantize_is_exact_in_sums():
     g = rng.normal(size=1000)
     h = rng.uniform(0, 0.25, size=1000)
     q = quantize(g, h)
-    assert np.abs(q.g).max() <= 2**16 and q.h.max() <= 2**16 and q.h.min() >= 0
+    assert np.abs(q.g).max() <= 2**GH_BITS and q.h.max() <= 2**H_BITS and q.h.min() >= 0
     assert np.abs(q.g / q.g_scale - g).max() <= 0.5 / q.g_scale
     # power-of-two scales: integer sums convert back to floats exactly
     assert float(q.g.sum()) / q.g_scale == q.g.sum() / q.g_scale

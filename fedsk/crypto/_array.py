@@ -5,13 +5,12 @@ work over ``n_jobs`` workers of joblib's configured backend.
 """
 
 import gmpy2
-import joblib
 import numpy as np
 
 from . import _kernels as K
 from ._encoding import DEFAULT_EXPONENT, decode, encode, to_signed
 from ._keys import PaillierPrivateKey
-from ._parallel import chunk_bounds, parallel_chunks, resolve_n_jobs
+from ._parallel import parallel_chunks
 
 __all__ = [
     "EncryptedArray",
@@ -446,46 +445,52 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     The host's step of SecureBoost in one call. Node ``k`` is given as
     ``(rows, bins, record_bits, per, keep)``: the ciphertexts ``enc[rows]`` are summed
     into ``bins.shape[1] * n_bins`` buckets by ``bins`` (shape (len(rows), n_features),
-    values in ``[0, n_bins)``; feature-major),
-    the buckets where ``keep`` is true (all if ``keep`` is None) are packed ``per`` to a
-    ciphertext (``record_bits`` apart, the first most significant), and every packed
-    ciphertext is re-randomised with this party's own obfuscator. Work is split into
-    tasks of whole packing groups over ``n_jobs`` workers. Returns one
+    values in ``[0, n_bins)``; feature-major), the buckets where ``keep`` is true (all if
+    ``keep`` is None) are packed ``per`` to a ciphertext (``record_bits`` apart, the first
+    most significant), and every packed ciphertext is re-randomised with this party's
+    own obfuscator. The bucket sums are split over worker processes by feature when they
+    are large; the packing (GIL-free squarings) over threads. Returns one
     :class:`EncryptedArray` per node.
     """
     pub = enc.public_key
-    pub_args = pub._public_args()
-    workers = resolve_n_jobs(n_jobs)
+    pub_args, nsq = pub._public_args(), pub.nsquare
     cts = enc.ciphertexts
-    plans = []
-    for rows, bins, record_bits, per, keep in nodes:
+    all_groups, owners, shifts = [], [], set()
+    for k, (rows, bins, record_bits, per, keep) in enumerate(nodes):
         if bins.shape[0] != len(rows):
             raise ValueError("bins must have one row per ciphertext row")
-        n_records = bins.shape[1] * n_bins
-        ids = np.arange(n_records) if keep is None else np.flatnonzero(keep)
-        n_groups = -(-len(ids) // per)
-        cost = len(rows) * bins.shape[1] + len(ids) * record_bits
-        plans.append((rows, bins, record_bits, per, ids, n_groups, cost))
-    total = sum(p[-1] for p in plans) or 1
-    tasks, owners = [], []
-    for k, (rows, bins, record_bits, per, ids, n_groups, cost) in enumerate(plans):
-        if not n_groups:
-            continue
-        n_tasks = 1 if workers == 1 else max(1, min(n_groups, round(2 * workers * cost / total)))
         node_cts = [cts[i] for i in rows]
-        node_bins = np.ascontiguousarray(bins)
-        for g0, g1 in chunk_bounds(n_groups, n_tasks):
-            tasks.append(
-                (node_cts, node_bins, n_bins, ids[g0 * per : g1 * per], record_bits, per, pub_args)
-            )
-            owners.append(k)
-    if workers == 1 or len(tasks) == 1:
-        results = [K.packed_histogram_task(*t) for t in tasks]
-    else:
-        results = joblib.Parallel(n_jobs=workers)(
-            joblib.delayed(K.packed_histogram_task)(*t) for t in tasks
+        parts = parallel_chunks(
+            K.histogram_products,
+            bins.shape[1],
+            lambda a, b, node_cts=node_cts, bins=bins: (node_cts, bins[:, a:b], n_bins, nsq),
+            n_jobs=n_jobs,
+            ops_per_item=len(rows),
+            min_ops=HISTOGRAM_MIN_OPS,
         )
+        flat = _concat(parts)
+        ids = range(len(flat)) if keep is None else np.flatnonzero(keep).tolist()
+        records = [flat[i] for i in ids]
+        all_groups += [records[i : i + per] for i in range(0, len(records), per)]
+        owners += [k] * (-(-len(records) // per))
+        shifts.add(record_bits)
+    if len(shifts) > 1:
+        raise ValueError("all nodes of one call must share record_bits")
+    record_bits = shifts.pop() if shifts else 1
+    parts = parallel_chunks(
+        K.pack_and_rerandomise,
+        len(all_groups),
+        lambda a, b: (all_groups[a:b], record_bits, pub_args),
+        n_jobs=n_jobs,
+        ops_per_item=record_bits * 8,
+        prefer="threads",
+    )
     out = [[] for _ in nodes]
-    for k, part in zip(owners, results):
-        out[k].extend(part)
+    for k, c in zip(owners, _concat(parts)):
+        out[k].append(c)
     return [EncryptedArray(pub, packed, 0) for packed in out]
+
+
+# Bucket sums below this many multiplications stay in the calling process: shipping
+# the node's ciphertexts to worker processes costs more than the work.
+HISTOGRAM_MIN_OPS = 200_000

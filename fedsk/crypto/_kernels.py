@@ -173,16 +173,25 @@ def horner_pack(groups, shift_bits, mod):
     """For each group ``[c_0, ..., c_{k-1}]`` return ``prod c_j ** 2**(shift*(k-1-j))``.
 
     The plaintext of the result is ``sum m_j << shift*(k-1-j)``: ``c_0`` lands in the
-    most significant record. Costs ``shift`` squarings per packed ciphertext.
+    most significant record. Costs ``shift`` squarings per packed record, done for all
+    groups in lockstep with ``gmpy2.powmod_base_list``, which releases the GIL, so
+    threads run this in parallel.
     """
+    if not groups:
+        return []
     factor = mpz(1) << shift_bits
-    out = []
-    for group in groups:
-        acc = group[0]
-        for c in group[1:]:
-            acc = powmod(acc, factor, mod) * c % mod
-        out.append(acc)
-    return out
+    accs = [g[0] for g in groups]
+    for s in range(1, max(len(g) for g in groups)):
+        live = [i for i, g in enumerate(groups) if len(g) > s]
+        squared = gmpy2.powmod_base_list([accs[i] for i in live], factor, mod)
+        for i, a in zip(live, squared):
+            accs[i] = a * groups[i][s] % mod
+    return accs
+
+
+def pack_and_rerandomise(groups, shift_bits, pub_args):
+    """:func:`horner_pack` then :func:`rerandomise` (one worker task)."""
+    return rerandomise(horner_pack(groups, shift_bits, pub_args[1]), *pub_args)
 
 
 # -- obfuscators r**n (the cost of every encryption) -----------------------------------
@@ -311,21 +320,3 @@ def owner_decrypt(cts, crt_dec):
         mq = (b - 1) // q * hq % q
         out.append(mq + q * ((mp - mq) * q_inv_p % p))
     return out
-
-
-# -- SecureBoost's host step: histogram, pack, re-randomise ---------------------------------
-
-
-def packed_histogram_task(cts, bins, n_bins, record_ids, record_bits, per, pub_args):
-    """Bucket sums of ``cts`` for the records ``record_ids`` (record = column of ``bins`` *
-    ``n_bins`` + bin, sorted), packed ``per`` records per ciphertext (first record most
-    significant) and re-randomised with this party's obfuscator.
-    """
-    nsquare = pub_args[1]
-    f0 = int(record_ids[0]) // n_bins
-    f1 = int(record_ids[-1]) // n_bins + 1
-    flat = histogram_products(cts, bins[:, f0:f1], n_bins, nsquare)
-    base = f0 * n_bins
-    records = [flat[r - base] for r in record_ids.tolist()]
-    groups = [records[i : i + per] for i in range(0, len(records), per)]
-    return rerandomise(horner_pack(groups, record_bits, nsquare), *pub_args)

@@ -33,14 +33,17 @@ def chunk_bounds(n_items, n_chunks):
     return bounds
 
 
-def parallel_chunks(func, n_items, args_for_chunk, *, n_jobs, ops_per_item=1, prefer=None):
+def parallel_chunks(
+    func, n_items, args_for_chunk, *, n_jobs, ops_per_item=1, prefer=None, min_ops=MIN_PARALLEL_OPS
+):
     """Run ``func(*args_for_chunk(start, stop))`` over chunks of ``range(n_items)``.
 
     Returns the list of per-chunk results in order. Runs inline when ``n_jobs``
-    resolves to one worker or the work is too small to be worth shipping.
+    resolves to one worker or the work (``n_items * ops_per_item`` modular
+    multiplications) is below ``min_ops``, too small to be worth shipping.
     """
     workers = resolve_n_jobs(n_jobs)
-    if workers == 1 or n_items * ops_per_item < MIN_PARALLEL_OPS or n_items < 2:
+    if workers == 1 or n_items * ops_per_item < min_ops or n_items < 2:
         return [func(*args_for_chunk(0, n_items))]
     bounds = chunk_bounds(n_items, workers)
     return joblib.Parallel(n_jobs=workers, prefer=prefer)(

@@ -5,12 +5,12 @@ both compute the same slot widths from the same numbers.
 """
 
 from ..crypto import RecordLayout
-from ..tree import GH_BITS
+from ..tree._histogram import GH_BITS, H_BITS
 
 __all__ = ["GH_MAX_VALUES", "gh_layout"]
 
-# per sample: g + 2**GH_BITS in [0, 2**(GH_BITS+1)], h in [0, 2**GH_BITS], count 1
-GH_MAX_VALUES = (1 << (GH_BITS + 1), 1 << GH_BITS, 1)
+# per sample: g + 2**GH_BITS in [0, 2**(GH_BITS+1)], h in [0, 2**H_BITS], count 1
+GH_MAX_VALUES = (1 << (GH_BITS + 1), 1 << H_BITS, 1)
 
 
 def gh_layout(n_terms, key_length):

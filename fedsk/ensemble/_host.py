@@ -155,11 +155,21 @@ def histograms(ctx, msg):
         )
         for (k, _), enc in zip(items, out):
             packed[k] = enc
+    # the work done, so the guest can relate its fit time to the cryptographic floor
+    record_bits = gh_layout(gh["n_terms"], key_length)[0].record_bits
+    ops = {
+        "additions": int(
+            sum(len(spec[0]) * spec[1].shape[1] for items in by_slot.values() for _, spec in items)
+        ),
+        "shifts": int(sum((int(kp.sum()) - len(p)) * record_bits for kp, p in zip(kept, packed))),
+        "rerandomisations": int(sum(len(p) for p in packed)),
+    }
     reply = Message(
+        {"ops": ops},
         arrays={
             "n_packed": np.array([len(p) for p in packed], dtype=np.int64),
             "kept": np.packbits(np.concatenate(kept).astype(np.uint8)),
-        }
+        },
     )
     reply.add_encrypted("packed", EncryptedArray.concat(packed))
     return reply

@@ -104,6 +104,10 @@ class FederatedSource(LocalSource):
                 }
             )
             answer = sess.call("secureboost.histograms", msg)
+            ops = answer.field("ops", dict, default={})
+            for key in ("additions", "shifts", "rerandomisations"):
+                if isinstance(ops.get(key), int):
+                    eng.counts["host_" + key] += ops[key]
             n_packed = answer.array("n_packed", kind="iu", shape=(len(requests),), low=0)
             packed = answer.encrypted("packed", eng.public_key, length=int(n_packed.sum()))
             n_records = int(feats.sum()) * self.n_bins_total
@@ -228,7 +232,13 @@ class FederatedEngine:
         self.mapper = BinMapper(max_bins).fit(X[train_positions])
         self.binned = self.mapper.transform(X)
         self.n_local_features = X.shape[1]
-        self.counts = {"encryptions": 0, "decryptions": 0}
+        self.counts = {
+            "encryptions": 0,
+            "decryptions": 0,
+            "host_additions": 0,
+            "host_shifts": 0,
+            "host_rerandomisations": 0,
+        }
         self.model_ids, self.host_n_features, self.offsets = [], [], []
         off = X.shape[1]
         model_ids = model_ids or [None] * len(sessions)

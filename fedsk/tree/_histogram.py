@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GH_BITS", "QuantizedGradients", "build_histograms", "quantize"]
+__all__ = ["GH_BITS", "H_BITS", "QuantizedGradients", "build_histograms", "quantize"]
 
-GH_BITS = 16  # |g_int| <= 2**GH_BITS and 0 <= h_int <= 2**GH_BITS
+GH_BITS = 16  # |g_int| <= 2**GH_BITS
+H_BITS = 10  # 0 <= h_int <= 2**H_BITS: hessians are bounded and need less precision
 
 
 @dataclass
@@ -26,25 +27,21 @@ class QuantizedGradients:
     g_scale: float
     h_scale: float
 
-    @property
-    def bound(self):
-        return 1 << GH_BITS
 
-
-def _pow2_scale(max_abs):
+def _pow2_scale(max_abs, bits):
     if not np.isfinite(max_abs) or max_abs <= 0:
-        return float(2**GH_BITS)
-    return float(2.0 ** np.floor(np.log2((2**GH_BITS) / max_abs)))
+        return float(2**bits)
+    return float(2.0 ** np.floor(np.log2((2**bits) / max_abs)))
 
 
 def quantize(g, h):
-    """Quantise one tree's gradients and hessians to ``GH_BITS``-bit integers.
+    """Quantise one tree's gradients to ``GH_BITS`` and hessians to ``H_BITS`` bits.
 
     The scales are powers of two chosen from the largest magnitude, so that integer
     sums convert back to floats exactly.
     """
-    g_scale = _pow2_scale(np.max(np.abs(g), initial=0.0))
-    h_scale = _pow2_scale(np.max(h, initial=0.0))
+    g_scale = _pow2_scale(np.max(np.abs(g), initial=0.0), GH_BITS)
+    h_scale = _pow2_scale(np.max(h, initial=0.0), H_BITS)
     return QuantizedGradients(
         np.rint(g * g_scale).astype(np.int64),
         np.rint(h * h_scale).astype(np.int64),

@@ -1,0 +1,128 @@
+"""SecureBoost: fit time against the cryptographic floor, on FATE's reference job.
+
+    python benchmarks/secureboost.py                    # 2048-bit keys, 2 cores
+    python benchmarks/secureboost.py --bits 1024
+    python benchmarks/secureboost.py --scale            # 10k..100k rows, 1 tree depth 4
+
+Reference job (FATE's tutorial): breast cancer, 80/20 stratified split (random_state=0),
+standardised, guest = first 10 columns + label, host = the other 20; 5 trees, depth 3,
+32 bins, learning rate 0.3. The host is a real party-server process (LocalFederation).
+The crypto floor is (encryptions x encrypt cost + decryptions x decrypt cost + host
+additions x add cost + host shift squarings x square cost + re-randomisations x cost),
+with every cost measured on one core in this run, divided by the cores used.
+"""
+
+import argparse
+import os
+import time
+
+import pandas as pd
+from _common import PeakRSS, breast_cancer_split, op_costs
+from sklearn.datasets import make_classification
+from sklearn.metrics import roc_auc_score
+
+from fedsk import LocalFederation, SecureBoostClassifier
+
+
+def floor_seconds(counts, costs, cores):
+    work = (
+        counts["encryptions"] * costs["encrypt"]
+        + counts["decryptions"] * costs["decrypt"]
+        + counts["host_additions"] * costs["add"]
+        + counts["host_shifts"] * costs["square"]
+        + counts["host_rerandomisations"] * costs["rerandomise"]
+    )
+    return work / cores
+
+
+def reference(bits, jobs, trees, repeat):
+    X_tr, X_te, y_tr, y_te, guest_cols, host = breast_cancer_split()
+    costs = op_costs(bits)
+    print(
+        f"per-op costs, {bits}-bit key, one core: "
+        + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in costs.items())
+    )
+    params = dict(n_estimators=trees, max_depth=3, max_bins=32, learning_rate=0.3, random_state=0)
+    joined = SecureBoostClassifier(**params).fit(X_tr, y_tr)
+    auc_joined = roc_auc_score(y_te, joined.predict_proba(X_te)[:, 1])
+    guest_only = SecureBoostClassifier(**params).fit(X_tr[guest_cols], y_tr)
+    auc_guest = roc_auc_score(y_te, guest_only.predict_proba(X_te[guest_cols])[:, 1])
+    with LocalFederation(hosts={"host": host}, n_jobs=jobs) as fed:
+        clf = SecureBoostClassifier(federation=fed, key_length=bits, n_jobs=jobs, **params)
+        clf.fit(X_tr[guest_cols], y_tr)  # warm-up: worker pools and tables
+        fits = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            clf.fit(X_tr[guest_cols], y_tr)
+            fits.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        proba = clf.predict_proba(X_te[guest_cols])[:, 1]
+        predict = time.perf_counter() - t
+    counts = clf._crypto_counts
+    floor = floor_seconds(counts, costs, jobs)
+    fit = min(fits)
+    auc = roc_auc_score(y_te, proba)
+    print(f"\nSecureBoost reference job, {bits}-bit keys, {jobs} cores, {trees} trees depth 3")
+    print(
+        f"  fit time            {fit:8.2f} s   (best of {repeat}: "
+        + ", ".join(f"{f:.2f}" for f in fits)
+        + ")"
+    )
+    print(f"  predict time        {predict:8.2f} s   ({len(y_te)} rows)")
+    print(
+        f"  test AUC            {auc:8.4f}   (joined reference {auc_joined:.4f}, "
+        f"guest only {auc_guest:.4f})"
+    )
+    print("  counts              " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"  crypto floor        {floor:8.2f} s")
+    print(f"  fit / floor         {fit / floor:8.2f}")
+    return fit, floor
+
+
+def scale(bits, jobs):
+    print(
+        f"\nScale: make_classification, 10 guest + 20 host columns, 1 tree depth 4, "
+        f"{bits}-bit keys, {jobs} cores"
+    )
+    print(
+        f"  {'rows':>8} {'fit s':>8} {'s/1k rows':>10} {'guest peak MB':>14} {'host peak MB':>13}"
+    )
+    for n in (10_000, 30_000, 100_000):
+        X, y = make_classification(n, 30, n_informative=10, random_state=0)
+        ids = [f"r{i}" for i in range(n)]
+        df = pd.DataFrame(X, index=ids, columns=[f"c{j}" for j in range(30)])
+        with LocalFederation(hosts={"host": df.iloc[:, 10:]}, n_jobs=jobs) as fed:
+            clf = SecureBoostClassifier(
+                federation=fed,
+                n_estimators=1,
+                max_depth=4,
+                key_length=bits,
+                n_jobs=jobs,
+                early_stopping=False,
+            )
+            with PeakRSS(os.getpid()) as guest_rss, PeakRSS(fed.pid("host")) as host_rss:
+                t = time.perf_counter()
+                clf.fit(df.iloc[:, :10], y)
+                fit = time.perf_counter() - t
+        print(
+            f"  {n:8d} {fit:8.2f} {fit / n * 1000:10.3f} {guest_rss.peak / 2**20:14.0f} "
+            f"{host_rss.peak / 2**20:13.0f}"
+        )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bits", type=int, default=2048)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--trees", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--scale", action="store_true", help="run the 10k..100k scale test")
+    ap.add_argument("--scale-bits", type=int, default=1024)
+    args = ap.parse_args()
+    reference(args.bits, args.jobs, args.trees, args.repeat)
+    if args.scale:
+        scale(args.scale_bits, args.jobs)
+
+
+if __name__ == "__main__":
+    main()
