@@ -7,6 +7,7 @@ party-server audit show --config host.toml   per-session summary
 
 import argparse
 import logging
+import signal
 import sys
 
 from ._config import ConfigError, load_config
@@ -26,16 +27,36 @@ def _serve(args):
         f"http://{config.bind} (state: {config.state_dir})",
         flush=True,
     )
-    serve(
-        app,
-        host=config.host,
-        port=config.port,
-        threads=config.threads,
-        max_request_body_size=config.max_body_bytes + 1024,
-        ident="fedsk-party-server",
-        _quiet=True,
-    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        serve(
+            app,
+            host=config.host,
+            port=config.port,
+            threads=config.threads,
+            max_request_body_size=config.max_body_bytes + 1024,
+            ident="fedsk-party-server",
+            _quiet=True,
+        )
+    finally:
+        _stop_workers()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_workers():
+    """Stop joblib's worker processes so that none outlives the server."""
+    try:
+        from joblib.externals.loky import reusable_executor
+
+        executor = reusable_executor._executor
+        if executor is not None:
+            executor.shutdown(wait=False, kill_workers=True)
+    except Exception:  # pragma: no cover - best effort at exit
+        pass
 
 
 def _audit_verify(args):
@@ -133,6 +154,7 @@ def _exit_with_parent():
     def watch():
         while True:
             if os.getppid() != int(parent):
+                _stop_workers()
                 os._exit(0)
             time.sleep(0.5)
 

@@ -164,3 +164,20 @@ def test_local_federation_rejects_duplicate_ids():
     df = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "a"])
     with pytest.raises(ValueError, match="duplicate"):
         LocalFederation(hosts={"h": df})
+
+
+def test_stopping_a_server_stops_its_worker_processes():
+    psutil = pytest.importorskip("psutil")
+    ids = [f"u{i}" for i in range(3000)]
+    df = pd.DataFrame({"x": np.arange(3000.0)}, index=ids)
+    fed = LocalFederation(hosts={"h": df}, n_jobs=2)
+    try:
+        [client] = fed.connect()
+        sid, _ = client.open_session("t")
+        align(client, sid, ids)  # large enough for the host to use its worker processes
+        children = psutil.Process(fed.pid("h")).children(recursive=True)
+        assert children, "the host did not start worker processes"
+    finally:
+        fed.close()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
