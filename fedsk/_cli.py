@@ -28,6 +28,12 @@ def build_parser():
     demo.add_argument("--n-estimators", type=int, default=5, help="SecureBoost trees (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the data split")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--workdir",
+        default=None,
+        help="directory for the insurer's data, config and audit log "
+        "(default: a new temporary directory, kept after the demo)",
+    )
     return parser
 
 
@@ -42,6 +48,7 @@ def main(argv=None):
             n_estimators=args.n_estimators,
             seed=args.seed,
             quiet=args.quiet,
+            workdir=args.workdir,
         )
     parser.print_help()
     return 0

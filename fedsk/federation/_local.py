@@ -72,6 +72,12 @@ class LocalFederation(Federation):
         As for :class:`Federation`.
     startup_timeout : float, default=60
         Seconds to wait for the servers to become healthy.
+    max_models : int, default=100
+        Models each host keeps per peer (oldest removed first).
+    workdir : path, default=None
+        Where to put each host's data, config, state (model store, audit log) and
+        server log. ``None`` uses a temporary directory removed on close; a directory
+        you name is kept, so its audit logs can be inspected afterwards.
 
     Examples
     --------
@@ -94,12 +100,21 @@ class LocalFederation(Federation):
         retries=4,
         startup_timeout=60.0,
         max_models=100,
+        workdir=None,
     ):
         if not isinstance(hosts, dict) or not hosts:
             raise ValueError("hosts must be a non-empty dict {name: DataFrame}")
-        self._tmp = Path(tempfile.mkdtemp(prefix="fedsk-local-"))
+        if workdir is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="fedsk-local-"))
+            keep = None
+        else:
+            self._tmp = Path(workdir).resolve()
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            keep = self._tmp  # a directory the caller chose is kept after close()
         self._procs = {}
-        self._finalizer = weakref.finalize(self, _stop, self._procs, self._tmp)
+        self._finalizer = weakref.finalize(
+            self, _stop, self._procs, None if keep is not None else self._tmp
+        )
         self._ports, self._configs = {}, {}
         specs = {}
         try:
@@ -112,7 +127,7 @@ class LocalFederation(Federation):
                     raise ValueError(f"hosts[{name!r}] has duplicate sample IDs in its index")
                 token = secrets.token_urlsafe(24)
                 home = self._tmp / name
-                home.mkdir()
+                home.mkdir(exist_ok=workdir is not None)
                 id_col = "__sample_id__"
                 data = df.copy()
                 data.columns = [str(c) for c in data.columns]
