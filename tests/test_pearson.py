@@ -15,7 +15,7 @@ from fedsk.federation import (
 )
 from fedsk.federation._psi import align
 from fedsk.stats import federated_pearson
-from fedsk.stats._protocol import (
+from fedsk.stats._common import (
     GUEST_EXPONENT,
     residues_from_wire,
     residues_to_wire,

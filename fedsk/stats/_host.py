@@ -23,7 +23,7 @@ import numpy as np
 from ..crypto import EncryptedArray, encrypt_integers
 from ..exceptions import BadMessageError, ConflictError
 from ..federation import Message, aligned_rows, public_key_from_wire
-from ._protocol import (
+from ._common import (
     GUEST_EXPONENT,
     HOST_EXPONENT,
     MIN_ROWS_PER_COLUMN,
@@ -96,7 +96,7 @@ def result(ctx, msg):
     """Unmask the sums the guest decrypted and answer with the correlation matrix.
 
     Request: array ``masked``, the p * q decrypted masked sums as residues mod n
-    (:func:`~fedsk.stats._protocol.residues_to_wire`). Answer: arrays
+    (:func:`~fedsk.stats._common.residues_to_wire`). Answer: arrays
     ``correlation`` (p, q) float64, 0 where a host column is constant, and ``constant``
     (q,) bool. Each set of masks is used once.
     """

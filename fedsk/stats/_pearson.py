@@ -1,23 +1,18 @@
-"""Federated Pearson correlation: the public function and the guest half of the protocol.
+"""Federated Pearson correlation: the public function (the API layer).
 
-The host half is in :mod:`fedsk.stats._host`; what both halves share is in
-:mod:`fedsk.stats._protocol`.
+It checks the user's input, standardises the guest's columns, opens aligned sessions
+and labels the result; who sends what is in :mod:`fedsk.stats._protocol` (guest half)
+and :mod:`fedsk.stats._host` (host half).
 """
 
 import numpy as np
 import pandas as pd
 from sklearn.utils import check_array
 
-from ..crypto import MIN_KEY_LENGTH, decrypt_raw, encrypt, generate_keypair
-from ..exceptions import ProtocolError
-from ..federation import Message, aligned_sessions, check_federated_X, public_key_to_wire
-from ._protocol import (
-    GUEST_EXPONENT,
-    MIN_ROWS_PER_COLUMN,
-    PRODUCT_EXPONENT,
-    residues_to_wire,
-    standardise,
-)
+from ..crypto import MIN_KEY_LENGTH
+from ..federation import aligned_sessions, check_federated_X
+from ._common import standardise
+from ._protocol import check_rows_per_column, guest_correlations
 
 __all__ = ["federated_pearson"]
 
@@ -127,63 +122,19 @@ def federated_pearson(X, federation, *, key_length=2048, n_jobs=None):
             "federated_pearson needs X as a pandas DataFrame indexed by sample ID (the IDs "
             f"align your rows with the hosts' rows); got {type(X).__name__}"
         )
-    check_federated_X(X, federated_pearson)
+    check_federated_X(X, federated_pearson)  # unique sample IDs, none missing
     if not isinstance(key_length, int) or key_length < MIN_KEY_LENGTH:
         raise ValueError(f"key_length must be an int >= {MIN_KEY_LENGTH}, got {key_length!r}")
     values = check_array(X, dtype=np.float64, ensure_min_samples=2, input_name="X")
-    n_rows, n_columns = values.shape
-    _check_rows_per_column(n_rows, n_columns, "X")
+    check_rows_per_column(*values.shape, "X")
     Z, constant = standardise(values)
 
-    blocks, labels = [], []
-    with aligned_sessions(
-        federation, X.index.to_numpy(), protocol="pearson", n_jobs=n_jobs
-    ) as sessions:
-        for s in sessions:
-            _check_rows_per_column(n_rows, s.n_features, f"host {s.name!r}")
-        public_key, private_key = generate_keypair(key_length)
-        # One array of n * p ciphertexts: column after column, rows in the aligned order.
-        encrypted = encrypt(private_key, Z.T.ravel(), exponent=GUEST_EXPONENT, n_jobs=n_jobs)
-        for s in sessions:
-            blocks.append(_correlate_with_host(s, encrypted, private_key, n_columns, n_jobs))
-            names = s.feature_names or range(s.n_features)
-            labels += [f"{s.name}:{name}" for name in names]
+    ids = X.index.to_numpy()
+    with aligned_sessions(federation, ids, protocol="pearson", n_jobs=n_jobs) as sessions:
+        blocks = guest_correlations(sessions, Z, key_length=key_length, n_jobs=n_jobs)
+        labels = [
+            f"{s.name}:{name}" for s in sessions for name in s.feature_names or range(s.n_features)
+        ]
     corr = np.hstack(blocks)
     corr[constant, :] = np.nan
     return pd.DataFrame(corr, index=X.columns.copy(), columns=labels)
-
-
-def _check_rows_per_column(n_rows, n_columns, who):
-    if n_rows < MIN_ROWS_PER_COLUMN * n_columns:
-        raise ValueError(
-            f"{who} has {n_columns} columns, so federated_pearson needs at least "
-            f"{MIN_ROWS_PER_COLUMN * n_columns} rows ({MIN_ROWS_PER_COLUMN} per column); X has "
-            f"{n_rows}. With about as many columns as rows, a correlation matrix reveals the "
-            "other party's standardised values."
-        )
-
-
-def _correlate_with_host(session, encrypted, private_key, n_columns, n_jobs):
-    """Steps 3 to 6 of the protocol with one host: its block of the correlation matrix."""
-    public_key = private_key.public_key
-    n_host = session.n_features
-    request = Message({"public_key": public_key_to_wire(public_key), "n_columns": n_columns})
-    answer = session.call("pearson.products", request.add_encrypted("z", encrypted))
-    try:
-        masked = answer.encrypted("masked", public_key, length=n_columns * n_host)
-        if masked.exponent != PRODUCT_EXPONENT:
-            raise ValueError(f"ciphertexts are at exponent {masked.exponent}")
-    except ValueError as exc:
-        raise ProtocolError(f"host {session.name!r} sent bad masked products: {exc}") from None
-
-    residues = decrypt_raw(private_key, masked, n_jobs=n_jobs)  # uniformly random mod n
-    request = Message(arrays={"masked": residues_to_wire(residues, public_key)})
-    answer = session.call("pearson.result", request)
-    try:
-        corr = answer.array("correlation", kind="f", shape=(n_columns, n_host))
-        constant = answer.array("constant", kind="b", shape=(n_host,))
-    except ValueError as exc:
-        raise ProtocolError(f"host {session.name!r} sent a bad result: {exc}") from None
-    corr = corr.astype(np.float64)  # a writable copy
-    corr[:, constant] = np.nan
-    return corr

@@ -1,91 +1,85 @@
-"""What both halves of federated Pearson agree on: encodings, standardisation, wire pair.
+"""The guest half of federated Pearson correlation: who sends what, and in which order.
 
-The guest half (:mod:`fedsk.stats._pearson`) and the host half
-(:mod:`fedsk.stats._host`) import these, so a change to the protocol is made in one
-place.
+With each host, on sessions whose rows are already aligned:
+
+1. ``pearson.products``: the guest sends its public key and its standardised columns,
+   encrypted; the host answers with the masked encrypted product sums.
+2. ``pearson.result``: the guest sends back the masked sums it decrypted; the host
+   unmasks them and answers with its block of the correlation matrix.
+
+The host half is :mod:`fedsk.stats._host`; the encodings and the wire pair both use are
+in :mod:`fedsk.stats._common`.
 """
 
 import numpy as np
 
-__all__ = [
-    "GUEST_EXPONENT",
-    "HOST_EXPONENT",
-    "MIN_ROWS_PER_COLUMN",
-    "PRODUCT_EXPONENT",
-    "residues_from_wire",
-    "residues_to_wire",
-    "standardise",
-]
+from ..crypto import decrypt_raw, encrypt, generate_keypair
+from ..exceptions import ProtocolError
+from ..federation import Message, public_key_to_wire
+from ._common import GUEST_EXPONENT, MIN_ROWS_PER_COLUMN, PRODUCT_EXPONENT, residues_to_wire
 
-# Fixed-point exponents (base 16) of the encrypted products. The guest's standardised
-# values are encrypted at 16**-13 = 2**-52; the host multiplies them by its own
-# standardised values encoded at 16**-10 = 2**-40, so every product sum is an integer at
-# 16**-23. The correlation's encoding error is below 2**-40 (about 1e-12).
-GUEST_EXPONENT = -13
-HOST_EXPONENT = -10
-PRODUCT_EXPONENT = GUEST_EXPONENT + HOST_EXPONENT
-
-# A party reveals correlations only to a peer with at most n / 10 columns: a peer with
-# about as many (independent) columns as there are rows could solve the correlation
-# matrix for the party's standardised values (see the disclosure in _pearson.py).
-MIN_ROWS_PER_COLUMN = 10
+__all__ = ["check_rows_per_column", "guest_correlations"]
 
 
-def standardise(X):
-    """Scale every column of ``X`` to mean 0 and population standard deviation 1.
+def check_rows_per_column(n_rows, n_columns, who):
+    """Refuse to reveal correlations to a party with more than n / 10 columns."""
+    if n_rows < MIN_ROWS_PER_COLUMN * n_columns:
+        raise ValueError(
+            f"{who} has {n_columns} columns, so federated_pearson needs at least "
+            f"{MIN_ROWS_PER_COLUMN * n_columns} rows ({MIN_ROWS_PER_COLUMN} per column); X has "
+            f"{n_rows}. With about as many columns as rows, a correlation matrix reveals the "
+            "other party's standardised values."
+        )
+
+
+def guest_correlations(sessions, Z, *, key_length, n_jobs=None):
+    """Correlations of the guest's standardised columns ``Z`` with every host's columns.
 
     Parameters
     ----------
-    X : ndarray of shape (n_rows, n_columns)
-        Finite values.
+    sessions : list of GuestSession
+        One aligned session per host (:func:`~fedsk.federation.aligned_sessions`).
+    Z : ndarray of shape (n_rows, n_columns)
+        The guest's standardised columns, rows in the aligned order.
+    key_length : int
+    n_jobs : int, default=None
 
     Returns
     -------
-    Z : ndarray of shape (n_rows, n_columns)
-        The standardised columns; a constant column (all its values equal) becomes 0.
-    constant : ndarray of shape (n_columns,), dtype bool
-        Which columns are constant: their correlations are undefined (NaN).
+    list of ndarray of shape (n_columns, n_host_columns)
+        One block per host, NaN in the columns the host reports constant.
     """
-    X = np.asarray(X, dtype=np.float64)
-    centred = X - X.mean(axis=0)
-    # Divide by the largest deviation first so that squaring neither overflows nor
-    # underflows; then a column is constant exactly when all its values are equal.
-    scale = np.abs(centred).max(axis=0, initial=0.0)
-    constant = (X[:1] == X).all(axis=0) | (scale == 0)
-    scale[constant] = 1.0
-    unit = centred / scale
-    unit[:, constant] = 0.0
-    rms = np.sqrt((unit**2).mean(axis=0))
-    rms[constant] = 1.0
-    Z = unit / rms
-    return Z, constant
+    n_rows, n_columns = Z.shape
+    for s in sessions:
+        check_rows_per_column(n_rows, s.n_features, f"host {s.name!r}")
+    public_key, private_key = generate_keypair(key_length)
+    # One array of n * p ciphertexts: column after column, rows in the aligned order.
+    # Every host gets the same ciphertexts; each masks its answer with its own randomness.
+    encrypted = encrypt(private_key, Z.T.ravel(), exponent=GUEST_EXPONENT, n_jobs=n_jobs)
+    return [_with_host(s, encrypted, private_key, n_columns, n_jobs) for s in sessions]
 
 
-def residues_to_wire(values, public_key):
-    """Integers in ``[0, n)`` as a uint8 array of fixed-width big-endian rows.
+def _with_host(session, encrypted, private_key, n_columns, n_jobs):
+    public_key = private_key.public_key
+    n_host = session.n_features
 
-    The masked plaintexts the guest returns are as wide as the key's modulus, too wide
-    for any numpy integer dtype; this is the one wire type the protocol adds to
-    :class:`~fedsk.federation.Message`'s arrays and ciphertexts.
-    """
-    width = (public_key.key_length + 7) // 8
-    buf = b"".join(int(v).to_bytes(width, "big") for v in values)
-    return np.frombuffer(buf, dtype=np.uint8).reshape(-1, width).copy()
+    request = Message({"public_key": public_key_to_wire(public_key), "n_columns": n_columns})
+    answer = session.call("pearson.products", request.add_encrypted("z", encrypted))
+    try:
+        masked = answer.encrypted("masked", public_key, length=n_columns * n_host)
+        if masked.exponent != PRODUCT_EXPONENT:
+            raise ValueError(f"ciphertexts are at exponent {masked.exponent}")
+    except ValueError as exc:
+        raise ProtocolError(f"host {session.name!r} sent bad masked products: {exc}") from None
 
-
-def residues_from_wire(array, public_key):
-    """Inverse of :func:`residues_to_wire`; raise ``ValueError`` naming a bad row."""
-    width = (public_key.key_length + 7) // 8
-    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != width:
-        raise ValueError(
-            f"residues must be a uint8 array of shape (k, {width}) for this key, "
-            f"got {array.dtype} {array.shape}"
-        )
-    n = int(public_key.n)
-    out = []
-    for i, row in enumerate(array):
-        value = int.from_bytes(row.tobytes(), "big")
-        if value >= n:
-            raise ValueError(f"residue {i} is out of range (must be < n)")
-        out.append(value)
-    return out
+    residues = decrypt_raw(private_key, masked, n_jobs=n_jobs)  # uniformly random mod n
+    request = Message(arrays={"masked": residues_to_wire(residues, public_key)})
+    answer = session.call("pearson.result", request)
+    try:
+        corr = answer.array("correlation", kind="f", shape=(n_columns, n_host))
+        constant = answer.array("constant", kind="b", shape=(n_host,))
+    except ValueError as exc:
+        raise ProtocolError(f"host {session.name!r} sent a bad result: {exc}") from None
+    corr = corr.astype(np.float64)  # a writable copy
+    corr[:, constant] = np.nan
+    return corr
