@@ -141,7 +141,8 @@ def test_over_real_party_servers(host_df):
         bad.arrays["z"][:] = 0xFF  # every ciphertext >= n**2
         assert_refused(400, "out of range", client.call, "pearson.products", sid, bad)
         again = federated_pearson(guest, fed, key_length=KEY)
-        np.testing.assert_array_equal(again.to_numpy().round(9), got.to_numpy().round(9))
+        # the masks cancel exactly: the same data give bit-identical correlations
+        np.testing.assert_array_equal(again.to_numpy(), got.to_numpy())
 
 
 # -- what crosses the wire ----------------------------------------------------------------
