@@ -47,6 +47,8 @@ def federated_pearson(X, federation, *, key_length=2048, n_jobs=None):
 
     Raises
     ------
+    TypeError
+        If ``X`` is not a DataFrame.
     ValueError
         If ``X`` has missing, infinite or non-numeric values, rows a host does not hold,
         or fewer than 10 rows per column of the other party (see Notes).
@@ -79,7 +81,8 @@ def federated_pearson(X, federation, *, key_length=2048, n_jobs=None):
     **What each party learns.** The guest learns n, q (and the host's column names if
     it publishes them), the p x q correlation matrix and which host columns are
     constant over the aligned rows. The host learns n, p and the same matrix, as the
-    exact fixed-point sums ``S`` (0 in the rows of constant guest columns). The guest's
+    exact fixed-point sums ``S`` (0 in the rows of constant guest columns); its host
+    half does not store it, but a curious host could. The guest's
     values cross only encrypted under the guest's key; the host's values never cross;
     what the guest decrypts in step 5 is uniformly random. Neither party sees any
     individual value, mean or standard deviation of the other's. The matrix itself is
@@ -89,11 +92,14 @@ def federated_pearson(X, federation, *, key_length=2048, n_jobs=None):
     the whole column, so each side refuses a peer with more than n / 10 columns
     (``ValueError`` here, a 409 ``too_many_columns`` at the host). If the host's data
     has missing values in the aligned rows, its refusal names those host columns.
+    Step 1 discloses what private set intersection does: which rows both hold (to
+    both) and each side's number of IDs (to the other); no ID outside the
+    intersection.
 
     The parties are assumed honest-but-curious. A guest that encrypted vectors of its
     choice instead of standardised columns (say, an indicator of one row) would learn
     individual host values: the host cannot check what it multiplies. A host could
-    answer a wrong matrix. See ``SECURITY.md``.
+    answer a wrong matrix.
 
     The correlations' encoding error is below 1e-12.
 
