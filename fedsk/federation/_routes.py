@@ -101,6 +101,12 @@ ROUTES = (
         "/v1/sessions/<session_id>/pearson",
         "fedsk.stats._host:products",
     ),
+    Route(
+        "pearson.result",
+        "POST",
+        "/v1/sessions/<session_id>/pearson/result",
+        "fedsk.stats._host:result",
+    ),
 )
 
 _BY_NAME = {r.name: r for r in ROUTES}
