@@ -12,6 +12,7 @@ import hmac
 import importlib
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -67,7 +68,8 @@ class State:
         )
         self.audit = AuditLog(config.state_dir / "audit.log", fsync=config.audit_fsync)
         self.sessions = SessionStore(config.session_ttl)
-        self.created = {}  # (peer, request_id) -> replayable answer of sessions.create
+        self.created = {}  # (peer, request_id) -> (fingerprint, answer) of sessions.create
+        self.created_lock = threading.Lock()
         self.handlers = {}
         self._tokens = [(p.token.encode(), p.name) for p in config.peers.values()]
 
@@ -75,7 +77,17 @@ class State:
         fn = self.handlers.get(route.name)
         if fn is None:
             module, _, name = route.handler.partition(":")
-            fn = self.handlers[route.name] = getattr(importlib.import_module(module), name)
+            try:
+                fn = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                # a guest newer than this server's fedsk asks for a protocol it lacks
+                log.warning("route %s: host half %s is not installed", route.name, route.handler)
+                raise NotFoundError(
+                    f"this party server does not serve {route.name!r}: its fedsk has no "
+                    f"{route.handler}; ask its operator to upgrade fedsk",
+                    code="unsupported_route",
+                ) from None
+            self.handlers[route.name] = fn
         return fn
 
     def authenticate(self, header):
@@ -123,12 +135,25 @@ def _reply(msg):
     return Response(message_to_wire(msg), status=200, content_type=CONTENT_TYPE)
 
 
-def _replayable(resp):
-    return (resp.status_code, resp.get_data(), resp.content_type, g.get("ct_out", 0))
+def _fingerprint(route_name):
+    """What a request ID stands for: the route and the exact body."""
+    return hashlib.sha256(route_name.encode() + b"\0" + request.get_data(cache=True)).digest()
 
 
-def _from_replay(reply):
-    status, body, ctype, ct_out = reply
+def _replayable(resp, fingerprint):
+    return fingerprint, (resp.status_code, resp.get_data(), resp.content_type, g.get("ct_out", 0))
+
+
+def _from_replay(cached, fingerprint):
+    """The answer given to an earlier request with this ID, if it was the same request."""
+    seen, (status, body, ctype, ct_out) = cached
+    if not hmac.compare_digest(seen, fingerprint):
+        raise RequestError(
+            f"request ID {g.request_id} was already used for a different request; "
+            "use a fresh ID for every new request (reuse one only to retry it unchanged)",
+            code="request_id_reused",
+            status=409,
+        )
     g.ct_out = ct_out
     return Response(body, status=status, content_type=ctype)
 
@@ -156,10 +181,11 @@ def _make_view(route):
         if route.name == "sessions.delete":
             state.sessions.delete(params["session_id"], g.peer)
             return _reply(Message({"closed": True}))
+        fingerprint = _fingerprint(route.name)
         with entry.lock:
             cached = entry.replay(g.request_id)
             if cached is not None:
-                return _from_replay(cached)
+                return _from_replay(cached, fingerprint)
             session = entry.session
             ctx = HostContext(
                 party=state.config.party,
@@ -170,7 +196,7 @@ def _make_view(route):
                 min_key_length=state.config.min_key_length,
             )
             resp = _reply(state.handler(route)(ctx, msg))
-            entry.remember(g.request_id, _replayable(resp))
+            entry.remember(g.request_id, _replayable(resp, fingerprint))
             return resp
 
     view.__name__ = "view_" + route.name.replace(".", "_")
@@ -179,8 +205,11 @@ def _make_view(route):
 
 def _create_session(state, msg):
     key = (g.peer, g.request_id)
-    if key in state.created:
-        return _from_replay(state.created[key])
+    fingerprint = _fingerprint("sessions.create")
+    with state.created_lock:
+        cached = state.created.get(key)
+    if cached is not None:
+        return _from_replay(cached, fingerprint)
     name = msg.field("dataset", str)
     allowed = state.config.peers[g.peer].datasets
     if name not in state.datasets or (allowed is not None and name not in allowed):
@@ -198,9 +227,10 @@ def _create_session(state, msg):
             }
         )
     )
-    state.created[key] = _replayable(resp)
-    while len(state.created) > 1024:
-        state.created.pop(next(iter(state.created)))
+    with state.created_lock:
+        state.created[key] = _replayable(resp, fingerprint)
+        while len(state.created) > 1024:
+            state.created.pop(next(iter(state.created)))
     return resp
 
 
@@ -295,6 +325,7 @@ def create_app(config):
             endpoint=route.name.replace(".", "_"),
             view_func=_make_view(route),
             methods=[route.method],
+            provide_automatic_options=False,  # OPTIONS is a JSON 405 like any other method
         )
     app.register_blueprint(bp)
     app.before_request(_before)

@@ -413,8 +413,12 @@ class EncryptedArray:
 
     @classmethod
     def from_bytes(cls, public_key, data, exponent=0):
-        """Inverse of :meth:`to_bytes`; checks shape and ``0 < c < n**2`` for every row.
+        """Inverse of :meth:`to_bytes`; checks that every row is a Paillier ciphertext.
 
+        A ciphertext is an invertible residue modulo ``n**2``: ``0 < c < n**2`` and
+        ``gcd(c, n) == 1``. The key owner can make values that are in range but share a
+        factor with ``n``; they would make a peer's modular inversions fail. The check
+        costs one multiplication modulo ``n`` per ciphertext and one gcd per array.
         Raises ``ValueError`` naming the first bad row.
         """
         data = np.asarray(data)
@@ -424,14 +428,22 @@ class EncryptedArray:
                 f"ciphertexts must be a uint8 array of shape (k, {width}) for this key, "
                 f"got {data.dtype} {data.shape}"
             )
-        nsq = public_key.nsquare
+        n, nsq = public_key.n, public_key.nsquare
         raw = data.tobytes()
         cts = []
+        units = gmpy2.mpz(1)
         for i in range(data.shape[0]):
             c = gmpy2.mpz(int.from_bytes(raw[i * width : (i + 1) * width], "big"))
             if not 0 < c < nsq:
                 raise ValueError(f"ciphertext {i} is out of range (must be 0 < c < n**2)")
+            units = units * (c % n) % n
             cts.append(c)
+        if gmpy2.gcd(units, n) != 1:
+            i = next(i for i, c in enumerate(cts) if gmpy2.gcd(c, n) != 1)
+            raise ValueError(
+                f"ciphertext {i} shares a factor with n (it has no inverse modulo n**2), "
+                "so it is not a Paillier ciphertext"
+            )
         return cls(public_key, cts, exponent)
 
 

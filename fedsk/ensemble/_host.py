@@ -88,8 +88,8 @@ def gradients(ctx, msg):
     n_slots = msg.field("n_slots", int, minimum=1, maximum=MAX_SLOTS)
     if list(msg.field("max_values", list)) != list(GH_MAX_VALUES):
         raise BadMessageError("field 'max_values' does not match this version's packing")
-    positions = msg.array("positions", kind="iu", ndim=1, low=0, high=n_rows)
-    if len(positions) == 0 or np.any(np.diff(positions) <= 0):
+    positions = msg.array("positions", kind="iu", ndim=1, low=0, high=n_rows).astype(np.int64)
+    if len(positions) == 0 or np.any(np.diff(positions) <= 0):  # int64: uint64 diffs wrap
         raise BadMessageError("array 'positions' must be strictly increasing and non-empty")
     index = np.full(n_rows, -1, dtype=np.int64)
     index[positions] = np.arange(len(positions))

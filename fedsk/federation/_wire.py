@@ -14,6 +14,7 @@ public key, which checks ``0 < c < n**2`` for every one.
 
 import io
 import json
+import math
 import re
 import struct
 
@@ -210,7 +211,7 @@ def _read_npy(blob, name):
         raise BadMessageError(f"array {name!r} has unsupported dtype {dtype}")
     if len(shape) > MAX_NDIM:
         raise BadMessageError(f"array {name!r} has too many dimensions")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(int(d) for d in shape)  # Python ints: no int64 wrap-around
     data = blob[buf.tell() :]
     if count < 0 or count * dtype.itemsize != len(data):
         raise BadMessageError(f"array {name!r} is truncated or has trailing bytes")
