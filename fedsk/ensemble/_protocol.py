@@ -174,6 +174,9 @@ class FederatedSource(LocalSource):
                 "totals: refusing to build a wrong model"
             )
 
+    def party_of(self, record):
+        return "the guest" if record is None else f"host {self.engine.sessions[record[0]].name!r}"
+
     def partition(self, splits):
         eng = self.engine
         results = [None] * len(splits)
@@ -213,6 +216,14 @@ class FederatedSource(LocalSource):
                 answer.array("go_left", kind="u", ndim=1), sum(sizes), "split directions", name
             )
             recs = answer.array("records", kind="iu", shape=(len(ks),), low=0)
+            # the host numbers its records 0, 1, 2, ... in the order it made them
+            first = eng.host_n_records[h]
+            if recs.tolist() != list(range(first, first + len(ks))):
+                raise ProtocolError(
+                    f"{name} numbered its new split records {recs.tolist()[:5]}, expected "
+                    f"{first}..{first + len(ks) - 1}"
+                )
+            eng.host_n_records[h] += len(ks)
             pos = 0
             for k, size, rec in zip(ks, sizes, recs.tolist()):
                 results[k] = (go[pos : pos + size], (h, rec))
@@ -240,6 +251,7 @@ class FederatedEngine:
             "host_rerandomisations": 0,
         }
         self.model_ids, self.host_n_features, self.offsets = [], [], []
+        self.host_n_records = []  # split records each host holds for this model
         off = X.shape[1]
         model_ids = model_ids or [None] * len(sessions)
         for sess, mid in zip(sessions, model_ids):
@@ -255,7 +267,13 @@ class FederatedEngine:
                 ),
             )
             nf = answer.field("n_features", int, minimum=0)
+            if nf != sess.n_features:
+                raise ProtocolError(
+                    f"{sess.name} announced {sess.n_features} columns when the session opened "
+                    f"but set boosting up with n_features={nf}"
+                )
             self.model_ids.append(answer.field("model_id", str))
+            self.host_n_records.append(answer.field("n_records", int, minimum=0))
             self.host_n_features.append(nf)
             self.offsets.append(off)
             off += nf
@@ -296,9 +314,17 @@ class FederatedEngine:
 
     def finish_round(self, n_rounds):
         """Ask every host to persist its records: the round is complete."""
-        _parallel_hosts(
+        answers = _parallel_hosts(
             lambda s: s.call("secureboost.trees", Message({"n_rounds": n_rounds})), self.sessions
         )
+        for sess, mid, n_rec, answer in zip(
+            self.sessions, self.model_ids, self.host_n_records, answers
+        ):
+            if answer.field("model_id", str) != mid or answer.field("n_records", int) != n_rec:
+                raise ProtocolError(
+                    f"{sess.name} persisted model_id={answer.meta.get('model_id')!r} with "
+                    f"n_records={answer.meta.get('n_records')!r}, expected {mid!r} with {n_rec}"
+                )
 
     def existing_decisions(self, n_rows):
         """Decisions of the hosts' existing records (for ``warm_start``)."""

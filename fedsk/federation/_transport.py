@@ -147,9 +147,22 @@ class HttpTransport(Transport):
             headers["Content-Type"] = CONTENT_TYPE
         started = time.monotonic()
         try:
-            resp = self._http().request(
-                method, self.url + path, data=body, headers=headers, timeout=self.timeout
-            )
+            for attempt in range(self.retries + 1):
+                try:
+                    resp = self._http().request(
+                        method, self.url + path, data=body, headers=headers, timeout=self.timeout
+                    )
+                    break
+                except requests.exceptions.ChunkedEncodingError as exc:
+                    # the answer broke off after its headers: ask again (same request ID,
+                    # so the party replays its answer instead of doing the work twice)
+                    if attempt == self.retries:
+                        raise ProtocolError(
+                            f"{self.party}'s answer to {method} {path} was cut off before its "
+                            f"end, {attempt + 1} times ({exc.__class__.__name__}); check the "
+                            "network or proxy between the parties"
+                        ) from None
+                    time.sleep(self.backoff * 2**attempt)
         except requests.exceptions.SSLError as exc:
             raise PartyUnavailableError(
                 self.party, self.url, "TLS verification failed", str(exc)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..exceptions import ProtocolError
 from ._histogram import build_histograms
 from ._splitting import find_best_split, leaf_value
 
@@ -71,6 +72,10 @@ class LocalSource:
             build_histograms(self.binned, rows, spec.qg, self.n_bins_total, spec.features)
             for spec, rows in requests
         ]
+
+    def party_of(self, record):
+        """Who applied a split (for error messages)."""
+        return "this party"
 
     def partition(self, splits):
         """``splits``: list of ``(rows, SplitInfo)``; returns ``(go_left, record)`` each."""
@@ -157,6 +162,15 @@ def grow_trees(source, specs, active, *, max_depth, params, learning_rate, n_row
             node.record = record
             go_left = np.asarray(go_left, dtype=bool)
             in_active = np.isin(node.rows, node.active, assume_unique=True)
+            # The left child must hold exactly the (G, H, count) the histogram promised:
+            # split directions that disagree (a faulty or corrupted party) stop the fit.
+            if len(go_left) != len(node.rows) or not np.array_equal(
+                _totals(specs[t].qg, node.rows[go_left & in_active]), node.split.left
+            ):
+                raise ProtocolError(
+                    f"the split directions from {source.party_of(record)} do not match the "
+                    "node's histogram: refusing to build a wrong model"
+                )
             for side, mask in ((0, go_left), (1, ~go_left)):
                 rows = node.rows[mask]
                 act_rows = node.rows[mask & in_active]
