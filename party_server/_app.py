@@ -53,8 +53,14 @@ class State:
 
     def __init__(self, config):
         self.config = config
+        if not config.state_dir.parent.is_dir():
+            raise ConfigError(
+                f"config key 'state_dir': {config.state_dir.parent} does not exist or is "
+                f"not a directory; create it or fix the path (the server creates only "
+                f"{config.state_dir.name!r} itself)"
+            )
         try:
-            check_writable(config.state_dir)
+            check_writable(config.state_dir, parents=False)
         except OSError as exc:
             raise ConfigError(
                 f"config key 'state_dir': cannot write to {config.state_dir} "

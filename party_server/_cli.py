@@ -22,6 +22,7 @@ def _serve(args):
 
     config = load_config(args.config)
     app = create_app(config)
+    _json_errors_from_waitress()
     print(
         f"party-server: {config.party} serving {len(config.datasets)} dataset(s) on "
         f"http://{config.bind} (state: {config.state_dir})",
@@ -41,6 +42,32 @@ def _serve(args):
     finally:
         _stop_workers()
     return 0
+
+
+def _json_errors_from_waitress():
+    """Answer what waitress refuses before the app sees it in the app's JSON error shape.
+
+    Waitress itself refuses malformed HTTP and bodies larger than its limit (the app's
+    ``max_body_bytes`` plus 1 KiB; the app answers bodies just over its own limit). Its
+    default answer is plain text; a peer gets ``{"error": {"code", "message",
+    "request_id"}}`` like every other refusal. These requests never reach the app, so
+    they are not in the audit log. A transfer coding waitress does not implement (HTTP's
+    501) is the peer's mistake here, as the fedsk client never sends one: it is a 400.
+    """
+    import json
+
+    from waitress import utilities
+
+    def to_response(self, ident=None):
+        status, reason = (400, "Bad Request") if self.code == 501 else (self.code, self.reason)
+        code = self.reason.lower().replace(" ", "_")
+        body = json.dumps(
+            {"error": {"code": code, "message": f"{self.reason}: {self.body}", "request_id": None}}
+        )
+        headers = [("Content-Type", "application/json")]
+        return f"{status} {reason}", headers, (body + "\n").encode()
+
+    utilities.Error.to_response = to_response
 
 
 def _interrupt(signum, frame):

@@ -54,10 +54,14 @@ def atomic_write(path, data):
         ) from None
 
 
-def check_writable(directory):
-    """Create ``directory`` if needed and prove a file can be written and removed in it."""
+def check_writable(directory, *, parents=True):
+    """Create ``directory`` if needed and prove a file can be written and removed in it.
+
+    With ``parents=False`` its parent must exist (a typo in a path is not silently
+    turned into a new directory tree).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=parents, exist_ok=True)
     probe = directory / f".probe-{secrets.token_hex(4)}"
     with open(probe, "wb") as fh:
         fh.write(b"ok")

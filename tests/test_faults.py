@@ -1,0 +1,564 @@
+"""Faults over real party-server processes on 127.0.0.1.
+
+A fault-injecting proxy between the guest and a real party server delays, truncates,
+corrupts or replaces answers; guests vanish mid-session; the state directory is
+unwritable at start or fills up at run time (a per-process file-size limit, which fails
+writes exactly as a full disk does, without root). Each time the guest gets a clear
+error within its configured timeout, never a silently wrong model, and the host's model
+store and audit log are never half-written. (A host killed mid-fit and restarted is in
+``test_secureboost_integration.py``.)
+"""
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsk import SecureBoostClassifier
+from fedsk.exceptions import FedskError, PartyUnavailableError, ProtocolError
+from fedsk.federation import Federation, InProcessFederation, Message, public_key_to_wire
+from fedsk.federation._psi import align
+from party_server import create_app
+from party_server._audit import verify
+
+from ._servers import FaultProxy, PartyServer, Reply, array_span
+from .conftest import TOKEN, write_host
+
+pytestmark = pytest.mark.integration
+KEY = 1024
+N = 120
+
+
+def make_data(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [f"p{i:04d}" for i in range(n)]
+    guest = pd.DataFrame(rng.normal(size=(n, 3)), index=ids, columns=["g0", "g1", "g2"])
+    host = pd.DataFrame(rng.normal(size=(n, 3)), index=ids, columns=["h0", "h1", "h2"])
+    y = pd.Series(((guest.g0 + host.h0 - 0.5 * host.h1) > 0).astype(int), index=ids)
+    return guest, host, y
+
+
+def make_clf(federation, n_estimators=3, **kw):
+    return SecureBoostClassifier(
+        federation=federation,
+        n_estimators=n_estimators,
+        max_depth=2,
+        key_length=KEY,
+        random_state=0,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data):
+    with PartyServer(tmp_path_factory.mktemp("faults"), data[1]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def reference(server, data):
+    """The model a fault-free fit gives, and the federation that talks to it directly."""
+    guest, _, y = data
+    fed = Federation({"insurer": server.host_spec()}, timeout=(5.0, 60.0), retries=0)
+    clf = make_clf(fed).fit(guest, y)
+    return fed, clf.predict_proba(guest)
+
+
+def via(proxy, **kw):
+    from ._servers import TOKEN as token
+
+    spec = {"url": proxy.url, "dataset": "customers", "token": token}
+    kw.setdefault("timeout", (5.0, 60.0))
+    kw.setdefault("retries", 0)
+    return Federation({"insurer": spec}, **kw)
+
+
+def on(route_suffix, change):
+    """A fault that applies ``change(reply)`` to answers of paths ending in the suffix."""
+
+    def fault(method, path, reply):
+        if path.endswith(route_suffix):
+            return change(reply)
+        return reply
+
+    return fault
+
+
+# -- slow hosts -----------------------------------------------------------------------------
+def test_slow_host_within_the_timeout_gives_the_same_model(server, data, reference):
+    guest, _, y = data
+    fed_direct, expected = reference
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = lambda m, p, r: Reply(r.status, r.headers, r.body, delay=0.15)
+        clf = make_clf(via(proxy, timeout=(5.0, 10.0))).fit(guest, y)
+        assert proxy.faults >= 10
+    clf.federation = fed_direct
+    np.testing.assert_array_equal(clf.predict_proba(guest), expected)
+
+
+@pytest.mark.parametrize("route", ["/psi", "/boosting", "/histograms", "/splits"])
+def test_host_slower_than_the_timeout_is_unavailable_in_bounded_time(server, data, route):
+    guest, _, y = data
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = on(route, lambda r: Reply(r.status, r.headers, r.body, delay=120))
+        fed = via(proxy, timeout=(2.0, 1.5), retries=1)
+        started = time.monotonic()
+        with pytest.raises(PartyUnavailableError) as err:
+            make_clf(fed).fit(guest, y)
+        elapsed = time.monotonic() - started
+    # two attempts of 1.5 s plus backoff and the fit's own work: far below the 120 s delay
+    assert elapsed < 30, elapsed
+    msg = str(err.value)
+    assert err.value.party == "insurer" and proxy.url in msg
+    assert "2 attempts" in msg and "read timeout 1.5 s" in msg
+    assert proxy.faults >= 2  # the retry was delayed too
+
+
+# -- malformed, truncated, replaced answers --------------------------------------------------
+def _truncate(r):
+    return Reply(r.status, r.headers, r.body[: len(r.body) // 2])
+
+
+def _cut_mid_body(r):
+    return Reply(r.status, r.headers, r.body, cut_at=len(r.body) // 2)
+
+
+def _html(status):
+    return lambda r: Reply(status, {"Content-Type": "text/html"}, b"<html>proxy error</html>")
+
+
+def _garbage(r):
+    return Reply(200, r.headers, os.urandom(len(r.body)))
+
+
+def _empty(r):
+    return Reply(200, r.headers, b"")
+
+
+def _json_200(r):
+    return Reply(200, {"Content-Type": "application/json"}, b'{"ok": true}')
+
+
+MALFORMED = {
+    "truncated body": (_truncate, ProtocolError, "malformed answer"),
+    "connection cut mid-body": (_cut_mid_body, ProtocolError, "cut off"),
+    "html error page with 200": (_html(200), ProtocolError, "instead of a fedsk message"),
+    "html error page with 500": (_html(500), ProtocolError, "with 500"),
+    "bad gateway": (_html(502), PartyUnavailableError, "answered 502"),
+    "random bytes": (_garbage, ProtocolError, "malformed answer"),
+    "empty body": (_empty, ProtocolError, "malformed answer"),
+    "json instead of a message": (_json_200, ProtocolError, "instead of a fedsk message"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_malformed_answer_is_a_clear_error(server, data, kind):
+    guest, _, y = data
+    change, exc_type, text = MALFORMED[kind]
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = on("/histograms", change)
+        clf = make_clf(via(proxy, retries=1))
+        with pytest.raises(exc_type, match=text) as err:
+            clf.fit(guest, y)
+        assert "insurer" in str(err.value)
+        assert proxy.faults >= 1
+
+
+@pytest.mark.parametrize(
+    "route", ["/sessions", "/psi", "/intersection", "/boosting", "/gradients", "/splits", "/trees"]
+)
+def test_truncated_answer_on_every_fit_route_is_a_protocol_error(server, data, route):
+    guest, _, y = data
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = on(route, _truncate)
+        with pytest.raises(ProtocolError, match="malformed answer"):
+            make_clf(via(proxy)).fit(guest, y)
+        assert proxy.faults >= 1
+
+
+# -- corrupted answers: detected, or harmless; never a silently wrong model ----------------------
+# Which arrays carry the numbers a model is built from, per answer (a flipped bit there
+# must be detected by the guest's consistency checks).
+TARGETS = {
+    "/histograms": ["packed", "kept", "n_packed"],
+    "/splits": ["go_left", "records"],
+    "/psi": ["double", "host"],
+}
+
+
+def _flip(body, pos, bit):
+    data = bytearray(body)
+    data[pos] ^= 1 << bit
+    return bytes(data)
+
+
+class Corruptor:
+    """Flip one bit in the ``k``-th answer of a fit (seeded), somewhere or in a target."""
+
+    def __init__(self, k, rng, targeted):
+        self.k, self.rng, self.targeted, self.seen = k, rng, targeted, 0
+        self.where = None
+
+    def __call__(self, method, path, reply):
+        self.seen += 1
+        if self.seen - 1 != self.k or reply.status != 200 or not reply.body:
+            return reply
+        suffix = "/" + path.rsplit("/", 1)[-1]
+        names = TARGETS.get(suffix, []) if self.targeted else []
+        spans = []
+        for name in names:
+            try:
+                start, end = array_span(reply.body, name)
+            except KeyError:
+                continue
+            if end > start:
+                spans.append((name, start, end))
+        if spans:
+            name, start, end = spans[int(self.rng.integers(len(spans)))]
+        else:
+            name, start, end = "anywhere", 0, len(reply.body)
+        pos = int(self.rng.integers(start, end))
+        self.where = f"{suffix} {name} byte {pos}"
+        return Reply(reply.status, reply.headers, _flip(reply.body, pos, int(self.rng.integers(8))))
+
+
+def test_corrupted_answers_never_give_a_silently_wrong_model(server, data, reference):
+    """One bit flipped in one answer of a fit: the fit fails, or the model is unchanged.
+
+    Half of the trials flip a bit anywhere in a random answer, half in the arrays a model
+    is computed from (histogram ciphertexts, kept-bin bits, split directions, record
+    IDs, PSI points). Corrupted *predictions* cannot be detected by the guest (a host's
+    decision bits are its word): that is what TLS is for, see SECURITY.md.
+    """
+    guest, _, y = data
+    fed_direct, expected = reference
+    with FaultProxy(server.url) as proxy:
+        make_clf(via(proxy)).fit(guest, y)
+        paths = list(proxy.paths)
+    targets = [k for k, p in enumerate(paths) if "/" + p.rsplit("/", 1)[-1] in TARGETS]
+    detected, harmless = [], []
+    rng = np.random.default_rng(2024)
+    n_trials = 24
+    for trial in range(n_trials):
+        targeted = trial % 2 == 0
+        k = int(rng.choice(targets)) if targeted else int(rng.integers(len(paths)))
+        corruptor = Corruptor(k, rng, targeted=targeted)
+        with FaultProxy(server.url) as proxy:
+            proxy.fault = corruptor
+            clf = make_clf(via(proxy))
+            try:
+                clf.fit(guest, y)
+            except (FedskError, ValueError) as exc:
+                detected.append(f"{corruptor.where}: {type(exc).__name__}")
+                continue
+        clf.federation = fed_direct
+        got = clf.predict_proba(guest)
+        assert np.array_equal(got, expected), f"silently wrong model after {corruptor.where}"
+        harmless.append(corruptor.where)
+    print(
+        f"\n{n_trials} fits with one corrupted answer: {len(detected)} refused, "
+        f"{len(harmless)} unchanged models (flip in a field that does not matter)\n"
+        f"refused: {detected}\nharmless: {harmless}"
+    )
+    assert sum("anywhere" not in d for d in detected) >= n_trials // 4
+
+
+@pytest.mark.parametrize(
+    "route,array",
+    [
+        ("/splits", "go_left"),
+        ("/splits", "records"),
+        ("/histograms", "packed"),
+        ("/histograms", "kept"),
+    ],
+)
+def test_corrupted_model_numbers_are_always_detected(server, data, route, array):
+    """A flipped bit in split directions, record IDs or histograms stops the fit."""
+    guest, _, y = data
+    for bit in (0, 7):
+
+        def change(r, bit=bit):
+            start, end = array_span(r.body, array)
+            return Reply(r.status, r.headers, _flip(r.body, (start + end) // 2, bit))
+
+        with FaultProxy(server.url) as proxy:
+            proxy.fault = on(route, change)
+            with pytest.raises(ProtocolError, match="insurer"):
+                make_clf(via(proxy)).fit(guest, y)
+
+
+@pytest.mark.parametrize("field,value", [("n_features", 0), ("model_id", "0" * 24)])
+def test_setup_answer_that_disagrees_with_the_session_is_refused(server, data, field, value):
+    guest, _, y = data
+
+    def change(r):
+        from fedsk.federation import message_from_wire, message_to_wire
+
+        msg = message_from_wire(r.body)
+        msg.meta[field] = value
+        return Reply(r.status, r.headers, message_to_wire(msg))
+
+    route = "/boosting" if field == "n_features" else "/trees"
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = on(route, change)
+        with pytest.raises(ProtocolError, match=field):
+            make_clf(via(proxy)).fit(guest, y)
+
+
+# -- a guest that disappears -----------------------------------------------------------------
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_vanished_guest_session_is_freed_after_its_ttl(tmp_path, data):
+    guest, host, _ = data
+    ttl = 1.0
+    with PartyServer(tmp_path, host, session_ttl=ttl) as srv:
+        (client,) = Federation({"insurer": srv.host_spec()}).connect()
+        before = _files(srv.state_dir)
+        # a guest mid-session: PSI done, SecureBoost set up (the host holds its key and
+        # binned columns in memory), then it vanishes without closing the session
+        sid, _ = client.open_session("secureboost")
+        align(client, sid, guest.index.to_numpy())
+        from fedsk.crypto import generate_keypair
+
+        pub, _ = generate_keypair(KEY)
+        client.call(
+            "secureboost.setup",
+            sid,
+            Message(
+                {"public_key": public_key_to_wire(pub), "max_bins": 16},
+                arrays={"train_positions": np.arange(len(guest))},
+            ),
+        )
+        during = _files(srv.state_dir)
+        # abandoned sessions up to the per-peer limit: the next one is refused...
+        abandoned = [client.open_session("x")[0] for _ in range(63)]
+        with pytest.raises(ProtocolError, match="too_many_sessions"):
+            client.open_session("x")
+        client.close()  # the guest is gone
+        time.sleep(ttl + 0.6)
+        # ...and after the TTL every one of them is gone and new sessions open again
+        with pytest.raises(ProtocolError, match="unknown or expired session"):
+            client.call("secureboost.decisions", sid)
+        for other in abandoned[:3]:
+            with pytest.raises(ProtocolError, match="404"):
+                client.call("psi.intersection", other)
+        client.open_session("x")
+        after = _files(srv.state_dir)
+    # sessions never touch the disk: only the audit log and the (empty) model store
+    assert before == ["models"]  # the audit log is created by the first request
+    assert during == after == ["audit.log", "models"]
+
+
+def test_session_sweeper_frees_memory_without_any_request(tmp_path, data):
+    """The background sweeper drops expired sessions even if nobody asks again."""
+    _, host, _ = data
+    app = create_app(write_host(tmp_path, host, session_ttl=0.2))
+    store = app.extensions["fedsk"].sessions
+    for _ in range(5):
+        store.create("bank", "customers")
+    assert len(store) == 5
+    deadline = time.monotonic() + 10
+    while len(store) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(store) == 0
+
+
+# -- the state directory: unwritable at start, full at run time ---------------------------------
+def _serve_expecting_failure(cfg_path, *, max_file_bytes=None):
+    import resource
+
+    def preexec():
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "party_server", "--config", str(cfg_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=preexec,
+    )
+    return proc.returncode, proc.stderr.strip()
+
+
+@pytest.mark.parametrize("case", ["under a file", "missing parent", "disk full", "read-only"])
+def test_unwritable_state_dir_is_a_one_line_config_error_at_start(tmp_path, data, case):
+    from ._servers import free_port, write_toml
+
+    _, host, _ = data
+    cfg = write_host(tmp_path, host, bind=f"127.0.0.1:{free_port()}")
+    limit = None
+    if case == "under a file":
+        (tmp_path / "a-file").write_text("x")
+        cfg["state_dir"] = str(tmp_path / "a-file" / "state")
+    elif case == "missing parent":
+        cfg["state_dir"] = str(tmp_path / "typo" / "state")
+    elif case == "disk full":
+        limit = 1  # no file may grow past one byte: the write probe fails with EFBIG
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes to read-only directories; the other cases cover it")
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        cfg["state_dir"] = str(ro / "state")
+    path = tmp_path / "host.toml"
+    write_toml(path, cfg)
+    code, err = _serve_expecting_failure(path, max_file_bytes=limit)
+    assert code == 2, err
+    # (with a file-size limit of 1 byte joblib also warns that it cannot make semaphores)
+    line = err.splitlines()[-1]
+    assert line.startswith("party-server: config key 'state_dir'"), err
+    want = {"under a file": "not a directory", "missing parent": "does not exist"}
+    assert want.get(case, "cannot write") in line
+    assert not (tmp_path / "typo").exists()
+
+
+def _audit_ok(path):
+    ok, n, problem = verify(path)
+    assert ok, problem
+    data = path.read_bytes()
+    assert data.endswith(b"\n")  # no half-written record
+    return n
+
+
+def _models_ok(root):
+    for p in root.iterdir():
+        assert not p.name.startswith(".tmp-"), p  # no half-written model left behind
+        with np.load(p, allow_pickle=False) as z:
+            json.loads(z["__meta__"].tobytes())
+
+
+def test_disk_full_at_run_time_refuses_cleanly_and_loses_nothing(tmp_path, data):
+    guest, host, y = data
+    srv = PartyServer(tmp_path, host, max_file_bytes=14_000)
+    with srv:
+        fed = Federation({"insurer": srv.host_spec()}, retries=0)
+        clf = make_clf(fed, n_estimators=8, warm_start=True)
+        with pytest.raises(ProtocolError, match="409") as err:
+            clf.fit(guest, y)  # the audit log reaches the limit part-way through
+        assert "insufficient_storage" in str(err.value) or "storage" in str(err.value)
+        done = len(getattr(clf, "_predictors", []))
+        assert 1 <= done < 8, done
+        # the server is up, refuses with JSON 409 (not 5xx), and wrote nothing by halves
+        import requests
+
+        r = requests.post(
+            srv.url + "/v1/sessions",
+            data=b"x",
+            headers={"Authorization": f"Bearer {TOKEN}", "Fedsk-Request-Id": "disk-full-1"},
+            timeout=10,
+        )
+        assert r.status_code == 409 and r.json()["error"]["code"] == "insufficient_storage"
+        audit = srv.state_dir / "audit.log"
+        assert audit.stat().st_size <= 14_000
+        _audit_ok(audit)
+        _models_ok(srv.state_dir / "models")
+        # the operator frees space: the fit continues from the last round both sides kept
+        srv.restart(max_file_bytes=None)
+        clf.fit(guest, y)
+        assert clf.n_estimators_ == 8
+        fresh = make_clf(fed, n_estimators=8).fit(guest, y)
+        np.testing.assert_allclose(clf.predict_proba(guest), fresh.predict_proba(guest), atol=1e-12)
+        _audit_ok(audit)
+        _models_ok(srv.state_dir / "models")
+
+
+class _FailingFile:
+    """A file whose write stores half of the data and then fails as a full disk does."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, data):
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def test_model_store_write_failure_keeps_the_previous_model(tmp_path, data, monkeypatch):
+    """In-process: the disk fills while a round's model is written (seam: open())."""
+    from party_server import _storage
+
+    guest, host, y = data
+    app = create_app(write_host(tmp_path, host))
+    state = app.extensions["fedsk"]
+    fed = InProcessFederation({"insurer": (app, "customers", TOKEN)})
+    clf = make_clf(fed, n_estimators=1, warm_start=True).fit(guest, y)
+    (mid,) = clf._host_model_ids
+    path = state.models.root / f"{mid}.npz"
+    saved = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        fh = open(file, mode, *args, **kwargs)  # noqa: SIM115
+        return _FailingFile(fh) if "w" in mode else fh
+
+    monkeypatch.setattr(_storage, "open", full_disk_open, raising=False)
+    clf.set_params(n_estimators=3)
+    with pytest.raises(ProtocolError, match="409 \\[insufficient_storage\\]"):
+        clf.fit(guest, y)
+    assert clf.n_estimators_ == 1  # the round the host could not persist does not count
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == saved  # old model intact
+    _models_ok(state.models.root)
+    _audit_ok(tmp_path / "insurer" / "state" / "audit.log")
+    monkeypatch.undo()
+    clf.fit(guest, y)  # space freed: warm start continues
+    fresh = make_clf(fed, n_estimators=3).fit(guest, y)
+    np.testing.assert_allclose(clf.predict_proba(guest), fresh.predict_proba(guest), atol=1e-12)
+
+
+def test_audit_log_write_failure_refuses_the_request_and_keeps_the_chain(
+    tmp_path, data, monkeypatch
+):
+    """In-process: the audit append fails half-way (seam: os.write); nothing is kept."""
+    from party_server import _audit
+
+    guest, host, y = data
+    app = create_app(write_host(tmp_path, host))
+    fed = InProcessFederation({"insurer": (app, "customers", TOKEN)})
+    log_path = tmp_path / "insurer" / "state" / "audit.log"
+    make_clf(fed, n_estimators=1).fit(guest, y)
+    size = log_path.stat().st_size
+    real_write = os.write
+
+    def half_write(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_audit.os, "write", half_write)
+    c = app.test_client()
+    r = c.post(
+        "/v1/sessions",
+        data=b"x",
+        content_type="application/x-fedsk-message",
+        headers={"Authorization": f"Bearer {TOKEN}", "Fedsk-Request-Id": "audit-full-1"},
+    )
+    assert r.status_code == 409 and r.json["error"]["code"] == "insufficient_storage"
+    assert log_path.stat().st_size == size  # the half record was cut off again
+    monkeypatch.undo()
+    _audit_ok(log_path)
+    make_clf(fed, n_estimators=1).fit(guest, y)  # space freed: the chain continues
+    assert _audit_ok(log_path) > 0
