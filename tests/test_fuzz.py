@@ -663,3 +663,59 @@ def test_fuzz_over_http_against_a_real_server(fuzz_env):
         from party_server._cli import main as cli_main
 
         assert cli_main(["audit", "verify", "--config", str(fed.config_path("insurer"))]) == 0
+
+
+@pytest.mark.integration
+def test_http_level_refusals_are_json_4xx(tmp_path):
+    """What waitress refuses before the app (huge bodies, broken HTTP) is a JSON 4xx too."""
+    import socket
+
+    from ._servers import PartyServer
+
+    host_df, _, _ = _data()
+    with PartyServer(tmp_path, host_df, max_body_bytes=4096) as srv:
+        headers = {
+            "Authorization": f"Bearer {TOKEN}",
+            "Fedsk-Request-Id": "http-level-01",
+            "Content-Type": CONTENT_TYPE,
+        }
+        answers = []
+        for size in (4097, 5000, 5121, 100_000, 10_000_000):  # app's limit, then waitress's
+            r = requests.post(
+                srv.url + "/v1/sessions", data=b"x" * size, headers=headers, timeout=30
+            )
+            answers.append((f"{size} bytes", r.status_code, r.headers["Content-Type"], r.content))
+
+        def chunks():
+            for _ in range(20):
+                yield b"x" * 1000
+
+        r = requests.post(srv.url + "/v1/sessions", data=chunks(), headers=headers, timeout=30)
+        answers.append(("chunked", r.status_code, r.headers["Content-Type"], r.content))
+        for name, raw in (
+            ("garbage request line", b"GARBAGE\r\n\r\n"),
+            ("bad content-length", b"POST /v1/sessions HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            (
+                "gzip transfer coding",
+                b"POST /v1/sessions HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            ),
+            ("header too large", b"GET /v1/health HTTP/1.1\r\nX: " + b"a" * 300_000 + b"\r\n\r\n"),
+        ):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+                s.sendall(raw)
+                data = b""
+                while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            status = int(head.split()[1])
+            ctype = [h for h in head.split(b"\r\n") if h.lower().startswith(b"content-type")]
+            answers.append((name, status, ctype[0].split(b":")[1].strip().decode(), body))
+        for name, status, ctype, body in answers:
+            assert 400 <= status < 500 and ctype.startswith("application/json"), (name, status)
+            err = json.loads(body)["error"]
+            assert set(err) == {"code", "message", "request_id"}, (name, err)
+        assert requests.get(srv.url + "/v1/health", timeout=10).status_code == 200
+        assert verify(srv.state_dir / "audit.log")[0]

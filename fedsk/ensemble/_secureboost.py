@@ -149,6 +149,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
         if fed is not None:
             check_federated_X(X, self)
             ids = X.index.to_numpy()
+        _check_labels(y, X)
         X_arr, y = validate_data(
             self,
             X,
@@ -383,6 +384,26 @@ class BaseSecureBoost(BaseEstimator, ABC):
             for k, tree in enumerate(round_trees):
                 raw[:, k] += tree.predict(X_arr, decisions)
         return raw
+
+
+def _check_labels(y, X):
+    """Missing or infinite labels: say how many, where, and what to do."""
+    arr = np.asarray(y)
+    if arr.ndim != 1 or arr.dtype.kind not in "fO":
+        return  # validate_data reports the other problems
+    missing = pd.isna(arr)
+    infinite = np.zeros(len(arr), bool) if arr.dtype.kind == "O" else np.isinf(arr)
+    named = isinstance(X, pd.DataFrame) and len(X) == len(arr)
+    for bad, what, word in ((missing, "NaN", "missing"), (infinite, "infinity", "infinite")):
+        if bad.any():
+            if named:
+                where = f"rows {X.index[bad][:3].tolist()}"
+            else:
+                where = f"positions {np.flatnonzero(bad)[:3].tolist()}"
+            raise ValueError(
+                f"Input y contains {what}: {int(bad.sum())} of {len(arr)} labels are {word} "
+                f"(e.g. {where}); drop those rows from X and y before fitting"
+            )
 
 
 def _progress(verbose, total, initial, desc):

@@ -25,11 +25,20 @@ class HostClient:
 
     def open_session(self, protocol):
         """Open a session on this host's dataset; returns ``(session_id, info)``."""
-        answer = self.transport.request(
-            "POST",
-            url_for("sessions.create"),
-            Message({"dataset": self.dataset, "protocol": protocol}),
-        )
+        try:
+            answer = self.transport.request(
+                "POST",
+                url_for("sessions.create"),
+                Message({"dataset": self.dataset, "protocol": protocol}),
+            )
+        except ProtocolError as exc:
+            if getattr(exc, "code", None) != "not_found":
+                raise
+            raise ProtocolError(
+                f"host {self.name!r} has no dataset {self.dataset!r} for this federation's "
+                f"token ({exc}); check hosts[{self.name!r}]['dataset'] in your Federation "
+                "(the host's operator knows its dataset names)"
+            ) from None
         sid = answer.meta.get("session_id")
         if not isinstance(sid, str):
             raise ProtocolError(f"{self.name} did not return a session ID")

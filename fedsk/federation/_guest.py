@@ -29,7 +29,29 @@ def check_federated_X(X, estimator):
             f"index (e.g. {dup}); each row must have its own ID"
         )
     if X.index.hasnans:
-        raise ValueError("X has rows without a sample ID (NaN in the index)")
+        raise ValueError(
+            f"X has {int(X.index.isna().sum())} rows without a sample ID (NaN in the index); "
+            "give every row the ID the hosts know it by, or drop those rows"
+        )
+    text = [
+        c
+        for c in X.columns
+        if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))
+    ]
+    if text:
+        raise ValueError(
+            f"X has {len(text)} non-numeric column(s) {text[:5]} (dtype {X[text[0]].dtype}); "
+            "federated estimators take numbers only: encode them first (e.g. OneHotEncoder "
+            "or OrdinalEncoder in a Pipeline with set_output(transform='pandas')) or drop them"
+        )
+    values = X.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(values).any():
+        cols = [str(c) for c in X.columns[np.isinf(values).any(axis=0)]]
+        raise ValueError(
+            f"X contains infinity in column(s) {cols[:5]} ({int(np.isinf(values).sum())} "
+            "value(s)); replace them with finite values (NaN marks a missing value where the "
+            "estimator accepts missing values)"
+        )
 
 
 def sample_ids(X):

@@ -70,7 +70,9 @@ class Transport:
             raise PartyUnavailableError(
                 self.party, self.url, f"{method} {path} answered {status}", text
             )
-        raise ProtocolError(f"{self.party} refused {method} {path} with {status} [{code}]: {text}")
+        exc = ProtocolError(f"{self.party} refused {method} {path} with {status} [{code}]: {text}")
+        exc.status, exc.code = status, code  # for callers that can say what to do about it
+        raise exc
 
 
 class HttpTransport(Transport):
@@ -168,8 +170,9 @@ class HttpTransport(Transport):
                 self.party, self.url, "TLS verification failed", str(exc)
             ) from None
         except requests.exceptions.RequestException as exc:
+            attempts = self.retries + 1
             tried = (
-                f"{method} {path}: {self.retries + 1} attempts over "
+                f"{method} {path}: {attempts} attempt{'s' if attempts > 1 else ''} over "
                 f"{time.monotonic() - started:.1f} s (connect timeout {self.timeout[0]:g} s,"
                 f" read timeout {self.timeout[1]:g} s)"
             )

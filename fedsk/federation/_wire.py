@@ -279,7 +279,7 @@ def public_key_from_wire(obj, *, min_key_length=1024):
     if n.bit_length() < min_key_length:
         raise BadMessageError(
             f"key too short: {n.bit_length()} bits; this party requires at least "
-            f"{min_key_length} (min_key_length)"
+            f"{min_key_length} (min_key_length): fit with key_length={min_key_length} or more"
         )
     if n % 2 == 0 or n < 3:
         raise BadMessageError("public key modulus must be odd")

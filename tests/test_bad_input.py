@@ -1,0 +1,208 @@
+"""Bad input to the estimators and protocols: one clear error each, saying what to do.
+
+Guest side (X, y, the Federation) and host side (its dataset, at start). Every
+federated estimator and protocol goes through the same guest helpers
+(``check_federated_X``, ``aligned_sessions``), so the checks are shared.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsk import Federation, LocalFederation, SecureBoostClassifier, SecureBoostRegressor
+from fedsk.exceptions import AuthenticationError, ProtocolError
+from fedsk.federation import InProcessFederation
+from fedsk.stats import federated_pearson
+from party_server import ConfigError, create_app
+
+from .conftest import TOKEN, write_host
+
+KEY = 1024
+N = 40
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    ids = [f"c{i:03d}" for i in range(N)]
+    host = pd.DataFrame(rng.normal(size=(N, 2)), index=ids, columns=["h0", "h1"])
+    guest = pd.DataFrame(rng.normal(size=(N, 2)), index=ids, columns=["g0", "g1"])
+    y = pd.Series((guest.g0 + host.h0 > 0).astype(int), index=ids)
+    app = create_app(write_host(tmp_path_factory.mktemp("bad"), host))
+    return guest, y, app
+
+
+def fed_of(app, dataset="customers", token=TOKEN):
+    return InProcessFederation({"insurer": (app, dataset, token)})
+
+
+def clf_of(fed, cls=SecureBoostClassifier):
+    return cls(federation=fed, n_estimators=1, max_depth=2, key_length=KEY, random_state=0)
+
+
+def _with(guest, **columns):
+    out = guest.copy()
+    for k, v in columns.items():
+        out[k] = v
+    return out
+
+
+# -- X --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make,column",
+    [
+        (lambda g: _with(g, city=["Paris", "Lyon"] * (N // 2)), "city"),
+        (lambda g: _with(g, segment=pd.Categorical(["a", "b"] * (N // 2))), "segment"),
+        (lambda g: _with(g, opened=pd.date_range("2020-01-01", periods=N)), "opened"),
+        (lambda g: _with(g, g1=g.g1.astype(object).where(g.g1 > 0, "n/a")), "g1"),
+    ],
+    ids=["strings", "categorical", "datetime", "mixed object"],
+)
+def test_non_numeric_columns(parties, make, column):
+    guest, y, app = parties
+    with pytest.raises(ValueError, match="non-numeric column") as err:
+        clf_of(fed_of(app)).fit(make(guest), y)
+    assert column in str(err.value) and "encode them first" in str(err.value)
+
+
+def test_infinity_in_X_at_fit_and_predict(parties):
+    guest, y, app = parties
+    bad = guest.copy()
+    bad.iloc[[3, 5], 1] = [np.inf, -np.inf]
+    with pytest.raises(ValueError, match=r"infinity in column\(s\) \['g1'\] \(2 value") as err:
+        clf_of(fed_of(app)).fit(bad, y)
+    assert "replace them with finite values" in str(err.value)
+    clf = clf_of(fed_of(app)).fit(guest, y)
+    with pytest.raises(ValueError, match="infinity"):
+        clf.predict(bad)
+
+
+def test_missing_values_in_X_are_allowed_by_secureboost(parties):
+    guest, y, app = parties
+    holes = guest.copy()
+    holes.iloc[[1, 7], 0] = np.nan
+    assert clf_of(fed_of(app)).fit(holes, y).predict(holes).shape == (N,)
+
+
+@pytest.mark.parametrize("value,what", [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_missing_or_infinite_labels(parties, value, what):
+    guest, y, app = parties
+    bad = y.astype(float)
+    bad.iloc[[2, 9]] = value
+    cls = SecureBoostClassifier if what == "NaN" else SecureBoostRegressor
+    with pytest.raises(ValueError, match=f"Input y contains {what}: 2 of {N} labels") as err:
+        clf_of(fed_of(app), cls).fit(guest, bad)
+    assert "c002" in str(err.value) and "drop those rows" in str(err.value)
+
+
+def test_rows_the_host_does_not_hold(parties):
+    guest, y, app = parties
+    extra = pd.DataFrame([[0.0, 0.0], [1.0, 1.0]], index=["new1", "new2"], columns=guest.columns)
+    X = pd.concat([guest, extra])
+    with pytest.raises(ValueError, match=f"2 of {N + 2} rows of X have sample IDs") as err:
+        clf_of(fed_of(app)).fit(X, np.r_[y, 0, 1])
+    assert "'insurer'" in str(err.value) and "drop those rows from X" in str(err.value)
+    clf = clf_of(fed_of(app)).fit(guest, y)
+    with pytest.raises(ValueError, match="does not hold"):
+        clf.predict(X)
+
+
+def test_duplicate_and_missing_ids(parties):
+    guest, y, app = parties
+    dup = guest.copy()
+    dup.index = [*guest.index[:-1], guest.index[0]]
+    with pytest.raises(ValueError, match="1 duplicate sample IDs") as err:
+        clf_of(fed_of(app)).fit(dup, y.set_axis(dup.index))
+    assert "'c000'" in str(err.value) and "its own ID" in str(err.value)
+    nan = guest.copy()
+    nan.index = [np.nan, *guest.index[1:]]
+    with pytest.raises(ValueError, match="1 rows without a sample ID") as err:
+        clf_of(fed_of(app)).fit(nan, y.set_axis(nan.index))
+    assert "give every row the ID" in str(err.value)
+
+
+def test_X_that_is_not_a_dataframe(parties):
+    guest, y, app = parties
+    for X in (guest.to_numpy(), guest.to_numpy().tolist()):
+        with pytest.raises(TypeError, match="needs X as a pandas DataFrame") as err:
+            clf_of(fed_of(app)).fit(X, y)
+        assert "set_output(transform='pandas')" in str(err.value)
+
+
+def test_predict_with_other_columns_than_fit(parties):
+    guest, y, app = parties
+    clf = clf_of(fed_of(app)).fit(guest, y)
+    with pytest.raises(ValueError, match="feature names should match"):
+        clf.predict(guest.rename(columns={"g0": "zz"}))
+
+
+# -- the federation ----------------------------------------------------------------------
+def test_dataset_the_host_does_not_have(parties):
+    guest, y, app = parties
+    with pytest.raises(ProtocolError, match="host 'insurer' has no dataset 'cusotmers'") as err:
+        clf_of(fed_of(app, dataset="cusotmers")).fit(guest, y)
+    assert "check hosts['insurer']['dataset']" in str(err.value)
+
+
+def test_bad_token(parties):
+    guest, y, app = parties
+    with pytest.raises(AuthenticationError, match="refused our token") as err:
+        clf_of(fed_of(app, token="not-the-token-0123")).fit(guest, y)
+    assert "check the token this federation uses" in str(err.value)
+
+
+def test_bad_token_over_http(parties):
+    guest, y, _ = parties
+    host = pd.DataFrame({"h": np.arange(N, dtype=float)}, index=guest.index)
+    with LocalFederation(hosts={"insurer": host}) as fed:
+        spec = dict(fed.hosts["insurer"], token="not-the-token-0123")
+        with pytest.raises(AuthenticationError, match=r"insurer at http://127\.0\.0\.1"):
+            clf_of(Federation({"insurer": spec})).fit(guest, y)
+        with pytest.raises(AuthenticationError):
+            federated_pearson(guest, Federation({"insurer": spec}), key_length=KEY)
+
+
+def test_token_env_not_set(parties, monkeypatch):
+    guest, y, _ = parties
+    monkeypatch.delenv("FEDSK_TOKEN_NOT_SET", raising=False)
+    fed = Federation(
+        {"i": {"url": "http://127.0.0.1:9", "dataset": "d", "token_env": "FEDSK_TOKEN_NOT_SET"}}
+    )
+    with pytest.raises(ValueError, match=r"FEDSK_TOKEN_NOT_SET .*is not set"):
+        clf_of(fed).fit(guest, y)
+
+
+def test_key_shorter_than_the_host_accepts(parties, tmp_path):
+    guest, y, _ = parties
+    host = pd.DataFrame({"h": np.arange(N, dtype=float)}, index=guest.index)
+    strict = create_app(write_host(tmp_path, host, min_key_length=2048))
+    with pytest.raises(ProtocolError, match="at least 2048") as err:
+        clf_of(fed_of(strict)).fit(guest, y)
+    assert "fit with key_length=2048 or more" in str(err.value)
+
+
+def test_federated_pearson_shares_the_checks(parties):
+    guest, _, app = parties
+    with pytest.raises(ValueError, match="non-numeric column"):
+        federated_pearson(_with(guest, s="x"), fed_of(app), key_length=KEY)
+    with pytest.raises(TypeError, match="DataFrame"):
+        federated_pearson(guest.to_numpy(), fed_of(app), key_length=KEY)
+
+
+# -- the host's dataset (checked when its server starts) ------------------------------------
+@pytest.mark.parametrize(
+    "change,key,text",
+    [
+        (lambda d: d.assign(h0=d.h0.where(d.h0 > 0, np.inf)), "datasets.customers", "finite"),
+        (lambda d: d.assign(city="Paris"), "datasets.customers", "not numeric"),
+        (lambda d: d.set_axis([d.index[0]] * len(d)), "id_column", "duplicate IDs"),
+    ],
+    ids=["infinity", "text column", "duplicate IDs"],
+)
+def test_bad_host_dataset_fails_at_start(tmp_path, change, key, text):
+    rng = np.random.default_rng(1)
+    ids = [f"c{i}" for i in range(10)]
+    host = change(pd.DataFrame(rng.normal(size=(10, 2)), index=ids, columns=["h0", "h1"]))
+    with pytest.raises(ConfigError, match=text) as err:
+        create_app(write_host(tmp_path, host))
+    assert key in str(err.value) and "\n" not in str(err.value)
