@@ -7,6 +7,7 @@ Nothing here knows about keys, exponents or protocols.
 
 import math
 import secrets
+import threading
 
 import gmpy2
 import numpy as np
@@ -228,20 +229,24 @@ class FixedBaseTable:
 
 
 _TABLES = {}
+_TABLES_LOCK = threading.Lock()
 
 
 def cached_table(base, mod, bits):
     """The process-wide :class:`FixedBaseTable` for ``(base, mod, bits)``.
 
     Worker processes build their own copy on first use (tens of milliseconds) instead
-    of receiving megabytes of table with every task.
+    of receiving megabytes of table with every task. Thread-safe: a party server
+    serves several sessions (several keys) at once.
     """
     key = (int(base), int(mod), bits)
     table = _TABLES.get(key)
     if table is None:
-        if len(_TABLES) >= 8:
-            _TABLES.pop(next(iter(_TABLES)))
-        table = _TABLES[key] = FixedBaseTable(base, mod, bits)
+        table = FixedBaseTable(base, mod, bits)
+        with _TABLES_LOCK:
+            while len(_TABLES) >= 8:
+                _TABLES.pop(next(iter(_TABLES)))
+            table = _TABLES.setdefault(key, table)
     return table
 
 
