@@ -206,3 +206,11 @@ def test_bad_host_dataset_fails_at_start(tmp_path, change, key, text):
     with pytest.raises(ConfigError, match=text) as err:
         create_app(write_host(tmp_path, host))
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://insurer.example:8443", "http://10.0.0.7:8443"])
+def test_plain_http_to_another_machine_is_refused(url):
+    with pytest.raises(ValueError, match="unencrypted; use https://"):
+        Federation({"insurer": {"url": url, "dataset": "d", "token": "t" * 16}})
+    for ok in ("http://127.0.0.1:8443", "http://localhost:1", "http://[::1]:2", "https://x.org"):
+        Federation({"insurer": {"url": ok, "dataset": "d", "token": "t" * 16}})

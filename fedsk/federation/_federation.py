@@ -1,8 +1,10 @@
 """The Federation handle and the guest's live connection to one host."""
 
 import contextlib
+import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 from ..exceptions import ProtocolError
 from ._routes import route, url_for
@@ -12,6 +14,16 @@ from ._wire import Message
 __all__ = ["Federation", "HostClient", "InProcessFederation"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _is_loopback_url(url):
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class HostClient:
@@ -115,6 +127,11 @@ class Federation:
                 raise ValueError(
                     f"hosts[{name!r}]['url'] must start with https:// (or http:// "
                     "for a party server on this machine)"
+                )
+            if spec["url"].startswith("http://") and not _is_loopback_url(spec["url"]):
+                raise ValueError(
+                    f"hosts[{name!r}]['url'] is plain http:// to another machine: the token "
+                    "and every message would cross the network unencrypted; use https://"
                 )
             if ("token" in spec) == ("token_env" in spec):
                 raise ValueError(f"hosts[{name!r}] needs exactly one of 'token' or 'token_env'")
