@@ -86,7 +86,7 @@ def assert_absent(federation, values, what, *, as_vector=True, one_by_one=True):
     if as_vector and values.size >= 4:
         flat = values.ravel()
         for dt in ("<f8", ">f8", "<f4", "<i8", "<i4", "i1"):
-            with contextlib.suppress(ValueError, OverflowError):
+            with contextlib.suppress(ValueError, OverflowError), np.errstate(invalid="ignore"):
                 needles.append((f"vector as {dt}", flat.astype(dt).tobytes()))
         if flat.dtype.kind in "iub":
             needles.append(("vector as text", ",".join(str(int(x)) for x in flat[:8]).encode()))
