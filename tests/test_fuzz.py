@@ -16,7 +16,8 @@ Every answer must be a 4xx JSON ``{"error": {"code", "message", "request_id"}}``
 a 200 where the request happens to be valid), never a 5xx, a traceback, a token or key
 material; afterwards a correct fit still works and the audit chain verifies.
 
-``FEDSK_FUZZ_REQUESTS`` (default 2200) sets the in-process budget for longer runs.
+``FEDSK_FUZZ_REQUESTS`` (default 2200) sets the in-process budget for longer runs;
+``FEDSK_FUZZ_RANDOM=1`` draws new examples on every run instead of CI's fixed ones.
 """
 
 import contextlib
@@ -70,6 +71,7 @@ OTHER = "telco-token-0123456789"
 MAX_BODY = 64 * 1024
 N_ROWS = 40
 TARGET = int(os.environ.get("FEDSK_FUZZ_REQUESTS", "2200"))
+RANDOM = os.environ.get("FEDSK_FUZZ_RANDOM") == "1"
 BAD_AUTH = [
     None,
     "",
@@ -402,7 +404,7 @@ def _examples(n):
     return settings(
         max_examples=n,
         deadline=None,
-        derandomize=True,  # the same requests on every CI run
+        derandomize=not RANDOM,  # the same requests on every CI run
         database=None,
         suppress_health_check=list(HealthCheck),
     )
