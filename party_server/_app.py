@@ -70,6 +70,12 @@ class State:
         self.created = {}  # (peer, request_id) -> replayable answer of sessions.create
         self.handlers = {}
         self._tokens = [(p.token.encode(), p.name) for p in config.peers.values()]
+        for route in ROUTES:  # import every host half now, not during a peer's request
+            if route.handler:
+                try:
+                    self.handler(route)
+                except ModuleNotFoundError:  # a protocol this installation does not ship
+                    log.warning("route %s: host half %s is missing", route.name, route.handler)
 
     def handler(self, route):
         fn = self.handlers.get(route.name)
