@@ -120,8 +120,10 @@ def test_killed_host_mid_fit_then_warm_start_continues(tmp_path):
         exc = error.get("exc")
         assert isinstance(exc, PartyUnavailableError) and exc.party == "host0"
         assert error["at"] - killed_at < 30  # retries and timeouts are bounded
+        # the host may have persisted round 2 without the guest hearing back: the guest
+        # keeps the rounds both sides completed
         done = clf.n_estimators_
-        assert 2 <= done < 6
+        assert 1 <= done < 6
         fed.restart("host0")
         clf.fit(guest, y)  # warm start: continues from the last completed round
         assert clf.n_estimators_ == 6
