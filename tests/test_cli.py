@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def test_help_explains_the_demo_options():
@@ -26,12 +27,25 @@ def test_help_explains_the_demo_options():
 @pytest.mark.integration
 def test_demo_prints_the_comparison_table(tmp_path):
     pytest.importorskip("fedsk.linear_model._logistic")  # until logistic regression lands
-    res = run("fedsk._cli", "demo", "--key-length", "1024", "--n-estimators", "3", "--quiet",
-              "--workdir", str(tmp_path))
+    res = run(
+        "fedsk._cli",
+        "demo",
+        "--key-length",
+        "1024",
+        "--n-estimators",
+        "3",
+        "--quiet",
+        "--workdir",
+        str(tmp_path),
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout
-    rows = re.findall(r"^(.{22}) (guest columns only|federated|centralised reference)[^\n]*?"
-                      r"(\d\.\d{4})\s+(\d+\.\d+)s$", out, flags=re.M)
+    rows = re.findall(
+        r"^(.{22}) (guest columns only|federated|centralised reference)[^\n]*?"
+        r"(\d\.\d{4})\s+(\d+\.\d+)s$",
+        out,
+        flags=re.M,
+    )
     assert len(rows) == 6, out
     aucs = [float(r[2]) for r in rows]
     sb_guest, sb_fed, sb_central, lr_guest, lr_fed, _ = aucs
