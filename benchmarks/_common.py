@@ -60,8 +60,9 @@ def op_costs(bits, repeat=3):
 class PeakRSS:
     """Sample the total RSS of a process and its children in the background."""
 
-    def __init__(self, pid, period=0.1):
+    def __init__(self, pid, period=0.1, exclude=None):
         self.proc, self.period, self.peak = psutil.Process(pid), period, 0
+        self.exclude = exclude  # a child whose whole subtree is not counted
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -69,6 +70,10 @@ class PeakRSS:
         total = 0
         try:
             procs = [self.proc, *self.proc.children(recursive=True)]
+            if self.exclude is not None:
+                skip = psutil.Process(self.exclude)
+                skipped = {skip.pid, *(p.pid for p in skip.children(recursive=True))}
+                procs = [p for p in procs if p.pid not in skipped]
         except psutil.Error:
             return
         for p in procs:

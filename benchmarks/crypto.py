@@ -4,7 +4,8 @@
     python benchmarks/crypto.py --bits 2048 --n 400
 
 Prints operations per second for phe and for fedsk on one core and on ``--jobs``
-workers, with the speed-up of each over phe. Not a test: figures, not assertions.
+workers, with the speed-up of each over phe (best of several repeats, since a shared
+machine's timings vary). Not a test: figures, not assertions.
 """
 
 import argparse
@@ -17,7 +18,7 @@ from fedsk.crypto import _kernels as K
 from fedsk.crypto import decrypt, encrypt, generate_keypair
 
 
-def rate(fn, n_ops, repeat=1):
+def rate(fn, n_ops, repeat=3):
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
@@ -63,11 +64,11 @@ def bench(bits, n, jobs, xtx_rows):
     )
 
     phe_y = [phe_pub.encrypt(float(v)) for v in y[:m]]
-    phe_add = rate(lambda: [a + b for a, b in zip(phe_nums, phe_y)], m, repeat=3)
+    phe_add = rate(lambda: [a + b for a, b in zip(phe_nums, phe_y)], m, repeat=5)
     same = ex.to_phe()[:m]
     same_y = ey.to_phe()[:m]
-    phe_add_same = rate(lambda: [a + b for a, b in zip(same, same_y)], m, repeat=3)
-    r1 = rate(lambda: ex.add(ey, n_jobs=1), n, repeat=3)
+    phe_add_same = rate(lambda: [a + b for a, b in zip(same, same_y)], m, repeat=5)
+    r1 = rate(lambda: ex.add(ey, n_jobs=1), n, repeat=5)
     rows.append(
         (
             "add (phe: own encryptions)",
@@ -93,11 +94,13 @@ def bench(bits, n, jobs, xtx_rows):
     X = rng.normal(size=(xtx_rows, 20))
     d = encrypt(priv, rng.normal(size=xtx_rows), n_jobs=jobs)
     scal = np.rint(np.ldexp(X, 24)).astype(np.int64)
-    t = time.perf_counter()
-    K.naive_multiexp_columns(d.ciphertexts, scal[:, :1], pub.nsquare)
-    naive = xtx_rows / (time.perf_counter() - t)  # elements per second, one column
-    fast1 = rate(lambda: d.dot(X, exponent=-6, n_jobs=1), X.size)
-    fastj = rate(lambda: d.dot(X, exponent=-6, n_jobs=jobs), X.size)
+    naive = rate(
+        lambda: K.naive_multiexp_columns(d.ciphertexts, scal[:, :1], pub.nsquare),
+        xtx_rows,
+        repeat=2,
+    )  # elements per second, one column
+    fast1 = rate(lambda: d.dot(X, exponent=-6, n_jobs=1), X.size, repeat=2)
+    fastj = rate(lambda: d.dot(X, exponent=-6, n_jobs=jobs), X.size, repeat=2)
     rows.append((f"X^T [[d]], X {xtx_rows}x20 (per element)", naive, fast1, fastj))
     return rows
 

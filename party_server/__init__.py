@@ -6,6 +6,15 @@
 """
 
 from ._app import create_app
+from ._audit import summarize as summarize_audit_log
+from ._audit import verify as verify_audit_log
 from ._config import Config, ConfigError, load_config
 
-__all__ = ["Config", "ConfigError", "create_app", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "create_app",
+    "load_config",
+    "summarize_audit_log",
+    "verify_audit_log",
+]

@@ -7,6 +7,7 @@ an unexpected failure is a 500 without details (the traceback goes to the server
 only). The server holds no algorithm code: each session route names its host half.
 """
 
+import contextlib
 import hashlib
 import hmac
 import importlib
@@ -78,6 +79,10 @@ class State:
         self.created_lock = threading.Lock()
         self.handlers = {}
         self._tokens = [(p.token.encode(), p.name) for p in config.peers.values()]
+        for route in ROUTES:  # import every host half now, not during a peer's request
+            if route.handler:
+                with contextlib.suppress(NotFoundError):  # not shipped here: logged, then 404
+                    self.handler(route)
 
     def handler(self, route):
         fn = self.handlers.get(route.name)
@@ -85,7 +90,10 @@ class State:
             module, _, name = route.handler.partition(":")
             try:
                 fn = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):
+            except (ModuleNotFoundError, AttributeError) as exc:
+                missing = getattr(exc, "name", None)
+                if isinstance(exc, ModuleNotFoundError) and not module.startswith(missing or "?"):
+                    raise  # the host half exists but a dependency of it is missing
                 # a guest newer than this server's fedsk asks for a protocol it lacks
                 log.warning("route %s: host half %s is not installed", route.name, route.handler)
                 raise NotFoundError(

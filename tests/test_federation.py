@@ -168,8 +168,8 @@ def test_local_federation_rejects_duplicate_ids():
 
 def test_stopping_a_server_stops_its_worker_processes():
     psutil = pytest.importorskip("psutil")
-    ids = [f"u{i}" for i in range(3000)]
-    df = pd.DataFrame({"x": np.arange(3000.0)}, index=ids)
+    ids = [f"u{i}" for i in range(21_000)]
+    df = pd.DataFrame({"x": np.arange(21_000.0)}, index=ids)
     fed = LocalFederation(hosts={"h": df}, n_jobs=2)
     try:
         [client] = fed.connect()

@@ -100,3 +100,10 @@ def test_multi_host(tmp_path):
         sid, _ = c.open_session("psi-test")
         got[c.name] = set(align(c, sid, ids).tolist())
     assert got["a"] == set(range(70)) and got["b"] == set(range(30, 100))
+
+
+def test_federation_intersect_reports_the_overlap(inproc, host_df):
+    ids = list(host_df.index[:10]) + ["nobody-1", "nobody-2"]
+    masks = inproc.intersect(ids)
+    assert list(masks) == ["insurer"]
+    assert masks["insurer"].tolist() == [True] * 10 + [False, False]

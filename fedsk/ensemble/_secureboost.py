@@ -51,7 +51,6 @@ class BaseSecureBoost(BaseEstimator, ABC):
         "verbose": ["verbose"],
     }
 
-    @abstractmethod
     def __init__(
         self,
         federation=None,
@@ -533,53 +532,6 @@ class SecureBoostClassifier(ClassifierMixin, BaseSecureBoost):
     """
     )
 
-    def __init__(
-        self,
-        federation=None,
-        *,
-        n_estimators=10,
-        learning_rate=0.3,
-        max_depth=3,
-        max_bins=32,
-        min_child_weight=1.0,
-        min_samples_leaf=1,
-        l2_regularization=1.0,
-        min_split_gain=0.0,
-        subsample=1.0,
-        colsample=1.0,
-        early_stopping="auto",
-        validation_fraction=0.1,
-        n_iter_no_change=10,
-        tol=1e-7,
-        warm_start=False,
-        key_length=2048,
-        n_jobs=None,
-        random_state=None,
-        verbose=0,
-    ):
-        super().__init__(
-            federation,
-            n_estimators=n_estimators,
-            learning_rate=learning_rate,
-            max_depth=max_depth,
-            max_bins=max_bins,
-            min_child_weight=min_child_weight,
-            min_samples_leaf=min_samples_leaf,
-            l2_regularization=l2_regularization,
-            min_split_gain=min_split_gain,
-            subsample=subsample,
-            colsample=colsample,
-            early_stopping=early_stopping,
-            validation_fraction=validation_fraction,
-            n_iter_no_change=n_iter_no_change,
-            tol=tol,
-            warm_start=warm_start,
-            key_length=key_length,
-            n_jobs=n_jobs,
-            random_state=random_state,
-            verbose=verbose,
-        )
-
     def _encode_y(self, y):
         check_classification_targets(y)
         encoder = LabelEncoder()
@@ -668,53 +620,6 @@ class SecureBoostRegressor(RegressorMixin, BaseSecureBoost):
     True
     """
     )
-
-    def __init__(
-        self,
-        federation=None,
-        *,
-        n_estimators=10,
-        learning_rate=0.3,
-        max_depth=3,
-        max_bins=32,
-        min_child_weight=1.0,
-        min_samples_leaf=1,
-        l2_regularization=1.0,
-        min_split_gain=0.0,
-        subsample=1.0,
-        colsample=1.0,
-        early_stopping="auto",
-        validation_fraction=0.1,
-        n_iter_no_change=10,
-        tol=1e-7,
-        warm_start=False,
-        key_length=2048,
-        n_jobs=None,
-        random_state=None,
-        verbose=0,
-    ):
-        super().__init__(
-            federation,
-            n_estimators=n_estimators,
-            learning_rate=learning_rate,
-            max_depth=max_depth,
-            max_bins=max_bins,
-            min_child_weight=min_child_weight,
-            min_samples_leaf=min_samples_leaf,
-            l2_regularization=l2_regularization,
-            min_split_gain=min_split_gain,
-            subsample=subsample,
-            colsample=colsample,
-            early_stopping=early_stopping,
-            validation_fraction=validation_fraction,
-            n_iter_no_change=n_iter_no_change,
-            tol=tol,
-            warm_start=warm_start,
-            key_length=key_length,
-            n_jobs=n_jobs,
-            random_state=random_state,
-            verbose=verbose,
-        )
 
     def _encode_y(self, y):
         y = np.asarray(y, dtype=np.float64)

@@ -6,6 +6,8 @@ import os
 import re
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from ..exceptions import ProtocolError
 from ._routes import route, url_for
 from ._transport import HttpTransport, InProcessTransport, new_request_id
@@ -161,6 +163,33 @@ class Federation:
                 f"environment variable {spec['token_env']} (token for host {name!r}) is not set"
             )
         return token
+
+    def intersect(self, ids, *, n_jobs=None):
+        """Which of ``ids`` each host holds, by private set intersection only.
+
+        Neither side learns an ID outside the intersection; each host learns which of its
+        rows matched. Useful to check the overlap before fitting.
+
+        Returns
+        -------
+        dict of {str: ndarray of bool}
+            For each host, a mask over ``ids``.
+        """
+        from ._psi import align
+
+        ids = list(ids)
+        out = {}
+        for client in self.connect():
+            sid, _ = client.open_session("psi")
+            try:
+                found = align(client, sid, ids, n_jobs=n_jobs)
+            finally:
+                client.close_session(sid)
+                client.close()
+            mask = np.zeros(len(ids), dtype=bool)
+            mask[found] = True
+            out[client.name] = mask
+        return out
 
     def connect(self):
         """Open one :class:`HostClient` per host, in the order of ``hosts``."""

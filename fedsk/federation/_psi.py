@@ -17,18 +17,11 @@ an ID outside the intersection. Later messages address samples by their position
 the agreed intersection, never by ID.
 """
 
-import hashlib
 import secrets
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-)
 
-from ..crypto._parallel import parallel_chunks
+from ..crypto._ecdh import ecdh_key, hash_to_points, multiply_points
 from ..exceptions import BadMessageError, ConflictError, ProtocolError
 from ._wire import Message
 
@@ -59,29 +52,12 @@ def hash_ids(ids, salt):
     """SHA-256 of each ID under the domain separator and ``salt``: uint8 array (n, 32)."""
     salt = salt.encode() if isinstance(salt, str) else salt
     prefix = DOMAIN + len(salt).to_bytes(2, "big") + salt
-    out = b"".join(hashlib.sha256(prefix + canonical_id(v)).digest() for v in ids)
-    return np.frombuffer(out, dtype=np.uint8).reshape(-1, 32)
-
-
-def _multiply_chunk(points, private_raw):
-    key = X25519PrivateKey.from_private_bytes(private_raw)
-    out = bytearray()
-    for row in points:
-        try:
-            out += key.exchange(X25519PublicKey.from_public_bytes(row.tobytes()))
-        except ValueError:
-            raise ValueError("a point is of low order") from None
-    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 32)
+    return hash_to_points((canonical_id(v) for v in ids), prefix)
 
 
 def multiply(points, private_key, *, n_jobs=None):
     """Scalar-multiply every 32-byte u-coordinate by ``private_key``."""
-    raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    points = np.ascontiguousarray(points, dtype=np.uint8).reshape(-1, 32)
-    parts = parallel_chunks(
-        _multiply_chunk, len(points), lambda a, b: (points[a:b], raw), n_jobs=n_jobs, ops_per_item=3
-    )
-    return np.concatenate(parts) if parts else np.empty((0, 32), np.uint8)
+    return multiply_points(points, private_key, n_jobs=n_jobs)
 
 
 # -- guest half ---------------------------------------------------------------------------
@@ -93,7 +69,7 @@ def align(client, session_id, ids, *, n_jobs=None):
     The intersection's agreed order is the order of ``ids``; the host stores the
     matching rows of its dataset in that order.
     """
-    key = X25519PrivateKey.generate()
+    key = ecdh_key()
     mine = multiply(hash_ids(ids, session_id), key, n_jobs=n_jobs)
     answer = client.call("psi.exchange", session_id, Message(arrays={"points": mine}))
     try:
@@ -127,7 +103,7 @@ def host_exchange(ctx, msg):
     points = msg.array("points", kind="u", ndim=2)
     if points.dtype != np.uint8 or points.shape[1] != 32 or len(points) > MAX_IDS:
         raise BadMessageError("array 'points' must be uint8 of shape (n, 32)")
-    key = X25519PrivateKey.generate()
+    key = ecdh_key()
     try:
         double = multiply(points, key, n_jobs=ctx.n_jobs)
     except ValueError as exc:
