@@ -8,6 +8,8 @@ for in every request and answer body, both as float64 bytes (either byte order, 
 a contiguous run for vectors) and as decimal text.
 """
 
+import contextlib
+
 import numpy as np
 
 from fedsk.federation import Federation, Transport, message_to_wire
@@ -62,8 +64,12 @@ def distinctive(values, *, min_abs=1e-3):
 
 def _patterns(value):
     f = float(value)
-    return [np.float64(f).tobytes(), np.float64(f).byteswap().tobytes(),
-            repr(f).encode(), f"{f:.10g}".encode()]
+    return [
+        np.float64(f).tobytes(),
+        np.float64(f).byteswap().tobytes(),
+        repr(f).encode(),
+        f"{f:.10g}".encode(),
+    ]
 
 
 def assert_absent(federation, values, what, *, as_vector=True, one_by_one=True):
@@ -80,10 +86,8 @@ def assert_absent(federation, values, what, *, as_vector=True, one_by_one=True):
     if as_vector and values.size >= 4:
         flat = values.ravel()
         for dt in ("<f8", ">f8", "<f4", "<i8", "<i4", "i1"):
-            try:
+            with contextlib.suppress(ValueError, OverflowError):
                 needles.append((f"vector as {dt}", flat.astype(dt).tobytes()))
-            except (ValueError, OverflowError):
-                pass
         if flat.dtype.kind in "iub":
             needles.append(("vector as text", ",".join(str(int(x)) for x in flat[:8]).encode()))
     if one_by_one:
