@@ -1,0 +1,522 @@
+"""The guest half of the federated protocols: who sends what, and in which order.
+
+The systems here present the hosts' coordinates to the drivers of :mod:`._solvers`
+exactly as the plaintext systems present theirs; the host half is
+:mod:`._host`. Notation: ``[[v]]_g`` is encrypted under the guest's key, ``[[v]]_h``
+under the host's; ``X~`` are the guest's columns with the intercept, ``S~`` the
+normalised sample weights, ``n`` the number of aligned rows.
+
+``taylor`` + PCG (one host; each party holds its own key):
+
+1. setup: the guest encrypts ``Z = S~ [X~, Y']`` once (``n`` x columns encryptions)
+   and sends it in row chunks; the host computes ``[[Z^T X_h]]_g`` by multi-
+   exponentiation and keeps ``[[C]]_g``, ``C = X~^T S~ X_h``; it adds random masks
+   ``R`` (shares) and sends ``[[C + R]]_g``, ``[[B + R_b]]_g`` (``B = Y'^T S~ X_h``) and
+   ``[[-R]]_h``. The guest decrypts its shares; it returns ``B + R_b`` with the first
+   iteration and the host removes ``R_b``: the host's right-hand side ``b_h``.
+2. each CG iteration is one round trip: the guest sends the step sizes and
+   ``[[C^T u_g]]_h = [[-R]]_h^T u_g + (C + R)^T u_g``; the host decrypts it (its own
+   product), updates its block and answers ``[[C u_h]]_g`` (computed from ``[[C]]_g``),
+   which the guest decrypts (its own product), and its scalars ``r.u``, ``w.u``,
+   ``max|r|``. With sample weights the host's own block ``X_h^T S~ X_h`` is also
+   encrypted (from the weights' column), and its product comes back through the guest,
+   masked, in a second round trip, so that the host only ever sees its total product.
+
+``exact`` + L-BFGS (one or more hosts; only the guest has a key): per iteration each
+host sends ``X_h p_h`` for the search direction (and ``X_h w_0`` at the start), the
+guest line-searches the exact objective locally, sends ``[[S~ (sigma(z) - y) / n]]_g``;
+each host returns ``[[X_h^T d + m]]_g`` (masked), the guest decrypts and returns the
+masked values, the host unmasks its gradient and answers the Gram matrix of its
+L-BFGS basis, from which the guest computes the direction's coefficients.
+
+``sgd``: the same masked gradient exchange on each mini-batch (for ``taylor`` also in
+the other direction, with the host's ``[[X_h w_h / 4]]_h``).
+"""
+
+import numpy as np
+
+from ..crypto import (
+    EncryptedArray,
+    Masks,
+    count_ops,
+    decode,
+    decrypt,
+    decrypt_raw,
+    encode,
+    encrypt,
+    generate_keypair,
+    residues_from_bytes,
+    residues_to_bytes,
+)
+from ..exceptions import BadMessageError, ProtocolError
+from ..federation import Message, aligned_sessions, public_key_from_wire, public_key_to_wire
+from ._core import (
+    EXP_ENC,
+    EXP_VEC,
+    EXP_X,
+    LOG2,
+    LbfgsBlock,
+    PCGBlock,
+    loss_and_residual,
+    mask_bits,
+    penalty_value,
+    sgd_update,
+)
+from ._solvers import FitOutcome, LineFunction, combine, lbfgs, pcg, run_sgd
+
+__all__ = ["federated_fit", "federated_scores"]
+
+MAX_VALUE = 2.0**32  # largest |value| the guest encrypts (the masks assume it)
+CHUNK_BYTES = 32 * 1024 * 1024  # ciphertext bytes per message of the Gram setup
+
+
+class HostPeer:
+    """One host's session during a fit."""
+
+    def __init__(self, session):
+        self.session = session
+        self.name = session.name
+        self.n_features = 0
+        self.key = None
+
+    def setup(self, meta, key_length):
+        answer = self.session.call("logistic.setup", Message(meta))
+        self.n_features = answer.field("n_features", int, minimum=1)
+        self.warm = answer.field("warm_start", bool, default=False)
+        if meta["protocol"] == "taylor":
+            self.key = public_key_from_wire(answer.field("key", dict), min_key_length=key_length)
+        return answer
+
+    def step(self, op, meta=None, *, arrays=None, encrypted=None):
+        msg = Message({"op": op, **(meta or {})}, arrays=arrays)
+        for name, enc in (encrypted or {}).items():
+            msg.add_encrypted(name, enc)
+        return self.session.call("logistic.step", msg)
+
+
+def _floats(msg, name, length):
+    values = msg.field(name, list)
+    if len(values) != length or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        raise BadMessageError(f"field {name!r} must be a list of {length} numbers")
+    out = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise BadMessageError(f"field {name!r} must be finite")
+    return out
+
+
+def _encrypted(msg, name, key, length, exponent=None):
+    enc = msg.encrypted(name, key, length=length)
+    if exponent is not None and enc.exponent != exponent:
+        raise BadMessageError(f"ciphertext array {name!r} must be at exponent {exponent}")
+    return enc
+
+
+def _check_range(values, what):
+    top = float(np.abs(values).max(initial=0.0))
+    if not top < MAX_VALUE:
+        raise ValueError(
+            f"{what} reach {top:.3g}; the encrypted protocols need values below 2**32. "
+            "Standardise the features (e.g. StandardScaler) and keep sample weights moderate."
+        )
+
+
+# -- taylor: PCG on the shared Gram --------------------------------------------------------
+
+
+class TaylorPCG:
+    """The guest's block plus one host, for the PCG driver."""
+
+    def __init__(self, peer, keys, problem, *, n_jobs):
+        p = problem
+        self.peer, (self.pub, self.priv), self.p = peer, keys, p
+        self.n_jobs = n_jobs
+        n = float(p.sw.sum())
+        self.gram = p.X.T @ (p.sw[:, None] * p.X)
+        b = p.X.T @ (p.sw[:, None] * (2.0 * p.Y - 1.0)) / (2.0 * n)
+        self.block = PCGBlock(self.gram, p.lam_vec, n)
+        self.block.start(b, p.x0)
+        self.d_h = peer.n_features
+        self.b_share = None
+
+    # setup: the shared Gram ----------------------------------------------------------------
+    def _gram(self):
+        p, d_g = self.p, self.p.X.shape[1]
+        cols = [p.X]
+        ones = d_g - 1 if p.intercept else -1
+        if p.weighted and not p.intercept:
+            cols.append(np.ones((len(p.X), 1)))
+            ones = d_g
+        cols.append(2.0 * p.Y - 1.0)
+        Z = p.sw[:, None] * np.hstack(cols)
+        _check_range(Z, "weighted guest features")
+        n, c = Z.shape
+        per_row = c * self.pub.ciphertext_bytes
+        chunk = max(1, CHUNK_BYTES // per_row)
+        meta = {"n_columns": c, "guest_coef": d_g, "ones_column": ones}
+        for start in range(0, n, chunk):
+            block = Z[start : start + chunk]
+            enc = encrypt(self.priv, block.T.ravel(), exponent=EXP_ENC, n_jobs=self.n_jobs)
+            answer = self.peer.step("gram", {**meta, "start": start}, encrypted={"z": enc})
+        d_h, K = self.d_h, p.n_targets
+        e_q = EXP_ENC + EXP_X
+        shares = _encrypted(answer, "shares", self.pub, (d_g + K) * d_h, e_q)
+        neg_r = _encrypted(answer, "neg_r", self.peer.key, d_g * d_h, e_q)
+        res = decrypt_raw(self.priv, shares, n_jobs=self.n_jobs)
+        # the guest's share of C (d_g x d_h); these are masked, hence positive and small
+        self.c_share = [res[j * d_h : (j + 1) * d_h] for j in range(d_g)]
+        self.b_share = res[d_g * d_h :]
+        order = [j * d_h + k for k in range(d_h) for j in range(d_g)]
+        self.neg_r_t = neg_r[order]  # [[-R^T]]_h, (d_h x d_g) row-major
+        self.e_q = e_q
+
+    def _cross(self, v, exponent=None):
+        """``[[C^T v]]_h`` for the guest's vectors v (d_g x k), optionally plus ints."""
+        d_g, k = v.shape
+        enc = self.neg_r_t.matmul(self.d_h, v, exponent=EXP_VEC, n_jobs=self.n_jobs)
+        ints = np.array(encode(v.ravel(), EXP_VEC, self.pub.max_int), dtype=object)
+        ints = ints.reshape(d_g, k)
+        plain = []
+        for row in range(self.d_h):
+            share = np.array([self.c_share[j][row] for j in range(d_g)], dtype=object)
+            plain.extend((share @ ints).tolist())  # (C + R)^T v, exact integers
+        return enc, plain
+
+    def _matvec(self, alpha, beta, active, target):
+        block, k = self.block, len(active)
+        v = block.x[:, active] if target == "x" else block.precondition(active)
+        meta = {"target": target}
+        arrays = {"active": np.asarray(active, dtype=np.int64)}
+        if alpha is not None:
+            arrays.update(alpha=np.asarray(alpha, float), beta=np.asarray(beta, float))
+        if self.b_share is not None:
+            arrays["b"] = residues_to_bytes(self.pub, self.b_share)
+            self.b_share = None
+        enc, plain = self._cross(v)
+        encrypted = {}
+        if not self.p.weighted:
+            encrypted["cross"] = enc.add_encoded(plain).rerandomise(n_jobs=self.n_jobs)
+        answer = self.peer.step("pcg", meta, arrays=arrays, encrypted=encrypted)
+        d_g = v.shape[0]
+        product = _encrypted(answer, "product", self.pub, d_g * k, self.e_q + EXP_VEC)
+        cv = decrypt(self.priv, product, n_jobs=self.n_jobs).reshape(d_g, k)
+        if self.p.weighted:
+            own = _encrypted(answer, "own", self.pub, self.d_h * k)
+            if own.exponent > enc.exponent or own.exponent < enc.exponent - 16:
+                raise BadMessageError("ciphertext array 'own' has an unexpected exponent")
+            masked = decrypt_raw(self.priv, own, n_jobs=self.n_jobs)
+            shift = 16 ** (enc.exponent - own.exponent)
+            plain = [a * shift + m for a, m in zip(plain, masked)]
+            cross = enc.rescale(own.exponent).add_encoded(plain).rerandomise(n_jobs=self.n_jobs)
+            answer = self.peer.step("pcg.cross", encrypted={"cross": cross})
+        mine = block.finish(v, self.gram @ v + cv, active, target=target)
+        if target == "x":
+            return mine + _floats(answer, "xbr", k)
+        gamma, delta, rmax = mine
+        return (
+            gamma + _floats(answer, "gamma", k),
+            delta + _floats(answer, "delta", k),
+            np.maximum(rmax, _floats(answer, "rmax", k)),
+        )
+
+    # the driver's interface -----------------------------------------------------------------
+    def start(self):
+        self._gram()
+        K = self.p.n_targets
+        every = np.arange(K)
+        f = np.full(K, LOG2)
+        if np.any(self.block.x) or self.peer.warm:
+            f -= self._matvec(None, None, every, "x") / 2.0
+        gamma, delta, rmax = self._matvec(None, None, every, "u")
+        return gamma, delta, rmax, f
+
+    def iterate(self, alpha, beta, active):
+        self.block.update(alpha, beta, active)
+        return self._matvec(alpha[active], beta[active], active, "u")
+
+    def coef(self):
+        return self.block.x
+
+
+# -- exact: L-BFGS -------------------------------------------------------------------------
+
+
+class ExactLbfgs:
+    """The guest's block plus any number of hosts, one binary target ``k``."""
+
+    def __init__(self, peers, keys, problem, k, *, n_jobs):
+        p = self.p = problem
+        self.peers, (self.pub, self.priv), self.k, self.n_jobs = peers, keys, k, n_jobs
+        self.y, self.n = p.Y[:, k], float(p.sw.sum())
+        self.lam_g, self.lam_h = p.lam_vec, (p.lam if p.penalty == "l2" else 0.0)
+        self.block = LbfgsBlock(p.x0[:, k], p.memory)
+
+    def start(self):
+        w = self.block.w
+        z, ww = self.p.X @ w, 0.0
+        for peer in self.peers:
+            answer = peer.step("lbfgs.start", {"target": int(self.k)})
+            z = z + answer.array("z", kind="f", shape=(len(z),))
+            ww += answer.field("ww", (int, float))
+        self.z = z
+        loss, _ = loss_and_residual(z[:, None], self.y[:, None], self.p.sw, "exact")
+        f = loss[0] / self.n + 0.5 * (self.lam_g @ (w * w) + self.lam_h * ww)
+        return (f, *self._gradient(None))
+
+    def _gradient(self, step):
+        _, res = loss_and_residual(self.z[:, None], self.y[:, None], self.p.sw, "exact")
+        d = res[:, 0] / self.n
+        block = self.block
+        g = self.p.X.T @ d + self.lam_g * block.w
+        block.set_gradient(g)
+        m = len(block.S)
+        gmax, gram = float(np.abs(g).max(initial=0.0)), block.gram()
+        enc = encrypt(self.priv, d, exponent=EXP_ENC, n_jobs=self.n_jobs)
+        for peer in self.peers:
+            answer = peer.step("grad", {"step": step}, encrypted={"d": enc})
+            masked = _encrypted(answer, "masked", self.pub, peer.n_features)
+            res = decrypt_raw(self.priv, masked, n_jobs=self.n_jobs)
+            answer = peer.step("grad.unmask", arrays={"masked": residues_to_bytes(self.pub, res)})
+            if answer.field("n_pairs", int) != m:
+                raise ProtocolError(f"host {peer.name!r} lost track of the L-BFGS history")
+            gram = gram + answer.array("gram", kind="f", shape=(2 * m + 1, 2 * m + 1))
+            gmax = max(gmax, answer.field("gmax", (int, float), minimum=0))
+        return gmax, gram, m
+
+    def direction(self, coefs):
+        block = self.block
+        p, w, lam = block.direction(coefs), block.w, self.lam_g
+        dz = self.p.X @ p
+        quad = np.array([lam @ (w * w), lam @ (w * p), lam @ (p * p)])
+        for peer in self.peers:
+            answer = peer.step("lbfgs.direction", arrays={"coefs": np.asarray(coefs, float)})
+            dz = dz + answer.array("dz", kind="f", shape=(len(dz),))
+            quad += self.lam_h * np.array(
+                [answer.field(f, (int, float)) for f in ("ww", "wp", "pp")], dtype=np.float64
+            )
+        self.dz = dz
+        return LineFunction(self.z, dz, self.y, self.p.sw, quad)
+
+    def step(self, t, f):
+        self.block.move(t)
+        self.z = self.z + t * self.dz
+        return self._gradient(float(t))
+
+    def coef(self):
+        return self.block.w
+
+
+# -- SGD ---------------------------------------------------------------------------------
+
+
+class _SgdBase:
+    def __init__(self, peers, keys, problem, *, n_jobs):
+        self.p, self.peers, self.n_jobs = problem, peers, n_jobs
+        self.pub, self.priv = keys
+        self.W = np.array(problem.x0, dtype=np.float64)
+        self.host_penalty = np.zeros(problem.n_targets)
+
+    def penalty(self):
+        own = penalty_value(self.W, self.p.penalised, self.p.penalty, self.p.lam)
+        return own + self.host_penalty
+
+    def coef(self):
+        return self.W
+
+
+class ExactSgd(_SgdBase):
+    """Mini-batch SGD on the exact loss; the hosts send their partial scores."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._next = {}
+
+    def _host_scores(self, rows):
+        K, total = self.p.n_targets, 0.0
+        for peer in self.peers:
+            cached = self._next.pop(peer.name, None)
+            if cached is not None and np.array_equal(cached[0], rows):
+                total = total + cached[1]
+                continue
+            answer = peer.step("sgd.scores", arrays={"rows": np.asarray(rows, np.int64)})
+            total = total + answer.array("z", kind="f", shape=(len(rows), K))
+        return total
+
+    def step(self, rows, next_rows=None):
+        p, K = self.p, self.p.n_targets
+        z = p.X[rows] @ self.W + self._host_scores(rows)
+        loss, res = loss_and_residual(z, p.Y[rows], p.sw[rows], "exact")
+        res = res / p.sw[rows].sum()
+        enc = encrypt(self.priv, res.T.ravel(), exponent=EXP_ENC, n_jobs=self.n_jobs)
+        penalty = np.zeros(K)
+        for peer in self.peers:
+            answer = peer.step(
+                "sgd.grad", arrays={"rows": np.asarray(rows, np.int64)}, encrypted={"d": enc}
+            )
+            masked = _encrypted(answer, "masked", self.pub, K * peer.n_features)
+            arrays = {"masked": residues_to_bytes(self.pub, decrypt_raw(self.priv, masked))}
+            if next_rows is not None:
+                arrays["rows"] = np.asarray(next_rows, np.int64)
+            answer = peer.step("sgd.update", arrays=arrays)
+            penalty += _floats(answer, "penalty", K)
+            if next_rows is not None:
+                z_next = answer.array("z", kind="f", shape=(len(next_rows), K))
+                self._next[peer.name] = (np.asarray(next_rows), z_next)
+        self.host_penalty = penalty
+        sgd_update(self.W, p.X[rows].T @ res, p.learning_rate, p.penalised, p.penalty, p.lam)
+        return loss
+
+    def validation_loss(self, rows):
+        p = self.p
+        z = p.X[rows] @ self.W + self._host_scores(rows)
+        return loss_and_residual(z, p.Y[rows], p.sw[rows], "exact")[0] / p.sw[rows].sum()
+
+
+class TaylorSgd(_SgdBase):
+    """Mini-batch SGD on the Taylor loss; partial scores cross only encrypted."""
+
+    def _send(self, rows, eval_only):
+        p, K = self.p, self.p.n_targets
+        (peer,) = self.peers
+        S = float(p.sw[rows].sum())
+        a_g = p.X[rows] @ self.W / 4.0 - (2.0 * p.Y[rows] - 1.0) / 2.0
+        _check_range(a_g, "Taylor residuals")
+        scaled = p.sw[rows, None] * a_g / S
+        a_exp = EXP_ENC + EXP_VEC
+        encrypted = {"a": encrypt(self.priv, scaled.T.ravel(), exponent=a_exp, n_jobs=self.n_jobs)}
+        if p.weighted:
+            encrypted["sw"] = encrypt(
+                self.priv, p.sw[rows] / S, exponent=EXP_ENC, n_jobs=self.n_jobs
+            )
+        answer = peer.step(
+            "sgd.grad",
+            {"eval_only": eval_only},
+            arrays={"rows": np.asarray(rows, np.int64)},
+            encrypted=encrypted,
+        )
+        ell = decrypt(self.priv, _encrypted(answer, "loss", self.pub, K, a_exp + EXP_VEC))
+        # Taylor loss = log 2 - 1/2 + 2 v^2 with v = z/4 - y'/2 = a_g + a_h
+        loss = S * (LOG2 - 0.5) + 2.0 * ((p.sw[rows, None] * a_g * a_g).sum(axis=0) + S * ell)
+        return answer, loss, a_g, S
+
+    def step(self, rows, next_rows=None):
+        p, K = self.p, self.p.n_targets
+        (peer,) = self.peers
+        answer, loss, a_g, S = self._send(rows, False)
+        masked = _encrypted(answer, "masked", self.pub, K * peer.n_features)
+        residues = decrypt_raw(self.priv, masked, n_jobs=self.n_jobs)
+        own = _encrypted(answer, "own", peer.key, K * len(rows), EXP_ENC)
+        Xs = p.sw[rows, None] * p.X[rows] / S
+        m, d_g = len(rows), p.X.shape[1]
+        cross = EncryptedArray.concat(
+            [own[j * m : (j + 1) * m].dot(Xs, exponent=EXP_X, n_jobs=self.n_jobs) for j in range(K)]
+        )
+        masks = Masks(len(cross), mask_bits(cross.exponent))
+        answer = peer.step(
+            "sgd.update",
+            {"n_guest": d_g},
+            arrays={"masked": residues_to_bytes(self.pub, residues)},
+            encrypted={"cross": masks.apply(cross, n_jobs=self.n_jobs)},
+        )
+        back = answer.array("cross", kind="u", ndim=2)
+        try:
+            back = residues_from_bytes(peer.key, back)
+        except ValueError as exc:
+            raise ProtocolError(f"host {peer.name!r} sent bad residues: {exc}") from None
+        if len(back) != len(masks):
+            raise ProtocolError(f"host {peer.name!r} sent {len(back)} residues")
+        cross_g = np.asarray(decode(masks.unmask(peer.key, back), cross.exponent))
+        self.host_penalty = _floats(answer, "penalty", K)
+        g = p.X[rows].T @ (p.sw[rows, None] * a_g / S) + cross_g.reshape(K, d_g).T
+        sgd_update(self.W, g, p.learning_rate, p.penalised, p.penalty, p.lam)
+        return loss
+
+    def validation_loss(self, rows):
+        _, loss, _, S = self._send(rows, True)
+        return loss / S
+
+
+# -- a whole fit ------------------------------------------------------------------------------
+
+
+def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_models=None):
+    """Align, set up every host, run the solver, store the hosts' halves.
+
+    Returns a :class:`~._solvers.FitOutcome`; the key pair lives only in this call.
+    """
+    p = problem
+    with count_ops() as guest_ops:
+        keys = generate_keypair(key_length)
+        with aligned_sessions(federation, ids, protocol="logistic", n_jobs=n_jobs) as sessions:
+            if p.protocol == "taylor" and len(sessions) != 1:
+                raise NotImplementedError(
+                    f"protocol='taylor' works with exactly one host (this federation has "
+                    f"{len(sessions)}); use protocol='exact' with several hosts"
+                )
+            peers = [HostPeer(s) for s in sessions]
+            for peer in peers:
+                peer.setup(
+                    {
+                        "protocol": p.protocol,
+                        "solver": p.solver,
+                        "key": public_key_to_wire(keys[0]),
+                        "n_rows": len(ids),
+                        "n_targets": p.n_targets,
+                        "penalty": p.penalty,
+                        "lam": float(p.lam),
+                        "learning_rate": float(p.learning_rate),
+                        "memory": int(p.memory),
+                        "weighted": bool(p.weighted),
+                        "warm_start": (warm_models or {}).get(peer.name),
+                    },
+                    keys[0].key_length,
+                )
+            result, coef = _solve(p, peers, keys, n_jobs)
+            models, host_ops = {}, {}
+            for peer in peers:
+                answer = peer.step("finish")
+                models[peer.name] = answer.field("model_id", str)
+                host_ops[peer.name] = dict(answer.field("ops", dict, default={}))
+    ops = {"guest": dict(guest_ops), **host_ops}
+    return FitOutcome(
+        np.array(coef),
+        result.n_iter,
+        result.loss_curve,
+        result.converged,
+        host_models=models,
+        n_host_features={peer.name: peer.n_features for peer in peers},
+        ops=ops,
+    )
+
+
+def _solve(p, peers, keys, n_jobs):
+    if p.solver == "pcg":
+        system = TaylorPCG(peers[0], keys, p, n_jobs=n_jobs)
+        return pcg(system, tol=p.tol, max_iter=p.max_iter, verbose=p.verbose), system.coef()
+    if p.solver == "lbfgs":
+        results, coef = [], np.zeros_like(p.x0)
+        for k in range(p.n_targets):
+            system = ExactLbfgs(peers, keys, p, k, n_jobs=n_jobs)
+            results.append(lbfgs(system, tol=p.tol, max_iter=p.max_iter, verbose=p.verbose))
+            coef[:, k] = system.coef()
+        return combine(results), coef
+    cls = TaylorSgd if p.protocol == "taylor" else ExactSgd
+    system = cls(peers, keys, p, n_jobs=n_jobs)
+    return run_sgd(p, system), system.coef()
+
+
+def federated_scores(federation, ids, models, n_targets, *, n_jobs=None):
+    """The hosts' partial scores ``X_h w_h`` for ``ids`` (one PSI + one call per host)."""
+    total = np.zeros((len(ids), n_targets))
+    with aligned_sessions(federation, ids, protocol="logistic", n_jobs=n_jobs) as sessions:
+        names = sorted(s.name for s in sessions)
+        if names != sorted(models):
+            raise ValueError(
+                f"this model was fitted with hosts {sorted(models)}, but the federation "
+                f"has {names}; predict with the federation it was fitted with"
+            )
+        for s in sessions:
+            answer = s.call("logistic.scores", Message({"model_id": models[s.name]}))
+            total += answer.array("scores", kind="f", shape=(len(ids), n_targets))
+    return total
