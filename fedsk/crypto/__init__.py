@@ -32,7 +32,7 @@ from ._keys import (
     short_exponent_bits,
 )
 from ._masking import MARGIN_BITS, Masks, residues_from_bytes, residues_to_bytes
-from ._packing import RecordLayout
+from ._packing import RecordLayout, pack_signed, unpack_signed
 
 __all__ = [
     "BASE",
@@ -54,8 +54,10 @@ __all__ = [
     "encrypt",
     "encrypt_integers",
     "generate_keypair",
+    "pack_signed",
     "residues_from_bytes",
     "residues_to_bytes",
     "security_bits",
     "short_exponent_bits",
+    "unpack_signed",
 ]

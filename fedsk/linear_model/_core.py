@@ -22,9 +22,11 @@ from scipy.special import expit
 from ..crypto import MARGIN_BITS
 
 __all__ = [
+    "EXP_C",
     "EXP_ENC",
     "EXP_VEC",
     "EXP_X",
+    "EXP_Z",
     "LbfgsBlock",
     "PCGBlock",
     "lbfgs_coefficients",
@@ -32,6 +34,8 @@ __all__ = [
     "mask_bits",
     "penalty_value",
     "sgd_update",
+    "slot_groups",
+    "slot_layout",
 ]
 
 # Fixed-point exponents (base 16) of everything that is encrypted or multiplied into a
@@ -42,13 +46,52 @@ __all__ = [
 EXP_X = -6
 EXP_VEC = -8
 EXP_ENC = -13
+EXP_Z = -8  # the guest's weighted columns in the Taylor protocol's shared Gram
+EXP_C = EXP_Z + EXP_X
 LOG2 = float(np.log(2.0))
+# Public bounds the encrypted protocols rely on (each party checks its own data):
+MAX_Z_BITS = 30  # |guest value| < 2**30 in the shared Gram (32 fractional bits: int64)
+MAX_X_BITS = 38  # |host feature| < 2**38 (24 fractional bits: int64 scalars)
+MAX_VEC_BITS = 30  # |solver vector| < 2**30 (32 fractional bits: int64 scalars)
 VALUE_BITS = 128  # a masked value is hidden as long as |value| < 2**128
 
 
 def mask_bits(exponent):
     """Mask length that hides any value below ``2**VALUE_BITS`` stored at ``exponent``."""
     return VALUE_BITS + 4 * max(-int(exponent), 0) + MARGIN_BITS
+
+
+def gram_value_bits(n):
+    """Bound (bits, real units) on the entries of ``Z^T X_h`` over ``n`` rows."""
+    return MAX_Z_BITS + MAX_X_BITS + int(n).bit_length()
+
+
+def gram_mask_bits(n):
+    """Length of the masks (shares) that hide the shared Gram's entries."""
+    return gram_value_bits(n) + 4 * -EXP_C + MARGIN_BITS
+
+
+def slot_layout(n, width, key_length, weighted):
+    """``(slots, slot_bits)``: how many values one Taylor-protocol plaintext carries.
+
+    A slot must hold a masked share of the Gram and a product ``C u`` (``width`` terms,
+    ``|u| < 2**MAX_VEC_BITS``). With sample weights nothing is packed (one slot).
+    Both parties derive the layout from public sizes.
+    """
+    whole = int(key_length) - 4
+    if weighted:
+        return 1, whole
+    share = gram_mask_bits(n) + 3
+    product = (
+        gram_value_bits(n) + MAX_VEC_BITS + int(width).bit_length() + 4 * -(EXP_C + EXP_VEC) + 2
+    )
+    bits = max(share, product)
+    return max(1, whole // bits), bits
+
+
+def slot_groups(count, slots):
+    """Consecutive groups of at most ``slots`` indices covering ``range(count)``."""
+    return [np.arange(i, min(i + slots, count)) for i in range(0, count, slots)]
 
 
 def loss_and_residual(z, y, sw, protocol):

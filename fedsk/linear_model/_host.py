@@ -23,25 +23,32 @@ from ..crypto import (
     Masks,
     count_ops,
     decode,
-    decrypt,
+    decrypt_integers,
     decrypt_raw,
     encrypt,
     encrypt_integers,
     generate_keypair,
+    pack_signed,
     residues_from_bytes,
     residues_to_bytes,
+    unpack_signed,
 )
 from ..exceptions import BadMessageError, ConflictError, FedskError, RequestError
 from ..federation import Message, aligned_rows, public_key_from_wire, public_key_to_wire
 from ._core import (
+    EXP_C,
     EXP_ENC,
     EXP_VEC,
     EXP_X,
+    EXP_Z,
     LbfgsBlock,
     PCGBlock,
+    gram_mask_bits,
     mask_bits,
     penalty_value,
     sgd_update,
+    slot_groups,
+    slot_layout,
 )
 
 __all__ = ["scores", "setup", "step"]
@@ -236,36 +243,36 @@ def _columns(enc, n_columns):
 
 
 def _gram(ctx, fit, msg):
+    """Accumulate ``[[Z^T X_h]]`` over row chunks of the guest's packed columns."""
     start = msg.field("start", int, minimum=0)
-    n_cols = msg.field("n_columns", int, minimum=1, maximum=10_000)
-    n_coef = msg.field("guest_coef", int, minimum=1, maximum=n_cols)
-    ones = msg.field("ones_column", int, minimum=-1, maximum=n_coef)
-    if n_cols != n_coef + fit.K + (1 if ones == n_coef else 0):
-        raise BadMessageError("n_columns must be guest_coef + n_targets (+ 1 extra ones column)")
-    if fit.weighted and ones < 0:
-        raise BadMessageError("a weighted fit needs the weights column (ones_column)")
+    n_coef = msg.field("n_coef", int, minimum=1, maximum=10_000)
+    slots = msg.field("slots", int, minimum=1)
+    slot_bits = msg.field("slot_bits", int, minimum=1)
+    d = fit.X.shape[1]
+    layout = slot_layout(fit.n, max(n_coef, d, fit.K), fit.guest_key.key_length, fit.weighted)
+    if (slots, slot_bits) != layout:
+        raise BadMessageError(f"slots and slot_bits must be {layout} for this fit")
     if start == 0:
         fit.gram_acc, fit.gram_g_acc, fit.gram_next = None, None, 0
-        fit.n_coef, fit.n_cols, fit.ones = n_coef, n_cols, ones
-    elif start != getattr(fit, "gram_next", None) or (n_cols, n_coef, ones) != (
-        fit.n_coef,
-        fit.n_cols,
-        fit.ones,
-    ):
+        fit.n_coef, fit.slots, fit.slot_bits = n_coef, slots, slot_bits
+        fit.coef_groups = slot_groups(n_coef, slots)
+        fit.target_groups = slot_groups(fit.K, slots)
+        fit.host_groups = slot_groups(d, slots)
+    elif start != fit.gram_next or n_coef != fit.n_coef:
         raise ConflictError(f"gram chunks must arrive in order: expected row {fit.gram_next}")
+    n_cols = len(fit.coef_groups) + len(fit.target_groups) + (1 if fit.weighted else 0)
     total = msg.arrays["z"].shape[0] if "z" in msg.exponents else 0
     if total % n_cols or total == 0:
-        raise BadMessageError("ciphertext array 'z' must hold n_columns equal columns")
+        raise BadMessageError(f"ciphertext array 'z' must hold {n_cols} equal columns")
     m = total // n_cols
     if start + m > fit.n:
         raise BadMessageError("gram chunk goes past the last aligned row")
-    Z = _ciphertexts(msg, "z", fit.guest_key, n_cols * m, EXP_ENC)
+    Z = _columns(_ciphertexts(msg, "z", fit.guest_key, n_cols * m, EXP_Z), n_cols)
     Xc = fit.X[start : start + m]
-    parts = [col.dot(Xc, exponent=EXP_X, n_jobs=ctx.n_jobs) for col in _columns(Z, n_cols)]
-    acc = EncryptedArray.concat(parts)  # (n_cols x d) row-major: Q = Z^T X_h
+    acc = EncryptedArray.concat([col.dot(Xc, exponent=EXP_X, n_jobs=ctx.n_jobs) for col in Z])
     fit.gram_acc = acc if fit.gram_acc is None else fit.gram_acc.add(acc)
-    if fit.weighted:
-        acc_g = _weighted_gram(fit, _columns(Z, n_cols)[ones], Xc, ctx.n_jobs)
+    if fit.weighted:  # the last column holds the weights alone
+        acc_g = _weighted_gram(fit, Z[-1], Xc, ctx.n_jobs)
         fit.gram_g_acc = acc_g if fit.gram_g_acc is None else fit.gram_g_acc.add(acc_g)
     fit.gram_next = start + m
     if fit.gram_next < fit.n:
@@ -287,26 +294,30 @@ def _weighted_gram(fit, weights_col, Xc, n_jobs):
     e = fit.gram_g_exp = _product_exponent(fit.X)
     q = np.rint(np.ldexp(Xc, -4 * e)).astype(np.int64)
     iu = np.triu_indices(q.shape[1])
-    pairs = q[:, iu[0]] * q[:, iu[1]]
-    return weights_col.dot(pairs, exponent=0, n_jobs=n_jobs)
+    pairs = q[:, iu[0]] * q[:, iu[1]]  # x_j x_k at exponent 2e, as int64 scalars
+    out = weights_col.dot(pairs, exponent=0, n_jobs=n_jobs)
+    return EncryptedArray(out.public_key, out.ciphertexts, out.exponent + 2 * e)
 
 
 def _gram_shares(ctx, fit):
     """Keep ``[[C]]``; split ``C`` and ``B`` into random shares; send the guest its part.
 
-    The guest gets ``[[C + R]]`` and ``[[B + R_b]]`` (to decrypt: its shares) and
-    ``[[-R]]`` under the host's key (the host's share of ``C``, to compute with).
+    The guest gets ``[[C + R]]`` and ``[[B + R_b]]`` (packed like its columns; its
+    shares) and ``[[-R]]`` under the host's key, packed along the host's columns (the
+    host's share of ``C``, for the guest's products).
     """
-    d, n_coef, K = fit.X.shape[1], fit.n_coef, fit.K
-    Q = fit.gram_acc  # (guest columns x d): coef columns, [extra ones], targets
-    fit.C = Q[: n_coef * d]  # [[X_g^T S~ X_h]] under the guest's key, kept here
-    shares = EncryptedArray.concat([fit.C, Q[len(Q) - K * d :]])
-    masks = Masks(len(shares), mask_bits(Q.exponent))
+    d, n_coef, K, b = fit.X.shape[1], fit.n_coef, fit.K, fit.slot_bits
+    Q = fit.gram_acc  # row-major (packed guest column, host column)
+    masks = Masks((n_coef + K) * d, gram_mask_bits(fit.n))
+    R = np.array(masks.values[: n_coef * d], dtype=object).reshape(n_coef, d)
+    Rb = np.array(masks.values[n_coef * d :], dtype=object).reshape(K, d)
+    packed = [pack_signed(R[g, k], b) for g in fit.coef_groups for k in range(d)]
+    packed += [pack_signed(Rb[g, k], b) for g in fit.target_groups for k in range(d)]
+    shares = Q[: len(packed)].add_encoded(packed, n_jobs=ctx.n_jobs)
+    fit.C = Q[: len(fit.coef_groups) * d]  # [[X_g^T S~ X_h]], kept here
     fit.b_masks = masks[n_coef * d :]
-    out = masks.apply(shares, n_jobs=ctx.n_jobs)
-    neg_r = encrypt_integers(
-        fit.private, [-m for m in masks.values[: n_coef * d]], exponent=Q.exponent
-    )
+    neg_r = [pack_signed(-R[j, q], b) for j in range(n_coef) for q in fit.host_groups]
+    neg_r = encrypt_integers(fit.private, neg_r, exponent=EXP_C, n_jobs=ctx.n_jobs)
     if fit.weighted:
         iu = np.triu_indices(d)
         pos = np.empty((d, d), dtype=np.int64)
@@ -320,8 +331,8 @@ def _gram_shares(ctx, fit):
     # guest; the preconditioner uses the unweighted block (any SPD matrix will do).
     fit.block = PCGBlock(None if fit.weighted else plain_gram, lam, fit.n, precond_gram=plain_gram)
     fit.expect = {"pcg"}
-    msg = Message({"n_features": d})
-    msg.add_encrypted("shares", out)
+    msg = Message()
+    msg.add_encrypted("shares", shares.rerandomise(n_jobs=ctx.n_jobs))
     msg.add_encrypted("neg_r", neg_r)
     return msg
 
@@ -334,7 +345,7 @@ def _pcg(ctx, fit, msg):
     target = msg.field("target", str, choices={"u", "x"})
     if not hasattr(fit.block, "b"):
         res = _residues(msg, "b", fit.guest_key, fit.K * d)
-        B = np.asarray(decode(fit.b_masks.unmask(fit.guest_key, res), fit.C.exponent))
+        B = np.asarray(decode(fit.b_masks.unmask(fit.guest_key, res), EXP_C))
         fit.block.start(B.reshape(fit.K, d).T / (2.0 * fit.n), fit.W)
         fit.b_masks = None
     elif "b" in msg.arrays:
@@ -348,7 +359,7 @@ def _pcg(ctx, fit, msg):
         a[active], b[active] = alpha, beta
         fit.block.update(a, b, active)
     v = fit.block.x[:, active] if target == "x" else fit.block.precondition(active)
-    product = fit.C.matmul(fit.n_coef, v, exponent=EXP_VEC, n_jobs=ctx.n_jobs)
+    product = fit.C.matmul(len(fit.coef_groups), v, exponent=EXP_VEC, n_jobs=ctx.n_jobs)
     out = Message()
     out.add_encrypted("product", product.rerandomise(n_jobs=ctx.n_jobs))
     if fit.weighted:
@@ -358,8 +369,14 @@ def _pcg(ctx, fit, msg):
         fit.pending = (v, active, target, own.exponent)
         fit.expect = {"pcg.cross"}
         return out
-    cross = _ciphertexts(msg, "cross", fit.own, d * len(active), fit.C.exponent + EXP_VEC)
-    cross = decrypt(fit.private, cross, n_jobs=ctx.n_jobs).reshape(d, len(active))
+    k = len(active)
+    cross = _ciphertexts(msg, "cross", fit.own, len(fit.host_groups) * k, EXP_C + EXP_VEC)
+    packed = decrypt_integers(fit.private, cross, n_jobs=ctx.n_jobs)
+    values = np.empty((d, k), dtype=object)
+    for i, q in enumerate(fit.host_groups):
+        for c in range(k):
+            values[q, c] = unpack_signed(packed[i * k + c], len(q), fit.slot_bits)
+    cross = np.asarray(decode(values.ravel().tolist(), cross.exponent)).reshape(d, k)
     out.meta.update(_pcg_finish(fit, v, fit.block.own_product(v) + cross, active, target))
     return out
 

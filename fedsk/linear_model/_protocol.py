@@ -41,32 +41,40 @@ from ..crypto import (
     count_ops,
     decode,
     decrypt,
+    decrypt_integers,
     decrypt_raw,
     encode,
     encrypt,
+    encrypt_integers,
     generate_keypair,
+    pack_signed,
     residues_from_bytes,
     residues_to_bytes,
+    unpack_signed,
 )
 from ..exceptions import BadMessageError, ProtocolError
 from ..federation import Message, aligned_sessions, public_key_from_wire, public_key_to_wire
 from ._core import (
+    EXP_C,
     EXP_ENC,
     EXP_VEC,
     EXP_X,
+    EXP_Z,
     LOG2,
+    MAX_Z_BITS,
     LbfgsBlock,
     PCGBlock,
     loss_and_residual,
     mask_bits,
     penalty_value,
     sgd_update,
+    slot_groups,
+    slot_layout,
 )
 from ._solvers import FitOutcome, LineFunction, combine, lbfgs, pcg, run_sgd
 
 __all__ = ["federated_fit", "federated_scores"]
 
-MAX_VALUE = 2.0**32  # largest |value| the guest encrypts (the masks assume it)
 CHUNK_BYTES = 32 * 1024 * 1024  # ciphertext bytes per message of the Gram setup
 
 
@@ -113,13 +121,25 @@ def _encrypted(msg, name, key, length, exponent=None):
     return enc
 
 
-def _check_range(values, what):
+def _check_range(values, what, bits=32):
     top = float(np.abs(values).max(initial=0.0))
-    if not top < MAX_VALUE:
+    if not top < 2.0**bits:
         raise ValueError(
-            f"{what} reach {top:.3g}; the encrypted protocols need values below 2**32. "
+            f"{what} reach {top:.3g}; the encrypted protocols need values below 2**{bits}. "
             "Standardise the features (e.g. StandardScaler) and keep sample weights moderate."
         )
+
+
+def _fixed(values, exponent):
+    """Float values as int64 fixed-point integers (as the multi-exponentiations encode)."""
+    return np.rint(np.ldexp(np.asarray(values, dtype=np.float64), -4 * exponent)).astype(np.int64)
+
+
+def _unpack(value, count, bits):
+    try:
+        return unpack_signed(value, count, bits)
+    except ValueError as exc:
+        raise ProtocolError(f"a decrypted value does not fit its slots: {exc}") from None
 
 
 # -- taylor: PCG on the shared Gram --------------------------------------------------------
@@ -142,49 +162,48 @@ class TaylorPCG:
 
     # setup: the shared Gram ----------------------------------------------------------------
     def _gram(self):
-        p, d_g = self.p, self.p.X.shape[1]
-        cols = [p.X]
-        ones = d_g - 1 if p.intercept else -1
-        if p.weighted and not p.intercept:
-            cols.append(np.ones((len(p.X), 1)))
-            ones = d_g
-        cols.append(2.0 * p.Y - 1.0)
-        Z = p.sw[:, None] * np.hstack(cols)
-        _check_range(Z, "weighted guest features")
-        n, c = Z.shape
-        per_row = c * self.pub.ciphertext_bytes
-        chunk = max(1, CHUNK_BYTES // per_row)
-        meta = {"n_columns": c, "guest_coef": d_g, "ones_column": ones}
+        p, d_g, d_h, K = self.p, self.p.X.shape[1], self.d_h, self.p.n_targets
+        P, b = slot_layout(len(p.X), max(d_g, d_h, K), self.pub.key_length, p.weighted)
+        self.slot_bits = b
+        self.coef_groups, self.host_groups = slot_groups(d_g, P), slot_groups(d_h, P)
+        target_groups = slot_groups(K, P)
+        Zx, Zy = p.sw[:, None] * p.X, p.sw[:, None] * (2.0 * p.Y - 1.0)
+        _check_range(np.hstack([Zx, Zy]), "weighted guest features", bits=MAX_Z_BITS)
+        # one packed column per group of guest columns (+ the weights alone if weighted)
+        columns = [(Zx, g) for g in self.coef_groups] + [(Zy, g) for g in target_groups]
+        if p.weighted:
+            columns.append((p.sw[:, None], np.arange(1)))
+        ints = [_fixed(Z[:, g], EXP_Z) for Z, g in columns]
+        n = len(p.X)
+        chunk = max(1, CHUNK_BYTES // (len(columns) * self.pub.ciphertext_bytes))
+        meta = {"n_coef": d_g, "slots": P, "slot_bits": b}
         for start in range(0, n, chunk):
-            block = Z[start : start + chunk]
-            enc = encrypt(self.priv, block.T.ravel(), exponent=EXP_ENC, n_jobs=self.n_jobs)
+            stop = min(start + chunk, n)
+            packed = [pack_signed(row, b) for q in ints for row in q[start:stop].tolist()]
+            enc = encrypt_integers(self.priv, packed, exponent=EXP_Z, n_jobs=self.n_jobs)
             answer = self.peer.step("gram", {**meta, "start": start}, encrypted={"z": enc})
-        d_h, K = self.d_h, p.n_targets
-        e_q = EXP_ENC + EXP_X
-        shares = _encrypted(answer, "shares", self.pub, (d_g + K) * d_h, e_q)
-        neg_r = _encrypted(answer, "neg_r", self.peer.key, d_g * d_h, e_q)
-        res = decrypt_raw(self.priv, shares, n_jobs=self.n_jobs)
-        # the guest's share of C (d_g x d_h); these are masked, hence positive and small
-        self.c_share = [res[j * d_h : (j + 1) * d_h] for j in range(d_g)]
-        self.b_share = res[d_g * d_h :]
-        order = [j * d_h + k for k in range(d_h) for j in range(d_g)]
-        self.neg_r_t = neg_r[order]  # [[-R^T]]_h, (d_h x d_g) row-major
-        self.e_q = e_q
+        n_shares = (len(self.coef_groups) + len(target_groups)) * d_h
+        shares = _encrypted(answer, "shares", self.pub, n_shares, EXP_C)
+        neg_r = _encrypted(answer, "neg_r", self.peer.key, d_g * len(self.host_groups), EXP_C)
+        packed = decrypt_raw(self.priv, shares, n_jobs=self.n_jobs)
+        share = np.empty((d_g + K, d_h), dtype=object)  # [C + R; B + R_b], masked
+        for i, g in enumerate(self.coef_groups + [d_g + t for t in target_groups]):
+            for k in range(d_h):
+                share[g, k] = _unpack(packed[i * d_h + k], len(g), b)
+        self.c_share = share[:d_g]
+        self.b_share = share[d_g:].ravel().tolist()
+        n_hg = len(self.host_groups)
+        self.neg_r_t = neg_r[[j * n_hg + q for q in range(n_hg) for j in range(d_g)]]
 
-    def _cross(self, v, exponent=None):
-        """``[[C^T v]]_h`` for the guest's vectors v (d_g x k), optionally plus ints."""
-        d_g, k = v.shape
-        enc = self.neg_r_t.matmul(self.d_h, v, exponent=EXP_VEC, n_jobs=self.n_jobs)
+    def _cross(self, v):
+        """``[[C^T v]]_h`` (packed by host column groups) and the exact integers added."""
+        enc = self.neg_r_t.matmul(len(self.host_groups), v, exponent=EXP_VEC, n_jobs=self.n_jobs)
         ints = np.array(encode(v.ravel(), EXP_VEC, self.pub.max_int), dtype=object)
-        ints = ints.reshape(d_g, k)
-        plain = []
-        for row in range(self.d_h):
-            share = np.array([self.c_share[j][row] for j in range(d_g)], dtype=object)
-            plain.extend((share @ ints).tolist())  # (C + R)^T v, exact integers
+        plain = self.c_share.T @ ints.reshape(v.shape)  # (C + R)^T v, (d_h x k)
         return enc, plain
 
     def _matvec(self, alpha, beta, active, target):
-        block, k = self.block, len(active)
+        block, k, b = self.block, len(active), self.slot_bits
         v = block.x[:, active] if target == "x" else block.precondition(active)
         meta = {"target": target}
         arrays = {"active": np.asarray(active, dtype=np.int64)}
@@ -196,19 +215,25 @@ class TaylorPCG:
         enc, plain = self._cross(v)
         encrypted = {}
         if not self.p.weighted:
-            encrypted["cross"] = enc.add_encoded(plain).rerandomise(n_jobs=self.n_jobs)
+            packed = [pack_signed(plain[q, c], b) for q in self.host_groups for c in range(k)]
+            encrypted["cross"] = enc.add_encoded(packed).rerandomise(n_jobs=self.n_jobs)
         answer = self.peer.step("pcg", meta, arrays=arrays, encrypted=encrypted)
-        d_g = v.shape[0]
-        product = _encrypted(answer, "product", self.pub, d_g * k, self.e_q + EXP_VEC)
-        cv = decrypt(self.priv, product, n_jobs=self.n_jobs).reshape(d_g, k)
-        if self.p.weighted:
+        n_cg = len(self.coef_groups)
+        product = _encrypted(answer, "product", self.pub, n_cg * k, EXP_C + EXP_VEC)
+        packed = decrypt_integers(self.priv, product, n_jobs=self.n_jobs)
+        cv = np.empty((v.shape[0], k), dtype=object)
+        for i, g in enumerate(self.coef_groups):
+            for c in range(k):
+                cv[g, c] = _unpack(packed[i * k + c], len(g), b)
+        cv = np.asarray(decode(cv.ravel().tolist(), product.exponent)).reshape(v.shape)
+        if self.p.weighted:  # one slot per ciphertext: add the host's masked own product
             own = _encrypted(answer, "own", self.pub, self.d_h * k)
             if own.exponent > enc.exponent or own.exponent < enc.exponent - 16:
                 raise BadMessageError("ciphertext array 'own' has an unexpected exponent")
             masked = decrypt_raw(self.priv, own, n_jobs=self.n_jobs)
             shift = 16 ** (enc.exponent - own.exponent)
-            plain = [a * shift + m for a, m in zip(plain, masked)]
-            cross = enc.rescale(own.exponent).add_encoded(plain).rerandomise(n_jobs=self.n_jobs)
+            total = [a * shift + m for a, m in zip(plain.ravel().tolist(), masked)]
+            cross = enc.rescale(own.exponent).add_encoded(total).rerandomise(n_jobs=self.n_jobs)
             answer = self.peer.step("pcg.cross", encrypted={"cross": cross})
         mine = block.finish(v, self.gram @ v + cv, active, target=target)
         if target == "x":
