@@ -358,8 +358,7 @@ class EncryptedArray:
             exponent = 0 if X.dtype.kind in "iub" else -6
         scalars = self._encode_matrix(X, exponent)
         cts, nsq = self.ciphertexts, self._mod()
-        _count("multiexp_terms", scalars.size)
-        _count("multiexp_outputs", scalars.shape[1])
+        _count_multiexp(scalars.shape[0], scalars.shape[1])
         parts = parallel_chunks(
             K.multiexp_columns,
             scalars.shape[1],
@@ -388,16 +387,15 @@ class EncryptedArray:
         if exponent is None:
             exponent = 0 if X.dtype.kind in "iub" else -6
         scalars = self._encode_matrix(X, exponent)
-        width, cts, nsq = X.shape[0], self.ciphertexts, self._mod()
-        rows = [cts[i * width : (i + 1) * width] for i in range(n_rows)]
-        _count("multiexp_terms", n_rows * scalars.size)
-        _count("multiexp_outputs", n_rows * scalars.shape[1])
+        width, k, cts, nsq = X.shape[0], X.shape[1], self.ciphertexts, self._mod()
+        _count_multiexp(width, n_rows * k)
+
+        def args(a, b):  # outputs a..b-1 (row-major): ship only the rows they need
+            first, last = a // k, (b - 1) // k
+            return (cts[first * width : (last + 1) * width], width, first, a, b, scalars, nsq)
+
         parts = parallel_chunks(
-            _matmul_rows,
-            n_rows,
-            lambda a, b: (rows[a:b], scalars, nsq),
-            n_jobs=n_jobs,
-            ops_per_item=scalars.size * 8,
+            _matmul_outputs, n_rows * k, args, n_jobs=n_jobs, ops_per_item=width * 8
         )
         return self._like(_concat(parts), self.exponent + exponent)
 
@@ -510,8 +508,24 @@ def _sub_chunk(cts, ots, mod):
     return K.mulmod_pairs(cts, K.batch_invert(ots, mod), mod)
 
 
-def _matmul_rows(rows, scalars, mod):
+def _count_multiexp(terms, outputs):
+    """Multi-exponentiations of ``terms`` terms each; short ones (< 64 terms) apart,
+    since Pippenger's cost per term is higher for them."""
+    _count("multiexp_terms", terms * outputs)
+    _count("multiexp_outputs", outputs)
+    if terms < 64:
+        _count("multiexp_short_terms", terms * outputs)
+
+
+def _matmul_outputs(cts, width, first_row, a, b, scalars, mod):
+    """Outputs ``a..b-1`` of ``E @ X`` (row-major); ``cts`` are E's rows from ``first_row``."""
+    k = scalars.shape[1]
     out = []
-    for bases in rows:
-        out.extend(K.multiexp_columns(bases, scalars, mod))
+    t = a
+    while t < b:
+        row, col = divmod(t, k)
+        stop = min(b, (row + 1) * k)
+        bases = cts[(row - first_row) * width : (row - first_row + 1) * width]
+        out.extend(K.multiexp_columns(bases, scalars[:, col : col + stop - t], mod))
+        t = stop
     return out

@@ -11,7 +11,8 @@ Inside ``with count_ops() as ops:`` every vectorised operation of this package a
     fresh encryptions of zero multiplied in;
 ``multiexp_terms`` / ``multiexp_outputs``
     terms and results of multi-exponentiations (:meth:`EncryptedArray.dot`,
-    :meth:`EncryptedArray.matmul`);
+    :meth:`EncryptedArray.matmul`); ``multiexp_short_terms`` the terms of those with
+    fewer than 64 terms (costlier per term);
 ``powmod``
     elementwise exponentiations by a plaintext scalar (:meth:`EncryptedArray.multiply`).
 

@@ -40,7 +40,9 @@ def parallel_chunks(func, n_items, args_for_chunk, *, n_jobs, ops_per_item=1, pr
     resolves to one worker or the work is too small to be worth shipping.
     """
     workers = resolve_n_jobs(n_jobs)
-    if workers == 1 or n_items * ops_per_item < MIN_PARALLEL_OPS or n_items < 2:
+    # threads cost far less to start than worker processes: split smaller work for them
+    minimum = MIN_PARALLEL_OPS // 8 if prefer == "threads" else MIN_PARALLEL_OPS
+    if workers == 1 or n_items * ops_per_item < minimum or n_items < 2:
         return [func(*args_for_chunk(0, n_items))]
     bounds = chunk_bounds(n_items, workers)
     return joblib.Parallel(n_jobs=workers, prefer=prefer)(

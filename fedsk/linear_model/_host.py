@@ -15,6 +15,7 @@ See :mod:`fedsk.linear_model._protocol` for the guest half and the message flow.
 """
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -81,6 +82,27 @@ class _Fit:
         self.__dict__.update(kw)
         self.expect = set()
         self.ops = Counter()  # Paillier operations of this fit (reported at the end)
+        self._keygen = self._pair = None
+
+    def start_keygen(self, key_length):
+        """Make this host's own key pair in the background (while the guest uploads)."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsk-keygen")
+        self._keygen = pool.submit(generate_keypair, key_length)
+        pool.shutdown(wait=False)
+
+    def _keys(self):
+        if self._pair is None:
+            self._pair = self._keygen.result()
+        return self._pair
+
+    @property
+    def own(self):
+        """The host's own public key (``taylor``)."""
+        return self._keys()[0]
+
+    @property
+    def private(self):
+        return self._keys()[1]
 
     def require(self, op):
         if op not in self.expect:
@@ -184,8 +206,7 @@ def setup(ctx, msg):
     )
     answer = {"n_features": d, "warm_start": warm is not None}
     if protocol == "taylor":
-        fit.own, fit.private = generate_keypair(key.key_length)
-        answer["key"] = public_key_to_wire(fit.own)
+        fit.start_keygen(key.key_length)  # the key goes out with the first answer needing it
     fit.expect = {
         ("taylor", "pcg"): {"gram"},
         ("taylor", "sgd"): {"sgd.grad", "finish"},
@@ -267,12 +288,12 @@ def _gram(ctx, fit, msg):
     m = total // n_cols
     if start + m > fit.n:
         raise BadMessageError("gram chunk goes past the last aligned row")
-    Z = _columns(_ciphertexts(msg, "z", fit.guest_key, n_cols * m, EXP_Z), n_cols)
+    Z = _ciphertexts(msg, "z", fit.guest_key, n_cols * m, EXP_Z)
     Xc = fit.X[start : start + m]
-    acc = EncryptedArray.concat([col.dot(Xc, exponent=EXP_X, n_jobs=ctx.n_jobs) for col in Z])
+    acc = Z.matmul(n_cols, Xc, exponent=EXP_X, n_jobs=ctx.n_jobs)  # (packed column, d)
     fit.gram_acc = acc if fit.gram_acc is None else fit.gram_acc.add(acc)
     if fit.weighted:  # the last column holds the weights alone
-        acc_g = _weighted_gram(fit, Z[-1], Xc, ctx.n_jobs)
+        acc_g = _weighted_gram(fit, Z[(n_cols - 1) * m :], Xc, ctx.n_jobs)
         fit.gram_g_acc = acc_g if fit.gram_g_acc is None else fit.gram_g_acc.add(acc_g)
     fit.gram_next = start + m
     if fit.gram_next < fit.n:
@@ -331,7 +352,7 @@ def _gram_shares(ctx, fit):
     # guest; the preconditioner uses the unweighted block (any SPD matrix will do).
     fit.block = PCGBlock(None if fit.weighted else plain_gram, lam, fit.n, precond_gram=plain_gram)
     fit.expect = {"pcg"}
-    msg = Message()
+    msg = Message({"key": public_key_to_wire(fit.own)})
     msg.add_encrypted("shares", shares.rerandomise(n_jobs=ctx.n_jobs))
     msg.add_encrypted("neg_r", neg_r)
     return msg
@@ -506,7 +527,7 @@ def _sgd_grad(ctx, fit, msg):
         v.append(vk)
         both = EncryptedArray.concat([vk, a_g[k]])
         loss.append(both.dot(np.concatenate([a_h[:, k], a_h[:, k]]), exponent=EXP_VEC))
-    out = Message()
+    out = Message({"key": public_key_to_wire(fit.own)})
     out.add_encrypted("loss", EncryptedArray.concat(loss).rerandomise(n_jobs=ctx.n_jobs))
     if eval_only:
         return out

@@ -33,6 +33,8 @@ L-BFGS basis, from which the guest computes the direction's coefficients.
 the other direction, with the host's ``[[X_h w_h / 4]]_h``).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..crypto import (
@@ -91,9 +93,16 @@ class HostPeer:
         answer = self.session.call("logistic.setup", Message(meta))
         self.n_features = answer.field("n_features", int, minimum=1)
         self.warm = answer.field("warm_start", bool, default=False)
-        if meta["protocol"] == "taylor":
-            self.key = public_key_from_wire(answer.field("key", dict), min_key_length=key_length)
+        self.key_length = key_length
         return answer
+
+    def learn_key(self, answer):
+        """The host's own public key (``taylor``), sent with its first ciphertexts."""
+        key = public_key_from_wire(answer.field("key", dict), min_key_length=self.key_length)
+        if self.key is not None and key != self.key:
+            raise ProtocolError(f"host {self.name!r} changed its key during a fit")
+        self.key = key
+        return key
 
     def step(self, op, meta=None, *, arrays=None, encrypted=None):
         msg = Message({"op": op, **(meta or {})}, arrays=arrays)
@@ -184,7 +193,8 @@ class TaylorPCG:
             answer = self.peer.step("gram", {**meta, "start": start}, encrypted={"z": enc})
         n_shares = (len(self.coef_groups) + len(target_groups)) * d_h
         shares = _encrypted(answer, "shares", self.pub, n_shares, EXP_C)
-        neg_r = _encrypted(answer, "neg_r", self.peer.key, d_g * len(self.host_groups), EXP_C)
+        host_key = self.peer.learn_key(answer)
+        neg_r = _encrypted(answer, "neg_r", host_key, d_g * len(self.host_groups), EXP_C)
         packed = decrypt_raw(self.priv, shares, n_jobs=self.n_jobs)
         share = np.empty((d_g + K, d_h), dtype=object)  # [C + R; B + R_b], masked
         for i, g in enumerate(self.coef_groups + [d_g + t for t in target_groups]):
@@ -420,6 +430,7 @@ class TaylorSgd(_SgdBase):
             arrays={"rows": np.asarray(rows, np.int64)},
             encrypted=encrypted,
         )
+        peer.learn_key(answer)
         ell = decrypt(self.priv, _encrypted(answer, "loss", self.pub, K, a_exp + EXP_VEC))
         # Taylor loss = log 2 - 1/2 + 2 v^2 with v = z/4 - y'/2 = a_g + a_h
         loss = S * (LOG2 - 0.5) + 2.0 * ((p.sw[rows, None] * a_g * a_g).sum(axis=0) + S * ell)
@@ -471,9 +482,10 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
     Returns a :class:`~._solvers.FitOutcome`; the key pair lives only in this call.
     """
     p = problem
-    with count_ops() as guest_ops:
-        keys = generate_keypair(key_length)
+    with count_ops() as guest_ops, ThreadPoolExecutor(max_workers=1) as pool:
+        keygen = pool.submit(generate_keypair, key_length)  # while the samples are aligned
         with aligned_sessions(federation, ids, protocol="logistic", n_jobs=n_jobs) as sessions:
+            keys = keygen.result()
             if p.protocol == "taylor" and len(sessions) != 1:
                 raise NotImplementedError(
                     f"protocol='taylor' works with exactly one host (this federation has "
