@@ -11,6 +11,7 @@ from fedsk.crypto import (
     decrypt,
     decrypt_integers,
     decrypt_raw,
+    encode,
     encrypt,
     encrypt_integers,
     pack_signed,
@@ -73,6 +74,21 @@ def test_masks_hide_and_unmask(keypair):
         import pickle
 
         pickle.dumps(masks)
+
+
+def test_packed_masks_take_fewer_decryptions(keypair):
+    pub, priv = keypair
+    values = rng.normal(scale=100.0, size=23)
+    enc = encrypt(priv, values, exponent=-8)
+    masks = Masks(23, 40 + 32 + MARGIN_BITS, pack=True)
+    masked = masks.apply(enc)
+    assert len(masked) == Masks.packed_length(23, masks.bits, pub.key_length) < 23
+    back = masks.unmask(pub, decrypt_raw(priv, masked))
+    np.testing.assert_array_equal(decode(back, -8), decode(encode(values, -8, pub.max_int), -8))
+    with pytest.raises(ValueError, match="packed residues"):
+        masks.unmask(pub, decrypt_raw(priv, masked)[:-1])
+    tail = masks[20:]
+    assert tail.pack and tail.values == masks.values[20:]
 
 
 def test_residues_wire_validates(keypair):

@@ -34,17 +34,34 @@ class Masks:
     count : int
     bits : int
         Bit length of the masked values' bound plus :data:`MARGIN_BITS` (at least).
+    pack : bool, default=False
+        :meth:`apply` packs several masked values into one plaintext (the masked values
+        are positive and below ``2**(bits + 2)``), so the key owner decrypts
+        :meth:`packed_length` ciphertexts instead of ``count``; :meth:`unmask` then takes
+        the residues of the packed plaintexts.
     """
 
-    __slots__ = ("bits", "values")
+    __slots__ = ("bits", "pack", "values")
 
-    def __init__(self, count, bits):
+    def __init__(self, count, bits, *, pack=False):
         self.bits = int(bits)
+        self.pack = bool(pack)
         if self.bits <= MARGIN_BITS:
             raise ValueError(f"masks need more than {MARGIN_BITS} bits")
         top = 1 << self.bits
         self.values = [top + secrets.randbelow(top) for _ in range(int(count))]
         _count("masks", len(self.values))
+
+    @staticmethod
+    def per_plaintext(bits, key_length):
+        """Masked values of ``bits``-bit masks that one packed plaintext carries."""
+        return max(1, (int(key_length) - 4) // (int(bits) + 2))
+
+    @staticmethod
+    def packed_length(count, bits, key_length):
+        """Ciphertexts that ``count`` packed masked values take."""
+        per = Masks.per_plaintext(bits, key_length)
+        return -(-int(count) // per)
 
     def __len__(self):
         return len(self.values)
@@ -53,7 +70,7 @@ class Masks:
         """The masks of a slice of the values (to unmask part of a round later)."""
         if not isinstance(index, slice):
             raise TypeError("masks are taken by slice")
-        out = Masks(0, self.bits)
+        out = Masks(0, self.bits, pack=self.pack)
         out.values = self.values[index]
         return out
 
@@ -67,9 +84,14 @@ class Masks:
         """``[[v + m]]``, re-randomised: ready to leave the process."""
         if len(enc) != len(self):
             raise ValueError(f"{len(self)} masks for {len(enc)} ciphertexts")
-        if self.bits + 2 >= enc.public_key.max_int.bit_length():
+        key_length = enc.public_key.key_length
+        if self.bits + 4 >= key_length:
             raise ValueError("masks do not fit below the key's encodable range")
-        return enc.add_encoded(self.values, n_jobs=n_jobs).rerandomise(n_jobs=n_jobs)
+        masked = enc.add_encoded(self.values, n_jobs=n_jobs)
+        if self.pack:
+            per = self.per_plaintext(self.bits, key_length)
+            masked = masked.pack(per, self.bits + 2, n_jobs=n_jobs)
+        return masked.rerandomise(n_jobs=n_jobs)
 
     def unmask(self, public_key, residues):
         """Signed fixed-point integers ``v`` from the owner's residues ``v + m mod n``.
@@ -77,9 +99,11 @@ class Masks:
         Raises :class:`~fedsk.exceptions.FedskError` when a value is outside the mask's
         hiding margin (it would not have been hidden, or the computation overflowed).
         """
+        n = int(public_key.n)
+        if self.pack:
+            residues = self._unpack(residues, public_key.key_length)
         if len(residues) != len(self):
             raise ValueError(f"{len(residues)} residues for {len(self)} masks")
-        n = int(public_key.n)
         out = to_signed(
             [(int(c) - m) % n for c, m in zip(residues, self.values)], n, public_key.max_int
         )
@@ -89,6 +113,19 @@ class Masks:
                 "a masked value exceeded its mask's hiding margin: the data are too large "
                 "for this protocol (scale the features) or a peer sent a wrong value"
             )
+        return out
+
+    def _unpack(self, residues, key_length):
+        per = self.per_plaintext(self.bits, key_length)
+        if len(residues) != self.packed_length(len(self), self.bits, key_length):
+            raise ValueError(f"{len(residues)} packed residues for {len(self)} masks")
+        width, out, left = self.bits + 2, [], len(self)
+        for r in residues:
+            k, r = min(per, left), int(r)
+            if r >> (k * width):
+                raise ValueError("a packed residue overflows its slots")
+            out.extend((r >> ((k - 1 - j) * width)) & ((1 << width) - 1) for j in range(k))
+            left -= k
         return out
 
 

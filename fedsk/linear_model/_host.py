@@ -163,8 +163,6 @@ def setup(ctx, msg):
 
     if not np.isfinite(lam) or not np.isfinite(learning_rate):
         raise BadMessageError("lam and learning_rate must be finite")
-    if protocol == "taylor" and solver == "pcg" and lam == 0 and penalty != "none":
-        raise BadMessageError("lam must be > 0 with a penalty")
     X, means = prepare_features(ctx.dataset.X[rows])
     if X.size and np.abs(X).max() >= MAX_X:
         raise RequestError(
@@ -252,6 +250,11 @@ def _residues(msg, name, key, length):
         return residues_from_bytes(key, arr)
     except ValueError as exc:
         raise BadMessageError(f"array {name!r}: {exc}") from None
+
+
+def _packed(fit, count):
+    """How many ciphertexts ``count`` packed masked values took (see Masks)."""
+    return Masks.packed_length(count, fit.masks.bits, fit.guest_key.key_length)
 
 
 def _columns(enc, n_columns):
@@ -457,7 +460,7 @@ def _grad(ctx, fit, msg):
         fit.W[:, fit.k] = fit.lbfgs.w
     d = _ciphertexts(msg, "d", fit.guest_key, fit.n, EXP_ENC)
     T = d.dot(fit.X, exponent=EXP_X, n_jobs=ctx.n_jobs)
-    fit.masks = Masks(len(T), mask_bits(T.exponent))
+    fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
     fit.pending = T.exponent
     fit.expect = {"grad.unmask"}
     out = Message()
@@ -467,7 +470,7 @@ def _grad(ctx, fit, msg):
 
 def _grad_unmask(ctx, fit, msg):
     d = fit.X.shape[1]
-    res = _residues(msg, "masked", fit.guest_key, d)
+    res = _residues(msg, "masked", fit.guest_key, _packed(fit, d))
     g = np.asarray(decode(fit.masks.unmask(fit.guest_key, res), fit.pending))
     fit.masks = fit.pending = None
     g = g + _lam(fit) * fit.lbfgs.w
@@ -505,7 +508,7 @@ def _sgd_grad(ctx, fit, msg):
         d = _ciphertexts(msg, "d", fit.guest_key, m * K, EXP_ENC)
         parts = [col.dot(Xr, exponent=EXP_X, n_jobs=ctx.n_jobs) for col in _columns(d, K)]
         T = EncryptedArray.concat(parts)
-        fit.masks = Masks(len(T), mask_bits(T.exponent))
+        fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
         fit.pending = T.exponent
         fit.expect = {"sgd.update"}
         out = Message()
@@ -532,7 +535,7 @@ def _sgd_grad(ctx, fit, msg):
     if eval_only:
         return out
     T = EncryptedArray.concat([vk.dot(Xr, exponent=EXP_X, n_jobs=ctx.n_jobs) for vk in v])
-    fit.masks = Masks(len(T), mask_bits(T.exponent))
+    fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
     fit.pending = T.exponent
     out.add_encrypted("masked", fit.masks.apply(T, n_jobs=ctx.n_jobs))
     out.add_encrypted("own", encrypt(fit.private, a_h.T.ravel(), exponent=EXP_ENC))
@@ -542,14 +545,16 @@ def _sgd_grad(ctx, fit, msg):
 
 def _sgd_update(ctx, fit, msg):
     d, K = fit.X.shape[1], fit.K
-    res = _residues(msg, "masked", fit.guest_key, K * d)
+    res = _residues(msg, "masked", fit.guest_key, _packed(fit, K * d))
     g = np.asarray(decode(fit.masks.unmask(fit.guest_key, res), fit.pending)).reshape(K, d).T
     fit.masks = fit.pending = None
     sgd_update(fit.W, g, fit.eta, slice(None), fit.penalty, fit.lam)
     out = Message({"penalty": penalty_value(fit.W, slice(None), fit.penalty, fit.lam).tolist()})
     if fit.protocol == "taylor":
         n_guest = msg.field("n_guest", int, minimum=1, maximum=100_000)
-        cross = msg.encrypted("cross", fit.own, length=n_guest * K)
+        cross = msg.encrypted("cross", fit.own)
+        if not 1 <= len(cross) <= n_guest * K:
+            raise BadMessageError("ciphertext array 'cross' has a wrong length")
         out.add_array("cross", residues_to_bytes(fit.own, decrypt_raw(fit.private, cross)))
         fit.expect = {"sgd.grad", "finish"}
     else:

@@ -139,6 +139,11 @@ def _check_range(values, what, bits=32):
         )
 
 
+def _packed(count, exponent, key):
+    """Ciphertexts of ``count`` masked values at ``exponent``, packed by their masker."""
+    return Masks.packed_length(count, mask_bits(exponent), key.key_length)
+
+
 def _fixed(values, exponent):
     """Float values as int64 fixed-point integers (as the multi-exponentiations encode)."""
     return np.rint(np.ldexp(np.asarray(values, dtype=np.float64), -4 * exponent)).astype(np.int64)
@@ -287,6 +292,9 @@ class ExactLbfgs:
         self.lam_g, self.lam_h = p.lam_vec, (p.lam if p.penalty == "l2" else 0.0)
         self.block = LbfgsBlock(p.x0[:, k], p.memory)
 
+    def _packed(self, count):
+        return _packed(count, EXP_ENC + EXP_X, self.pub)
+
     def start(self):
         w = self.block.w
         z, ww = self.p.X @ w, 0.0
@@ -310,7 +318,7 @@ class ExactLbfgs:
         enc = encrypt(self.priv, d, exponent=EXP_ENC, n_jobs=self.n_jobs)
         for peer in self.peers:
             answer = peer.step("grad", {"step": step}, encrypted={"d": enc})
-            masked = _encrypted(answer, "masked", self.pub, peer.n_features)
+            masked = _encrypted(answer, "masked", self.pub, self._packed(peer.n_features))
             res = decrypt_raw(self.priv, masked, n_jobs=self.n_jobs)
             answer = peer.step("grad.unmask", arrays={"masked": residues_to_bytes(self.pub, res)})
             if answer.field("n_pairs", int) != m:
@@ -352,6 +360,9 @@ class _SgdBase:
         self.W = np.array(problem.x0, dtype=np.float64)
         self.host_penalty = np.zeros(problem.n_targets)
 
+    def _packed(self, count):
+        return _packed(count, EXP_ENC + EXP_X, self.pub)
+
     def penalty(self):
         own = penalty_value(self.W, self.p.penalised, self.p.penalty, self.p.lam)
         return own + self.host_penalty
@@ -389,7 +400,7 @@ class ExactSgd(_SgdBase):
             answer = peer.step(
                 "sgd.grad", arrays={"rows": np.asarray(rows, np.int64)}, encrypted={"d": enc}
             )
-            masked = _encrypted(answer, "masked", self.pub, K * peer.n_features)
+            masked = _encrypted(answer, "masked", self.pub, self._packed(K * peer.n_features))
             arrays = {"masked": residues_to_bytes(self.pub, decrypt_raw(self.priv, masked))}
             if next_rows is not None:
                 arrays["rows"] = np.asarray(next_rows, np.int64)
@@ -440,7 +451,8 @@ class TaylorSgd(_SgdBase):
         p, K = self.p, self.p.n_targets
         (peer,) = self.peers
         answer, loss, a_g, S = self._send(rows, False)
-        masked = _encrypted(answer, "masked", self.pub, K * peer.n_features)
+        n_masked = _packed(K * peer.n_features, EXP_ENC + EXP_VEC + EXP_X, self.pub)
+        masked = _encrypted(answer, "masked", self.pub, n_masked)
         residues = decrypt_raw(self.priv, masked, n_jobs=self.n_jobs)
         own = _encrypted(answer, "own", peer.key, K * len(rows), EXP_ENC)
         Xs = p.sw[rows, None] * p.X[rows] / S
@@ -448,7 +460,7 @@ class TaylorSgd(_SgdBase):
         cross = EncryptedArray.concat(
             [own[j * m : (j + 1) * m].dot(Xs, exponent=EXP_X, n_jobs=self.n_jobs) for j in range(K)]
         )
-        masks = Masks(len(cross), mask_bits(cross.exponent))
+        masks = Masks(len(cross), mask_bits(cross.exponent), pack=True)
         answer = peer.step(
             "sgd.update",
             {"n_guest": d_g},
@@ -460,9 +472,10 @@ class TaylorSgd(_SgdBase):
             back = residues_from_bytes(peer.key, back)
         except ValueError as exc:
             raise ProtocolError(f"host {peer.name!r} sent bad residues: {exc}") from None
-        if len(back) != len(masks):
-            raise ProtocolError(f"host {peer.name!r} sent {len(back)} residues")
-        cross_g = np.asarray(decode(masks.unmask(peer.key, back), cross.exponent))
+        try:
+            cross_g = np.asarray(decode(masks.unmask(peer.key, back), cross.exponent))
+        except ValueError as exc:
+            raise ProtocolError(f"host {peer.name!r} sent bad residues: {exc}") from None
         self.host_penalty = _floats(answer, "penalty", K)
         g = p.X[rows].T @ (p.sw[rows, None] * a_g / S) + cross_g.reshape(K, d_g).T
         sgd_update(self.W, g, p.learning_rate, p.penalised, p.penalty, p.lam)
