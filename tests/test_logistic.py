@@ -247,3 +247,22 @@ def test_bad_data_raises(cancer):
     est = FederatedLogisticRegression().fit(X, y)
     with pytest.raises(ValueError, match="features"):
         est.predict(X[:, :5])
+
+
+def test_linear_model_imports_only_the_layers_below():
+    """phe/gmpy2 only in fedsk.crypto, requests only in the transport, flask only in
+    party_server: the linear model's modules import none of them."""
+    import ast
+    from pathlib import Path
+
+    import fedsk.linear_model as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+        assert not names & {"phe", "gmpy2", "requests", "flask", "party_server"}, path.name

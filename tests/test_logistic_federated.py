@@ -228,6 +228,13 @@ def test_several_hosts(tmp_path):
     np.testing.assert_allclose(
         est.decision_function(G), ref.decision_function(joined(G, H1, H2)), atol=1e-3
     )
+    kw = dict(protocol="exact", solver="sgd", batch_size=30, max_iter=4, random_state=0)
+    sgd = fit(fed, G, y, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain = FederatedLogisticRegression(**kw).fit(joined(G, H1, H2), y)
+    np.testing.assert_allclose(sgd.coef_[0], plain.coef_[0, :DG], atol=1e-6)
+    np.testing.assert_allclose(host_coef(fed, sgd, "host1")[:, 0], plain.coef_[0, -2:], atol=1e-6)
     with pytest.raises(NotImplementedError, match="exactly one host"):
         fit(fed, G, y)
 

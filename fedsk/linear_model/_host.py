@@ -42,6 +42,7 @@ from ._core import (
     EXP_VEC,
     EXP_X,
     EXP_Z,
+    MAX_X_BITS,
     LbfgsBlock,
     PCGBlock,
     gram_mask_bits,
@@ -55,7 +56,7 @@ from ._core import (
 __all__ = ["scores", "setup", "step"]
 
 MODEL_KIND = "logistic"
-MAX_X = 2.0**38  # host features are multi-exponentiation scalars at 24 fractional bits
+MAX_X = 2.0**MAX_X_BITS  # host features are multi-exponentiation scalars (24 fraction bits)
 MAX_TARGETS = 1000
 MAX_MEMORY = 50
 _PROTOCOLS = {"taylor": ("pcg", "sgd"), "exact": ("lbfgs", "sgd")}
@@ -140,7 +141,8 @@ def _guard(fn):
 def setup(ctx, msg):
     """Start a fit: check the guest's key and options, prepare the aligned features.
 
-    For ``protocol="taylor"`` the host makes its own key pair and answers its public key.
+    For ``protocol="taylor"`` the host starts making its own key pair; its public key
+    goes out with the first answer that carries ciphertexts under it.
     """
     if "linear" in ctx.session.state:
         raise ConflictError("this session already started a fit; open a new session")
@@ -166,7 +168,7 @@ def setup(ctx, msg):
     X, means = prepare_features(ctx.dataset.X[rows])
     if X.size and np.abs(X).max() >= MAX_X:
         raise RequestError(
-            f"host feature values must be below 2**38 in absolute value (found "
+            f"host feature values must be below 2**{MAX_X_BITS} in absolute value (found "
             f"{np.abs(X).max():.3g}); standardise the host's columns"
         )
     d = X.shape[1]
@@ -198,7 +200,6 @@ def setup(ctx, msg):
         memory=memory,
         weighted=weighted,
         W=W,
-        own=None,
         masks=None,
         pending=None,
     )
@@ -315,7 +316,7 @@ def _product_exponent(X):
 
 def _weighted_gram(fit, weights_col, Xc, n_jobs):
     """``[[X^T S~ X]]`` (upper triangle) from the encrypted weights: d(d+1)/2 multiexps."""
-    e = fit.gram_g_exp = _product_exponent(fit.X)
+    e = _product_exponent(fit.X)
     q = np.rint(np.ldexp(Xc, -4 * e)).astype(np.int64)
     iu = np.triu_indices(q.shape[1])
     pairs = q[:, iu[0]] * q[:, iu[1]]  # x_j x_k at exponent 2e, as int64 scalars

@@ -155,24 +155,30 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
     ``protocol="exact"`` for the logistic loss itself.
 
     **protocol="taylor"** (default; one host; no third party; each party has its own
-    Paillier key). Setup: the guest encrypts its weighted columns and labels, ``[[S X_g,
-    S y']]`` (``n x (d_g + 1 + K)`` encryptions, ``K`` = number of one-vs-rest problems);
-    the host multiplies them by its columns under encryption and keeps
-    ``[[X_g^T S X_h]]``; both then hold random additive shares of that matrix (the guest
-    decrypts only masked values). Each CG iteration is then one round trip whose cost
-    does not depend on the number of rows: the guest sends ``[[C^T u_g]]`` under the
-    host's key, the host answers ``[[C u_h]]`` under the guest's key, each decrypts only
-    its own product. What each side learns: the guest learns the hosts' number of
-    columns, the step sizes and the sums ``r.u``, ``w.u``, ``max|r|`` of both parties, and
-    its own CG vectors (which include ``X_g^T S X_h u_h``); the host learns the same
-    scalars, its own CG vectors (including ``X_h^T S X_g u_g``), its right-hand side
-    ``X_h^T S y' / (2 sum s)`` (its gradient at 0) and whether sample weights are used.
-    Neither learns the other's partial predictions ``X w``, residuals, labels, features
-    or coefficients. With sample weights, the host's own block ``X_h^T S X_h`` is computed
-    encrypted too (the host never sees ``S``) and an iteration takes two round trips.
-    ``solver="sgd"`` exchanges, per mini-batch, the guest's ``[[S (z_g/4 - y'/2)]]`` and
-    the host's ``[[z_h / 4]]``, each under its owner's key; each side returns the
-    other's gradient masked with fresh randomness; the guest learns the batch loss.
+    Paillier key). The Taylor objective is quadratic, ``log 2 - b.w + w.A w / 2`` with
+    ``A = X^T S X / (4 sum s) + lam R``, so it is solved by conjugate gradient with a
+    block-Jacobi preconditioner (each party inverts its own diagonal block), which needs
+    one product ``A u`` per iteration. Setup: the guest encrypts its weighted columns and
+    labels, ``[[S X_g, S y']]``, several columns packed in one plaintext; the host
+    multiplies them by its columns under encryption (multi-exponentiation), keeps
+    ``[[C]]`` with ``C = X_g^T S X_h`` and gives the guest random additive shares of ``C``
+    and of ``X_h^T S y'`` (the guest decrypts only masked values). Each CG iteration is
+    then one round trip whose cost does not depend on the number of rows: the guest sends
+    ``[[C^T u_g]]`` under the host's key, the host answers ``[[C u_h]]`` under the guest's
+    key, and each decrypts only its own product. What each side learns: the guest learns
+    the host's number of columns, the step sizes and the sums ``r.u``, ``w.u`` and
+    ``max|r|`` over both parties, and its own CG vectors (which include ``C u_h``); the
+    host learns the same scalars, its own CG vectors (including ``C^T u_g``), its part of
+    the right-hand side ``X_h^T S y' / (2 sum s)`` (its gradient at 0) and whether the
+    sample weights are uniform. Neither learns the other's partial predictions ``X w``,
+    residuals, labels, features or coefficients, nor ``C``. With non-uniform sample
+    weights the host's own block ``X_h^T S X_h`` is computed under encryption too (the host
+    never sees ``S``), its product returns to it masked through the guest, and an
+    iteration takes two round trips. ``solver="sgd"`` exchanges, per mini-batch, the
+    guest's ``[[S (z_g / 4 - y' / 2)]]`` and the host's ``[[z_h / 4]]``, each under its
+    owner's key; each side returns the other's gradient masked with fresh randomness; the
+    guest also learns the batch's Taylor loss. Several hosts are not supported with this
+    protocol (it would need host-to-host shares relayed by the guest); use ``"exact"``.
 
     **protocol="exact"** (any number of hosts; the guest holds the only key). The hosts
     send their partial predictions ``X_h w_h`` in plaintext (and ``X_h p_h`` for each
@@ -189,13 +195,16 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
     returns its partial scores ``X_h w_h`` for them, and the guest adds its own. The guest
     thereby learns those partial scores (as with any vertical model's predictions).
 
-    **Costs** (``n`` rows, ``d_g``/``d_h`` columns, ``K`` one-vs-rest problems).
-    ``taylor``/``pcg``: ``n (d_g + 1 + K)`` guest encryptions once, ``n d_h (d_g + 1 +
-    K)`` multi-exponentiation terms at the host once, then per iteration about
-    ``(d_g + d_h) K`` decryptions. Multi-class costs only ``K`` more encrypted columns
-    and ``K`` times the small per-iteration work. ``exact``/``lbfgs``: per iteration and
-    class ``n`` encryptions and ``n d_h`` terms per host. ``sgd``: per epoch and class
-    ``n`` encryptions (``2n`` for ``taylor``).
+    **Costs** (``n`` rows, ``d_g`` guest columns with the intercept, ``d_h`` host columns,
+    ``K`` one-vs-rest problems, ``P`` values per plaintext: about 10 for 2048-bit keys).
+    ``taylor``/``pcg``: ``n (ceil(d_g/P) + ceil(K/P))`` guest encryptions and ``d_h`` times
+    as many multi-exponentiation terms at the host, once; then per iteration about
+    ``2 K ceil(d/P)`` decryptions and ``2 K d_g d_h / P`` short multi-exponentiation
+    terms, whatever ``n``. Multi-class costs only the extra label columns and ``K`` times
+    the small per-iteration work. ``exact``/``lbfgs``: per iteration and one-vs-rest
+    problem, ``n`` encryptions, ``n d_h`` multi-exponentiation terms per host and a few
+    decryptions of packed masked gradients. ``sgd``: per epoch and problem, ``n``
+    encryptions (``2n`` for ``taylor``) and ``n (d_g + d_h)`` terms.
 
     **Host data.** A host column's missing values (NaN) are replaced by its mean over the
     aligned training rows; the means are stored with the host's model and used when

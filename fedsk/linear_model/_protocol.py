@@ -8,19 +8,23 @@ normalised sample weights, ``n`` the number of aligned rows.
 
 ``taylor`` + PCG (one host; each party holds its own key):
 
-1. setup: the guest encrypts ``Z = S~ [X~, Y']`` once (``n`` x columns encryptions)
-   and sends it in row chunks; the host computes ``[[Z^T X_h]]_g`` by multi-
-   exponentiation and keeps ``[[C]]_g``, ``C = X~^T S~ X_h``; it adds random masks
-   ``R`` (shares) and sends ``[[C + R]]_g``, ``[[B + R_b]]_g`` (``B = Y'^T S~ X_h``) and
-   ``[[-R]]_h``. The guest decrypts its shares; it returns ``B + R_b`` with the first
-   iteration and the host removes ``R_b``: the host's right-hand side ``b_h``.
+1. setup: the guest encrypts ``Z = S~ [X~, Y']`` once, ``P`` columns per plaintext in
+   signed slots (:func:`~fedsk.crypto.pack_signed`; ``P`` from :func:`._core.slot_layout`,
+   about 10 for 2048-bit keys), and sends it in row chunks; the host computes
+   ``[[Z^T X_h]]_g`` by multi-exponentiation (one scalar acts on every slot) and keeps
+   ``[[C]]_g``, ``C = X~^T S~ X_h``; it adds random masks ``R`` (shares) and sends
+   ``[[C + R]]_g``, ``[[B + R_b]]_g`` (``B = Y'^T S~ X_h``), and ``[[-R]]_h`` packed along
+   its own columns, with its public key. The guest decrypts its shares; it returns
+   ``B + R_b`` with the first iteration and the host removes ``R_b``: the host's
+   right-hand side ``b_h``.
 2. each CG iteration is one round trip: the guest sends the step sizes and
-   ``[[C^T u_g]]_h = [[-R]]_h^T u_g + (C + R)^T u_g``; the host decrypts it (its own
-   product), updates its block and answers ``[[C u_h]]_g`` (computed from ``[[C]]_g``),
-   which the guest decrypts (its own product), and its scalars ``r.u``, ``w.u``,
-   ``max|r|``. With sample weights the host's own block ``X_h^T S~ X_h`` is also
-   encrypted (from the weights' column), and its product comes back through the guest,
-   masked, in a second round trip, so that the host only ever sees its total product.
+   ``[[C^T u_g]]_h = [[-R]]_h^T u_g + (C + R)^T u_g`` (packed); the host decrypts it
+   (its own product), updates its block and answers ``[[C u_h]]_g`` (packed, from
+   ``[[C]]_g``), which the guest decrypts (its own product), and its scalars ``r.u``,
+   ``w.u``, ``max|r|``. With sample weights nothing is packed, the host's own block
+   ``X_h^T S~ X_h`` is also encrypted (from the weights' column), and its product comes
+   back through the guest, masked, in a second round trip, so that the host only ever
+   sees its total product.
 
 ``exact`` + L-BFGS (one or more hosts; only the guest has a key): per iteration each
 host sends ``X_h p_h`` for the search direction (and ``X_h w_0`` at the start), the
@@ -109,6 +113,14 @@ class HostPeer:
         for name, enc in (encrypted or {}).items():
             msg.add_encrypted(name, enc)
         return self.session.call("logistic.step", msg)
+
+
+def _each(peers, fn):
+    """``[fn(peer) for peer in peers]``, the hosts served concurrently when several."""
+    if len(peers) < 2:
+        return [fn(peer) for peer in peers]
+    with ThreadPoolExecutor(max_workers=len(peers), thread_name_prefix="fedsk-host") as pool:
+        return list(pool.map(fn, peers))
 
 
 def _floats(msg, name, length):
@@ -297,11 +309,15 @@ class ExactLbfgs:
 
     def start(self):
         w = self.block.w
-        z, ww = self.p.X @ w, 0.0
-        for peer in self.peers:
+        z, n = self.p.X @ w, len(self.y)
+
+        def start(peer):
             answer = peer.step("lbfgs.start", {"target": int(self.k)})
-            z = z + answer.array("z", kind="f", shape=(len(z),))
-            ww += answer.field("ww", (int, float))
+            return answer.array("z", kind="f", shape=(n,)), answer.field("ww", (int, float))
+
+        answers = _each(self.peers, start)
+        z = z + sum(a[0] for a in answers)
+        ww = sum(a[1] for a in answers)
         self.z = z
         loss, _ = loss_and_residual(z[:, None], self.y[:, None], self.p.sw, "exact")
         f = loss[0] / self.n + 0.5 * (self.lam_g @ (w * w) + self.lam_h * ww)
@@ -316,15 +332,19 @@ class ExactLbfgs:
         m = len(block.S)
         gmax, gram = float(np.abs(g).max(initial=0.0)), block.gram()
         enc = encrypt(self.priv, d, exponent=EXP_ENC, n_jobs=self.n_jobs)
-        for peer in self.peers:
+
+        def exchange(peer):
             answer = peer.step("grad", {"step": step}, encrypted={"d": enc})
             masked = _encrypted(answer, "masked", self.pub, self._packed(peer.n_features))
             res = decrypt_raw(self.priv, masked, n_jobs=self.n_jobs)
             answer = peer.step("grad.unmask", arrays={"masked": residues_to_bytes(self.pub, res)})
             if answer.field("n_pairs", int) != m:
                 raise ProtocolError(f"host {peer.name!r} lost track of the L-BFGS history")
-            gram = gram + answer.array("gram", kind="f", shape=(2 * m + 1, 2 * m + 1))
-            gmax = max(gmax, answer.field("gmax", (int, float), minimum=0))
+            host_gram = answer.array("gram", kind="f", shape=(2 * m + 1, 2 * m + 1))
+            return host_gram, answer.field("gmax", (int, float), minimum=0)
+
+        for host_gram, host_gmax in _each(self.peers, exchange):
+            gram, gmax = gram + host_gram, max(gmax, host_gmax)
         return gmax, gram, m
 
     def direction(self, coefs):
@@ -332,12 +352,14 @@ class ExactLbfgs:
         p, w, lam = block.direction(coefs), block.w, self.lam_g
         dz = self.p.X @ p
         quad = np.array([lam @ (w * w), lam @ (w * p), lam @ (p * p)])
-        for peer in self.peers:
+
+        def direction(peer):
             answer = peer.step("lbfgs.direction", arrays={"coefs": np.asarray(coefs, float)})
-            dz = dz + answer.array("dz", kind="f", shape=(len(dz),))
-            quad += self.lam_h * np.array(
-                [answer.field(f, (int, float)) for f in ("ww", "wp", "pp")], dtype=np.float64
-            )
+            scalars = [answer.field(f, (int, float)) for f in ("ww", "wp", "pp")]
+            return answer.array("dz", kind="f", shape=(len(dz),)), np.asarray(scalars, float)
+
+        for dz_h, scalars in _each(self.peers, direction):
+            dz, quad = dz + dz_h, quad + self.lam_h * scalars
         self.dz = dz
         return LineFunction(self.z, dz, self.y, self.p.sw, quad)
 
@@ -379,15 +401,16 @@ class ExactSgd(_SgdBase):
         self._next = {}
 
     def _host_scores(self, rows):
-        K, total = self.p.n_targets, 0.0
-        for peer in self.peers:
+        K, rows = self.p.n_targets, np.asarray(rows, np.int64)
+
+        def scores(peer):
             cached = self._next.pop(peer.name, None)
             if cached is not None and np.array_equal(cached[0], rows):
-                total = total + cached[1]
-                continue
-            answer = peer.step("sgd.scores", arrays={"rows": np.asarray(rows, np.int64)})
-            total = total + answer.array("z", kind="f", shape=(len(rows), K))
-        return total
+                return cached[1]
+            answer = peer.step("sgd.scores", arrays={"rows": rows})
+            return answer.array("z", kind="f", shape=(len(rows), K))
+
+        return sum(_each(self.peers, scores))
 
     def step(self, rows, next_rows=None):
         p, K = self.p, self.p.n_targets
@@ -395,8 +418,8 @@ class ExactSgd(_SgdBase):
         loss, res = loss_and_residual(z, p.Y[rows], p.sw[rows], "exact")
         res = res / p.sw[rows].sum()
         enc = encrypt(self.priv, res.T.ravel(), exponent=EXP_ENC, n_jobs=self.n_jobs)
-        penalty = np.zeros(K)
-        for peer in self.peers:
+
+        def exchange(peer):
             answer = peer.step(
                 "sgd.grad", arrays={"rows": np.asarray(rows, np.int64)}, encrypted={"d": enc}
             )
@@ -405,11 +428,12 @@ class ExactSgd(_SgdBase):
             if next_rows is not None:
                 arrays["rows"] = np.asarray(next_rows, np.int64)
             answer = peer.step("sgd.update", arrays=arrays)
-            penalty += _floats(answer, "penalty", K)
             if next_rows is not None:
                 z_next = answer.array("z", kind="f", shape=(len(next_rows), K))
                 self._next[peer.name] = (np.asarray(next_rows), z_next)
-        self.host_penalty = penalty
+            return _floats(answer, "penalty", K)
+
+        self.host_penalty = sum(_each(self.peers, exchange))
         sgd_update(self.W, p.X[rows].T @ res, p.learning_rate, p.penalised, p.penalty, p.lam)
         return loss
 
