@@ -15,6 +15,7 @@ Not a test: figures, not assertions.
 """
 
 import argparse
+import contextlib
 import os
 import threading
 import time
@@ -179,37 +180,64 @@ def run_split(bits, jobs, protocols):
 
 
 class PeakRSS(threading.Thread):
-    """Peak resident memory of a process and its children, sampled every 0.1 s."""
+    """Peak memory of a process and its children (minus ``exclude``'s subtree).
 
-    def __init__(self, pid):
+    Samples every 0.25 s: the sum of resident sizes (RSS, which counts shared library
+    pages once per process: an upper bound) and of unique sizes (USS, memory only that
+    process holds), and the main process's own RSS.
+    """
+
+    def __init__(self, pid, exclude=()):
         super().__init__(daemon=True)
-        self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.proc, self.exclude = psutil.Process(pid), set(exclude)
+        self.rss = self.uss = self.main = 0
+        self._halt = threading.Event()
+
+    def _tree(self):
+        skip = set(self.exclude)
+        for pid in self.exclude:
+            with contextlib.suppress(psutil.Error):
+                skip.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        return [self.proc, *(c for c in self.proc.children(recursive=True) if c.pid not in skip)]
 
     def run(self):
-        while not self._stop.is_set():
-            try:
-                procs = [self.proc, *self.proc.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
-            except psutil.Error:
-                rss = 0
-            self.peak = max(self.peak, rss)
-            time.sleep(0.1)
+        while not self._halt.is_set():
+            rss = uss = 0
+            for p in self._tree():
+                try:
+                    info = p.memory_full_info()
+                except psutil.Error:
+                    continue
+                rss, uss = rss + info.rss, uss + info.uss
+                if p.pid == self.proc.pid:
+                    self.main = max(self.main, info.rss)
+            self.rss, self.uss = max(self.rss, rss), max(self.uss, uss)
+            time.sleep(0.25)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
-        return self.peak
+        mib = 2**20
+        return (
+            f"RSS {self.rss / mib:.0f} MiB (USS {self.uss / mib:.0f} MiB; "
+            f"main process {self.main / mib:.0f} MiB)"
+        )
 
 
 def timed_steps(events):
-    original = _protocol.HostPeer.step
+    """Record when each protocol call starts (setup and steps); returns the originals."""
+    originals = _protocol.HostPeer.step, _protocol.HostPeer.setup
 
     def step(self, op, *args, **kw):
         events.append((op, time.perf_counter()))
-        return original(self, op, *args, **kw)
+        return originals[0](self, op, *args, **kw)
 
-    _protocol.HostPeer.step = step
-    return original
+    def setup(self, *args, **kw):
+        events.append(("setup", time.perf_counter()))
+        return originals[1](self, *args, **kw)
+
+    _protocol.HostPeer.step, _protocol.HostPeer.setup = step, setup
+    return originals
 
 
 def run_scale(rows, bits, jobs, exact_iters):
@@ -222,13 +250,14 @@ def run_scale(rows, bits, jobs, exact_iters):
     H = pd.DataFrame(Xh, index=ids, columns=[f"h{i}" for i in range(20)])
     print(f"\nscale: {rows:,} rows x (10 guest + 20 host) columns, {bits}-bit keys, {jobs} cores")
     with LocalFederation(hosts={"insurer": H}, n_jobs=jobs, timeout=(5.0, 3600.0)) as fed:
+        host_pid = fed.pid("insurer")
         for protocol, kw in [("taylor", {}), ("exact", {"max_iter": exact_iters})]:
-            host = PeakRSS(fed.pid("insurer"))
-            guest = PeakRSS(os.getpid())
+            host = PeakRSS(host_pid)
+            guest = PeakRSS(os.getpid(), exclude=[host_pid])
             host.start()
             guest.start()
             events = []
-            original = timed_steps(events)
+            originals = timed_steps(events)
             est = FederatedLogisticRegression(
                 federation=fed, protocol=protocol, key_length=bits, n_jobs=jobs, **kw
             )
@@ -238,21 +267,21 @@ def run_scale(rows, bits, jobs, exact_iters):
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     est.fit(G, y)
             finally:
-                _protocol.HostPeer.step = original
+                _protocol.HostPeer.step, _protocol.HostPeer.setup = originals
             total = time.perf_counter() - t0
-            peaks = host.stop(), guest.stop()
+            memory = f"guest {guest.stop()}, host {host.stop()}"
             key = "pcg" if protocol == "taylor" else "grad"
             starts = [t for op, t in events if op == key]
+            aligned = [t for op, t in events if op == "setup"][0] - t0
             rounds = np.diff(starts)
-            setup = starts[0] - t0
             print(
-                f"  {protocol:7} fit {total:7.1f} s: setup (alignment, keys"
-                f"{', shared Gram' if protocol == 'taylor' else ''}) {setup:6.1f} s, "
-                f"{len(rounds)} rounds of {np.mean(rounds):.2f} s "
-                f"(min {np.min(rounds):.2f}, max {np.max(rounds):.2f}); iterations "
-                f"{int(est.n_iter_.max())}; peak RSS guest {peaks[1] / 2**20:.0f} MiB, "
-                f"host {peaks[0] / 2**20:.0f} MiB (each with its workers)"
+                f"  {protocol:7} fit {total:6.1f} s = alignment (PSI, keys) {aligned:5.1f} s"
+                f" + setup{' (shared Gram)' if protocol == 'taylor' else ''} "
+                f"{starts[0] - t0 - aligned:5.1f} s + {len(rounds)} rounds of "
+                f"{np.mean(rounds):.2f} s (min {np.min(rounds):.2f}, max {np.max(rounds):.2f})"
+                f" + finish; iterations {int(est.n_iter_.max())}"
             )
+            print(f"          peak memory with workers: {memory}")
             ops = {p: {k: v for k, v in kinds(o).items() if v} for p, o in est.crypto_ops_.items()}
             print(f"          operations {ops}")
 

@@ -127,7 +127,8 @@ def _guard(fn):
             return fn(ctx, msg)
         except RequestError:
             raise
-        except (ValueError, ArithmeticError, FedskError) as exc:
+        except (ValueError, ArithmeticError, TypeError, LookupError, FedskError) as exc:
+            # a value the checks above let through but the arithmetic cannot use
             raise BadMessageError(f"cannot use this request: {exc}") from None
 
     run.__name__, run.__doc__ = fn.__name__, fn.__doc__
@@ -236,13 +237,6 @@ def _rows(msg, fit, name="rows"):
     return rows.astype(np.int64)
 
 
-def _ciphertexts(msg, name, key, length, exponent):
-    enc = msg.encrypted(name, key, length=length)
-    if enc.exponent != exponent:
-        raise BadMessageError(f"ciphertext array {name!r} must be at exponent {exponent}")
-    return enc
-
-
 def _residues(msg, name, key, length):
     arr = msg.array(name, kind="u", ndim=2)
     if arr.shape[0] != length:
@@ -292,7 +286,7 @@ def _gram(ctx, fit, msg):
     m = total // n_cols
     if start + m > fit.n:
         raise BadMessageError("gram chunk goes past the last aligned row")
-    Z = _ciphertexts(msg, "z", fit.guest_key, n_cols * m, EXP_Z)
+    Z = msg.encrypted("z", fit.guest_key, length=n_cols * m, exponent=EXP_Z)
     Xc = fit.X[start : start + m]
     acc = Z.matmul(n_cols, Xc, exponent=EXP_X, n_jobs=ctx.n_jobs)  # (packed column, d)
     fit.gram_acc = acc if fit.gram_acc is None else fit.gram_acc.add(acc)
@@ -395,7 +389,9 @@ def _pcg(ctx, fit, msg):
         fit.expect = {"pcg.cross"}
         return out
     k = len(active)
-    cross = _ciphertexts(msg, "cross", fit.own, len(fit.host_groups) * k, EXP_C + EXP_VEC)
+    cross = msg.encrypted(
+        "cross", fit.own, length=len(fit.host_groups) * k, exponent=EXP_C + EXP_VEC
+    )
     packed = decrypt_integers(fit.private, cross, n_jobs=ctx.n_jobs)
     values = np.empty((d, k), dtype=object)
     for i, q in enumerate(fit.host_groups):
@@ -409,7 +405,7 @@ def _pcg(ctx, fit, msg):
 def _pcg_cross(ctx, fit, msg):
     v, active, target, exponent = fit.pending
     d = fit.X.shape[1]
-    cross = _ciphertexts(msg, "cross", fit.own, d * len(active), exponent)
+    cross = msg.encrypted("cross", fit.own, length=d * len(active), exponent=exponent)
     values = fit.masks.unmask(fit.own, decrypt_raw(fit.private, cross, n_jobs=ctx.n_jobs))
     fit.masks = fit.pending = None
     total = np.asarray(decode(values, exponent)).reshape(d, len(active))
@@ -459,7 +455,7 @@ def _grad(ctx, fit, msg):
             raise BadMessageError("'step' needs a direction and must be finite")
         fit.lbfgs.move(float(step_size))
         fit.W[:, fit.k] = fit.lbfgs.w
-    d = _ciphertexts(msg, "d", fit.guest_key, fit.n, EXP_ENC)
+    d = msg.encrypted("d", fit.guest_key, length=fit.n, exponent=EXP_ENC)
     T = d.dot(fit.X, exponent=EXP_X, n_jobs=ctx.n_jobs)
     fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
     fit.pending = T.exponent
@@ -506,7 +502,7 @@ def _sgd_grad(ctx, fit, msg):
     rows = _rows(msg, fit)
     m, K, Xr = len(rows), fit.K, fit.X[rows]
     if fit.protocol == "exact":
-        d = _ciphertexts(msg, "d", fit.guest_key, m * K, EXP_ENC)
+        d = msg.encrypted("d", fit.guest_key, length=m * K, exponent=EXP_ENC)
         parts = [col.dot(Xr, exponent=EXP_X, n_jobs=ctx.n_jobs) for col in _columns(d, K)]
         T = EncryptedArray.concat(parts)
         fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
@@ -517,10 +513,10 @@ def _sgd_grad(ctx, fit, msg):
         return out
     eval_only = msg.field("eval_only", bool, default=False)
     a_exp = EXP_ENC + EXP_VEC
-    a_g = _columns(_ciphertexts(msg, "a", fit.guest_key, m * K, a_exp), K)
+    a_g = _columns(msg.encrypted("a", fit.guest_key, length=m * K, exponent=a_exp), K)
     a_h = Xr @ fit.W / 4.0  # the host's part of the Taylor residual z/4 - y'/2
     if fit.weighted:
-        sw = _ciphertexts(msg, "sw", fit.guest_key, m, EXP_ENC)
+        sw = msg.encrypted("sw", fit.guest_key, length=m, exponent=EXP_ENC)
     v, loss = [], []
     for k in range(K):
         if fit.weighted:

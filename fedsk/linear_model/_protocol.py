@@ -69,7 +69,6 @@ from ._core import (
     LOG2,
     MAX_Z_BITS,
     LbfgsBlock,
-    PCGBlock,
     loss_and_residual,
     mask_bits,
     penalty_value,
@@ -77,7 +76,7 @@ from ._core import (
     slot_groups,
     slot_layout,
 )
-from ._solvers import FitOutcome, LineFunction, combine, lbfgs, pcg, run_sgd
+from ._solvers import FitOutcome, LineFunction, combine, lbfgs, pcg, run_sgd, taylor_block
 
 __all__ = ["federated_fit", "federated_scores"]
 
@@ -135,13 +134,6 @@ def _floats(msg, name, length):
     return out
 
 
-def _encrypted(msg, name, key, length, exponent=None):
-    enc = msg.encrypted(name, key, length=length)
-    if exponent is not None and enc.exponent != exponent:
-        raise BadMessageError(f"ciphertext array {name!r} must be at exponent {exponent}")
-    return enc
-
-
 def _check_range(values, what, bits=32):
     top = float(np.abs(values).max(initial=0.0))
     if not top < 2.0**bits:
@@ -178,11 +170,7 @@ class TaylorPCG:
         p = problem
         self.peer, (self.pub, self.priv), self.p = peer, keys, p
         self.n_jobs = n_jobs
-        n = float(p.sw.sum())
-        self.gram = p.X.T @ (p.sw[:, None] * p.X)
-        b = p.X.T @ (p.sw[:, None] * (2.0 * p.Y - 1.0)) / (2.0 * n)
-        self.block = PCGBlock(self.gram, p.lam_vec, n)
-        self.block.start(b, p.x0)
+        self.gram, self.block = taylor_block(p.X, p.sw, p.Y, p.lam_vec, p.x0)
         self.d_h = peer.n_features
         self.b_share = None
 
@@ -209,9 +197,11 @@ class TaylorPCG:
             enc = encrypt_integers(self.priv, packed, exponent=EXP_Z, n_jobs=self.n_jobs)
             answer = self.peer.step("gram", {**meta, "start": start}, encrypted={"z": enc})
         n_shares = (len(self.coef_groups) + len(target_groups)) * d_h
-        shares = _encrypted(answer, "shares", self.pub, n_shares, EXP_C)
+        shares = answer.encrypted("shares", self.pub, length=n_shares, exponent=EXP_C)
         host_key = self.peer.learn_key(answer)
-        neg_r = _encrypted(answer, "neg_r", host_key, d_g * len(self.host_groups), EXP_C)
+        neg_r = answer.encrypted(
+            "neg_r", host_key, length=d_g * len(self.host_groups), exponent=EXP_C
+        )
         packed = decrypt_raw(self.priv, shares, n_jobs=self.n_jobs)
         share = np.empty((d_g + K, d_h), dtype=object)  # [C + R; B + R_b], masked
         for i, g in enumerate(self.coef_groups + [d_g + t for t in target_groups]):
@@ -246,7 +236,7 @@ class TaylorPCG:
             encrypted["cross"] = enc.add_encoded(packed).rerandomise(n_jobs=self.n_jobs)
         answer = self.peer.step("pcg", meta, arrays=arrays, encrypted=encrypted)
         n_cg = len(self.coef_groups)
-        product = _encrypted(answer, "product", self.pub, n_cg * k, EXP_C + EXP_VEC)
+        product = answer.encrypted("product", self.pub, length=n_cg * k, exponent=EXP_C + EXP_VEC)
         packed = decrypt_integers(self.priv, product, n_jobs=self.n_jobs)
         cv = np.empty((v.shape[0], k), dtype=object)
         for i, g in enumerate(self.coef_groups):
@@ -254,7 +244,7 @@ class TaylorPCG:
                 cv[g, c] = _unpack(packed[i * k + c], len(g), b)
         cv = np.asarray(decode(cv.ravel().tolist(), product.exponent)).reshape(v.shape)
         if self.p.weighted:  # one slot per ciphertext: add the host's masked own product
-            own = _encrypted(answer, "own", self.pub, self.d_h * k)
+            own = answer.encrypted("own", self.pub, length=self.d_h * k)
             if own.exponent > enc.exponent or own.exponent < enc.exponent - 16:
                 raise BadMessageError("ciphertext array 'own' has an unexpected exponent")
             masked = decrypt_raw(self.priv, own, n_jobs=self.n_jobs)
@@ -335,7 +325,7 @@ class ExactLbfgs:
 
         def exchange(peer):
             answer = peer.step("grad", {"step": step}, encrypted={"d": enc})
-            masked = _encrypted(answer, "masked", self.pub, self._packed(peer.n_features))
+            masked = answer.encrypted("masked", self.pub, length=self._packed(peer.n_features))
             res = decrypt_raw(self.priv, masked, n_jobs=self.n_jobs)
             answer = peer.step("grad.unmask", arrays={"masked": residues_to_bytes(self.pub, res)})
             if answer.field("n_pairs", int) != m:
@@ -423,7 +413,7 @@ class ExactSgd(_SgdBase):
             answer = peer.step(
                 "sgd.grad", arrays={"rows": np.asarray(rows, np.int64)}, encrypted={"d": enc}
             )
-            masked = _encrypted(answer, "masked", self.pub, self._packed(K * peer.n_features))
+            masked = answer.encrypted("masked", self.pub, length=self._packed(K * peer.n_features))
             arrays = {"masked": residues_to_bytes(self.pub, decrypt_raw(self.priv, masked))}
             if next_rows is not None:
                 arrays["rows"] = np.asarray(next_rows, np.int64)
@@ -466,7 +456,9 @@ class TaylorSgd(_SgdBase):
             encrypted=encrypted,
         )
         peer.learn_key(answer)
-        ell = decrypt(self.priv, _encrypted(answer, "loss", self.pub, K, a_exp + EXP_VEC))
+        ell = decrypt(
+            self.priv, answer.encrypted("loss", self.pub, length=K, exponent=a_exp + EXP_VEC)
+        )
         # Taylor loss = log 2 - 1/2 + 2 v^2 with v = z/4 - y'/2 = a_g + a_h
         loss = S * (LOG2 - 0.5) + 2.0 * ((p.sw[rows, None] * a_g * a_g).sum(axis=0) + S * ell)
         return answer, loss, a_g, S
@@ -476,9 +468,9 @@ class TaylorSgd(_SgdBase):
         (peer,) = self.peers
         answer, loss, a_g, S = self._send(rows, False)
         n_masked = _packed(K * peer.n_features, EXP_ENC + EXP_VEC + EXP_X, self.pub)
-        masked = _encrypted(answer, "masked", self.pub, n_masked)
+        masked = answer.encrypted("masked", self.pub, length=n_masked)
         residues = decrypt_raw(self.priv, masked, n_jobs=self.n_jobs)
-        own = _encrypted(answer, "own", peer.key, K * len(rows), EXP_ENC)
+        own = answer.encrypted("own", peer.key, length=K * len(rows), exponent=EXP_ENC)
         Xs = p.sw[rows, None] * p.X[rows] / S
         m, d_g = len(rows), p.X.shape[1]
         cross = EncryptedArray.concat(

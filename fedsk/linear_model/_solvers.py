@@ -37,6 +37,7 @@ __all__ = [
     "pcg",
     "plain_fit",
     "sgd",
+    "taylor_block",
 ]
 
 FTOL = 64 * np.finfo(float).eps  # scikit-learn's relative-reduction tolerance for L-BFGS
@@ -100,6 +101,15 @@ def pcg(system, *, tol, max_iter, verbose=0):
     return SolverResult(n_iter, curve, not active.any())
 
 
+def taylor_block(X, sw, Y, lam, x0, *, blocks=None):
+    """The Gram ``X^T S~ X`` and a started :class:`PCGBlock` for columns ``X``."""
+    n = float(sw.sum())
+    gram = X.T @ (sw[:, None] * X)
+    block = PCGBlock(gram, lam, n, blocks=blocks)
+    block.start(X.T @ (sw[:, None] * (2.0 * Y - 1.0)) / (2.0 * n), x0)
+    return gram, block
+
+
 class PlainTaylorPCG:
     """Every column in this process; block-Jacobi blocks as given (default: one).
 
@@ -119,11 +129,7 @@ class PlainTaylorPCG:
     """
 
     def __init__(self, X, sw, Y, lam, x0, *, blocks=None):
-        n = float(sw.sum())
-        self.gram = X.T @ (sw[:, None] * X)
-        b = X.T @ (sw[:, None] * (2.0 * Y - 1.0)) / (2.0 * n)
-        self.block = PCGBlock(self.gram, lam, n, blocks=blocks)
-        self.block.start(b, x0)
+        self.gram, self.block = taylor_block(X, sw, Y, lam, x0, blocks=blocks)
 
     def start(self):
         block = self.block
