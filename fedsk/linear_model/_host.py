@@ -14,6 +14,7 @@ the model and used again when scoring.
 See :mod:`fedsk.linear_model._protocol` for the guest half and the message flow.
 """
 
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -86,10 +87,9 @@ class _Fit:
         self._keygen = self._pair = None
 
     def start_keygen(self, key_length):
-        """Make this host's own key pair in the background (while the guest uploads)."""
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsk-keygen")
-        self._keygen = pool.submit(generate_keypair, key_length)
-        pool.shutdown(wait=False)
+        """This fit's own key pair: a spare made while the host was idle, or a new one."""
+        if self._keygen is None:
+            self._keygen = _take_keypair(key_length)
 
     def _keys(self):
         if self._pair is None:
@@ -110,6 +110,26 @@ class _Fit:
             raise ConflictError(
                 f"step {op!r} is out of order for this fit; expected one of {sorted(self.expect)}"
             )
+
+
+# Key pairs for the next taylor fits, made in the background after a fit ends (the
+# prime search holds the GIL, so making them while a fit runs would slow its answers).
+# Each pair serves exactly one fit; none is ever stored on disk or reused.
+_KEYGEN = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsk-keygen")
+_SPARE_KEYS = {}
+_SPARE_LOCK = threading.Lock()
+
+
+def _take_keypair(key_length):
+    with _SPARE_LOCK:
+        spare = _SPARE_KEYS.pop(key_length, None)
+    return spare if spare is not None else _KEYGEN.submit(generate_keypair, key_length)
+
+
+def _prepare_keypair(key_length):
+    with _SPARE_LOCK:
+        if key_length not in _SPARE_KEYS and len(_SPARE_KEYS) < 4:
+            _SPARE_KEYS[key_length] = _KEYGEN.submit(generate_keypair, key_length)
 
 
 def _fit(ctx):
@@ -579,6 +599,8 @@ def _finish(ctx, fit, msg):
         model_id, ctx.session.peer, meta, {"coef": np.asarray(fit.W), "means": fit.means}
     )
     fit.expect = set()
+    if fit.protocol == "taylor":
+        _prepare_keypair(fit.own.key_length)  # for this peer's next fit, while idle
     ops = {k: int(v) for k, v in fit.ops.items()}
     del ctx.session.state["linear"]
     return Message({"model_id": model_id, "ops": ops})
