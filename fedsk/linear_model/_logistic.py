@@ -90,7 +90,8 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         ``sgd`` only: hold out ``validation_fraction`` of the rows (stratified) and stop
         when their loss stops improving. The stopping score is the validation loss (the
         Taylor loss for ``protocol="taylor"``), not the accuracy scikit-learn's SGD uses:
-        the accuracy would need the hosts' partial scores in the clear.
+        the accuracy would need the hosts' partial scores in the clear. The hosts learn
+        which aligned rows are held out (mini-batches name their rows too), not why.
     validation_fraction : float, default=0.1
         Fraction of rows held out with ``early_stopping``.
     n_iter_no_change : int, default=5
