@@ -212,14 +212,7 @@ class EncryptedArray:
             )
             return self._like(_concat(parts))
         plain = np.broadcast_to(np.asarray(other), (len(self),))
-        ints = encode(plain, self.exponent, pub.max_int)
-        parts = parallel_chunks(
-            K.add_plaintexts,
-            len(cts),
-            lambda a, b: (cts[a:b], ints[a:b], pub.n, nsq),
-            n_jobs=n_jobs,
-        )
-        return self._like(_concat(parts))
+        return self.add_encoded(encode(plain, self.exponent, pub.max_int), n_jobs=n_jobs)
 
     def subtract(self, other, *, n_jobs=None):
         """Elementwise difference ``self - other`` (other encrypted or plaintext)."""

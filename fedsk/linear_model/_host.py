@@ -477,20 +477,28 @@ def _grad(ctx, fit, msg):
         fit.W[:, fit.k] = fit.lbfgs.w
     d = msg.encrypted("d", fit.guest_key, length=fit.n, exponent=EXP_ENC)
     T = d.dot(fit.X, exponent=EXP_X, n_jobs=ctx.n_jobs)
+    return _send_masked(ctx, fit, T, Message(), {"grad.unmask"})
+
+
+def _send_masked(ctx, fit, T, out, expect):
+    """Answer ``[[T + m]]`` (packed) for the guest to decrypt; keep the masks."""
     fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
     fit.pending = T.exponent
-    fit.expect = {"grad.unmask"}
-    out = Message()
+    fit.expect = expect
     out.add_encrypted("masked", fit.masks.apply(T, n_jobs=ctx.n_jobs))
     return out
 
 
-def _grad_unmask(ctx, fit, msg):
-    d = fit.X.shape[1]
-    res = _residues(msg, "masked", fit.guest_key, _packed(fit, d))
-    g = np.asarray(decode(fit.masks.unmask(fit.guest_key, res), fit.pending))
+def _unmasked(fit, msg):
+    """The values whose masked residues the guest sent back."""
+    res = _residues(msg, "masked", fit.guest_key, _packed(fit, len(fit.masks)))
+    values = np.asarray(decode(fit.masks.unmask(fit.guest_key, res), fit.pending))
     fit.masks = fit.pending = None
-    g = g + _lam(fit) * fit.lbfgs.w
+    return values
+
+
+def _grad_unmask(ctx, fit, msg):
+    g = _unmasked(fit, msg) + _lam(fit) * fit.lbfgs.w
     fit.lbfgs.set_gradient(g)
     fit.expect = {"lbfgs.direction", "lbfgs.start", "finish"}
     out = Message({"gmax": float(np.abs(g).max(initial=0.0)), "n_pairs": len(fit.lbfgs.S)})
@@ -523,14 +531,8 @@ def _sgd_grad(ctx, fit, msg):
     m, K, Xr = len(rows), fit.K, fit.X[rows]
     if fit.protocol == "exact":
         d = msg.encrypted("d", fit.guest_key, length=m * K, exponent=EXP_ENC)
-        parts = [col.dot(Xr, exponent=EXP_X, n_jobs=ctx.n_jobs) for col in _columns(d, K)]
-        T = EncryptedArray.concat(parts)
-        fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
-        fit.pending = T.exponent
-        fit.expect = {"sgd.update"}
-        out = Message()
-        out.add_encrypted("masked", fit.masks.apply(T, n_jobs=ctx.n_jobs))
-        return out
+        T = d.matmul(K, Xr, exponent=EXP_X, n_jobs=ctx.n_jobs)  # (class, host column)
+        return _send_masked(ctx, fit, T, Message(), {"sgd.update"})
     eval_only = msg.field("eval_only", bool, default=False)
     a_exp = EXP_ENC + EXP_VEC
     a_g = _columns(msg.encrypted("a", fit.guest_key, length=m * K, exponent=a_exp), K)
@@ -551,20 +553,14 @@ def _sgd_grad(ctx, fit, msg):
     out.add_encrypted("loss", EncryptedArray.concat(loss).rerandomise(n_jobs=ctx.n_jobs))
     if eval_only:
         return out
-    T = EncryptedArray.concat([vk.dot(Xr, exponent=EXP_X, n_jobs=ctx.n_jobs) for vk in v])
-    fit.masks = Masks(len(T), mask_bits(T.exponent), pack=True)
-    fit.pending = T.exponent
-    out.add_encrypted("masked", fit.masks.apply(T, n_jobs=ctx.n_jobs))
+    T = EncryptedArray.concat(v).matmul(K, Xr, exponent=EXP_X, n_jobs=ctx.n_jobs)
     out.add_encrypted("own", encrypt(fit.private, a_h.T.ravel(), exponent=EXP_ENC))
-    fit.expect = {"sgd.update"}
-    return out
+    return _send_masked(ctx, fit, T, out, {"sgd.update"})
 
 
 def _sgd_update(ctx, fit, msg):
     d, K = fit.X.shape[1], fit.K
-    res = _residues(msg, "masked", fit.guest_key, _packed(fit, K * d))
-    g = np.asarray(decode(fit.masks.unmask(fit.guest_key, res), fit.pending)).reshape(K, d).T
-    fit.masks = fit.pending = None
+    g = _unmasked(fit, msg).reshape(K, d).T
     sgd_update(fit.W, g, fit.eta, slice(None), fit.penalty, fit.lam)
     out = Message({"penalty": penalty_value(fit.W, slice(None), fit.penalty, fit.lam).tolist()})
     if fit.protocol == "taylor":
