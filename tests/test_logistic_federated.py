@@ -13,7 +13,7 @@ from sklearn.multiclass import OneVsRestClassifier
 
 from fedsk import FederatedLogisticRegression
 from fedsk.crypto import count_ops, generate_keypair
-from fedsk.exceptions import ProtocolError
+from fedsk.exceptions import AuthenticationError, ProtocolError
 from fedsk.federation import (
     Federation,
     InProcessFederation,
@@ -264,6 +264,15 @@ def test_bad_input_one_clear_error_each(tmp_path, fed, data):
     est.federation = InProcessFederation({"elsewhere": fed.apps["host0"]})
     with pytest.raises(ValueError, match="fitted with hosts"):
         est.predict(G)
+    app = fed.apps["host0"][0]
+    est.federation = InProcessFederation({"host0": (app, "customers", "wrong-token-0123456789")})
+    with pytest.raises(AuthenticationError, match="refused our token"):
+        est.fit(G, y)
+    est.federation = InProcessFederation({"host0": (app, "no-such-dataset", TOKEN)})
+    with pytest.raises(ProtocolError, match=r"404 .*unknown dataset"):
+        est.fit(G, y)
+    with pytest.raises(ValueError, match="could not convert"):
+        FederatedLogisticRegression(federation=fed).fit(G.assign(debt="high"), y)
 
 
 # -- the host half refuses what it cannot use -------------------------------------------------
