@@ -9,6 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "FederatedLogisticRegression": "fedsk.linear_model",
     "Federation": "fedsk.federation",
     "LocalFederation": "fedsk.federation",
     "SecureBoostClassifier": "fedsk.ensemble",

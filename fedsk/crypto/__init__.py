@@ -21,7 +21,8 @@ from ._array import (
     encrypt_integers,
     packed_histograms,
 )
-from ._encoding import BASE, DEFAULT_EXPONENT
+from ._counting import count_ops
+from ._encoding import BASE, DEFAULT_EXPONENT, decode, encode
 from ._keys import (
     DEFAULT_KEY_LENGTH,
     MIN_KEY_LENGTH,
@@ -31,24 +32,34 @@ from ._keys import (
     security_bits,
     short_exponent_bits,
 )
-from ._packing import RecordLayout
+from ._masking import MARGIN_BITS, Masks, residues_from_bytes, residues_to_bytes
+from ._packing import RecordLayout, pack_signed, unpack_signed
 
 __all__ = [
     "BASE",
     "DEFAULT_EXPONENT",
     "DEFAULT_KEY_LENGTH",
+    "MARGIN_BITS",
     "MIN_KEY_LENGTH",
     "EncryptedArray",
+    "Masks",
     "PaillierPrivateKey",
     "PaillierPublicKey",
     "RecordLayout",
+    "count_ops",
+    "decode",
     "decrypt",
     "decrypt_integers",
     "decrypt_raw",
+    "encode",
     "encrypt",
     "encrypt_integers",
     "generate_keypair",
+    "pack_signed",
     "packed_histograms",
+    "residues_from_bytes",
+    "residues_to_bytes",
     "security_bits",
     "short_exponent_bits",
+    "unpack_signed",
 ]

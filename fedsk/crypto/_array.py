@@ -8,7 +8,8 @@ import gmpy2
 import numpy as np
 
 from . import _kernels as K
-from ._encoding import DEFAULT_EXPONENT, decode, encode, to_signed
+from ._counting import _count
+from ._encoding import BASE, DEFAULT_EXPONENT, decode, encode, to_signed
 from ._keys import PaillierPrivateKey
 from ._parallel import parallel_chunks
 
@@ -43,6 +44,7 @@ def encrypt_integers(key, ints, *, exponent=0, n_jobs=None):
     pub = _public_key(key)
     n = pub.n
     plains = [gmpy2.mpz(int(m)) % n for m in ints]
+    _count("encrypt", len(plains))
     if isinstance(key, PaillierPrivateKey):
         ops = pub.alpha_bits // 4 if pub.obfuscation == "fast" else pub.key_length
         prefer = None if pub.obfuscation == "fast" else "threads"
@@ -95,6 +97,7 @@ def decrypt_integers(private_key, enc, *, n_jobs=None):
     _check_same_key(private_key.public_key, enc)
     crt = private_key._crt_dec()
     cts = enc.ciphertexts
+    _count("decrypt", len(cts))
     parts = parallel_chunks(
         K.owner_decrypt,
         len(cts),
@@ -112,6 +115,7 @@ def decrypt_raw(private_key, enc, *, n_jobs=None):
     _check_same_key(private_key.public_key, enc)
     crt = private_key._crt_dec()
     cts = enc.ciphertexts
+    _count("decrypt", len(cts))
     parts = parallel_chunks(
         K.owner_decrypt,
         len(cts),
@@ -216,14 +220,7 @@ class EncryptedArray:
             )
             return self._like(_concat(parts))
         plain = np.broadcast_to(np.asarray(other), (len(self),))
-        ints = encode(plain, self.exponent, pub.max_int)
-        parts = parallel_chunks(
-            K.add_plaintexts,
-            len(cts),
-            lambda a, b: (cts[a:b], ints[a:b], pub.n, nsq),
-            n_jobs=n_jobs,
-        )
-        return self._like(_concat(parts))
+        return self.add_encoded(encode(plain, self.exponent, pub.max_int), n_jobs=n_jobs)
 
     def subtract(self, other, *, n_jobs=None):
         """Elementwise difference ``self - other`` (other encrypted or plaintext)."""
@@ -245,6 +242,45 @@ class EncryptedArray:
     __radd__ = add
     __sub__ = subtract
 
+    def add_encoded(self, ints, *, n_jobs=None):
+        """Add plaintext integers that are already fixed-point at this array's exponent.
+
+        For values a float64 cannot carry exactly: random masks, products of shares.
+        """
+        pub, nsq = self.public_key, self._mod()
+        ints = [int(m) for m in ints]
+        if len(ints) != len(self):
+            raise ValueError(f"length mismatch: {len(self)} vs {len(ints)}")
+        if ints and max(abs(m) for m in ints) > pub.max_int:
+            raise ValueError("a plaintext integer is outside the encodable range")
+        cts = self.ciphertexts
+        parts = parallel_chunks(
+            K.add_plaintexts,
+            len(cts),
+            lambda a, b: (cts[a:b], ints[a:b], pub.n, nsq),
+            n_jobs=n_jobs,
+        )
+        return self._like(_concat(parts))
+
+    def rescale(self, exponent, *, n_jobs=None):
+        """The same values at a lower (finer) ``exponent``: multiply by ``16**shift``."""
+        exponent = int(exponent)
+        shift = self.exponent - exponent
+        if shift < 0:
+            raise ValueError(f"cannot raise the exponent from {self.exponent} to {exponent}")
+        if shift == 0:
+            return self
+        factors, cts, nsq = [BASE**shift] * len(self), self.ciphertexts, self._mod()
+        _count("powmod", len(cts))
+        parts = parallel_chunks(
+            K.powmod_scalars,
+            len(cts),
+            lambda a, b: (cts[a:b], factors[a:b], nsq),
+            n_jobs=n_jobs,
+            ops_per_item=4 * shift,
+        )
+        return self._like(_concat(parts), exponent)
+
     def multiply(self, scalars, *, exponent=None, n_jobs=None):
         """Multiply by plaintext scalar(s); the result's exponent adds ``exponent``.
 
@@ -257,6 +293,7 @@ class EncryptedArray:
             exponent = 0 if scalars.dtype.kind in "iub" else DEFAULT_EXPONENT
         ks = encode(scalars, exponent, pub.max_int)
         cts = self.ciphertexts
+        _count("powmod", len(cts))
         bits = max((abs(k).bit_length() for k in ks), default=1)
         parts = parallel_chunks(
             K.powmod_scalars,
@@ -322,12 +359,44 @@ class EncryptedArray:
             exponent = 0 if X.dtype.kind in "iub" else -6
         scalars = self._encode_matrix(X, exponent)
         cts, nsq = self.ciphertexts, self._mod()
+        _count_multiexp(scalars.shape[0], scalars.shape[1])
         parts = parallel_chunks(
             K.multiexp_columns,
             scalars.shape[1],
             lambda a, b: (cts, scalars[:, a:b], nsq),
             n_jobs=n_jobs,
             ops_per_item=max(len(cts), 1) * 8,
+        )
+        return self._like(_concat(parts), self.exponent + exponent)
+
+    def matmul(self, n_rows, X, *, exponent=None, n_jobs=None):
+        """``E @ X`` for this array read as an encrypted ``(n_rows, p)`` matrix E.
+
+        E is row-major (``len(self) == n_rows * p``) and X a plaintext ``(p, k)`` matrix
+        (or a vector of length p). Each of the ``n_rows * k`` results is one Pippenger
+        multi-exponentiation over a row of E; the result is row-major ``(n_rows, k)``.
+        Float X is encoded at ``exponent`` (default -6).
+        """
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(-1, 1)
+        n_rows = int(n_rows)
+        if n_rows < 1 or len(self) % n_rows or X.ndim != 2 or X.shape[0] != len(self) // n_rows:
+            raise ValueError(
+                f"cannot multiply {len(self)} ciphertexts as {n_rows} rows by X of shape {X.shape}"
+            )
+        if exponent is None:
+            exponent = 0 if X.dtype.kind in "iub" else -6
+        scalars = self._encode_matrix(X, exponent)
+        width, k, cts, nsq = X.shape[0], X.shape[1], self.ciphertexts, self._mod()
+        _count_multiexp(width, n_rows * k)
+
+        def args(a, b):  # outputs a..b-1 (row-major): ship only the rows they need
+            first, last = a // k, (b - 1) // k
+            return (cts[first * width : (last + 1) * width], width, first, a, b, scalars, nsq)
+
+        parts = parallel_chunks(
+            _matmul_outputs, n_rows * k, args, n_jobs=n_jobs, ops_per_item=width * 8
         )
         return self._like(_concat(parts), self.exponent + exponent)
 
@@ -353,6 +422,7 @@ class EncryptedArray:
         pub = self.public_key
         args = pub._public_args()
         cts = self.ciphertexts
+        _count("rerandomise", len(cts))
         ops = pub.alpha_bits // 8 if pub.obfuscation == "fast" else 3 * pub.key_length
         parts = parallel_chunks(
             K.rerandomise,
@@ -506,3 +576,26 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
 # Bucket sums below this many multiplications stay in the calling process: shipping
 # the node's ciphertexts to worker processes costs more than the work.
 HISTOGRAM_MIN_OPS = 200_000
+
+
+def _count_multiexp(terms, outputs):
+    """Multi-exponentiations of ``terms`` terms each; short ones (< 64 terms) apart,
+    since Pippenger's cost per term is higher for them."""
+    _count("multiexp_terms", terms * outputs)
+    _count("multiexp_outputs", outputs)
+    if terms < 64:
+        _count("multiexp_short_terms", terms * outputs)
+
+
+def _matmul_outputs(cts, width, first_row, a, b, scalars, mod):
+    """Outputs ``a..b-1`` of ``E @ X`` (row-major); ``cts`` are E's rows from ``first_row``."""
+    k = scalars.shape[1]
+    out = []
+    t = a
+    while t < b:
+        row, col = divmod(t, k)
+        stop = min(b, (row + 1) * k)
+        bases = cts[(row - first_row) * width : (row - first_row + 1) * width]
+        out.extend(K.multiexp_columns(bases, scalars[:, col : col + stop - t], mod))
+        t = stop
+    return out

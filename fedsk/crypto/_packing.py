@@ -128,3 +128,41 @@ class RecordLayout:
         if remaining:
             raise PackingOverflowError(f"{remaining} records missing from the plaintexts")
         return records
+
+
+# -- signed slots for SIMD linear algebra --------------------------------------------------
+
+
+def pack_signed(values, slot_bits):
+    """``sum_s values[s] * 2**(slot_bits * s)`` for signed integers (slot 0 lowest).
+
+    Every linear operation on the packed plaintext (adding packed values, multiplying
+    by an integer scalar) acts on each slot at once, so one multi-exponentiation over
+    packed ciphertexts computes several inner products. Decode with
+    :func:`unpack_signed`; each final slot value must satisfy
+    ``|v| < 2**(slot_bits - 1)`` (intermediate values may be anything: the arithmetic
+    is exact).
+    """
+    out = 0
+    for v in reversed(values):
+        out = (out << slot_bits) + int(v)
+    return out
+
+
+def unpack_signed(value, n_slots, slot_bits):
+    """The ``n_slots`` signed slot values of a packed (signed) integer.
+
+    Raises :class:`PackingOverflowError` when something is left above the last slot.
+    """
+    value, out = int(value), []
+    size, half = 1 << slot_bits, 1 << (slot_bits - 1)
+    for _ in range(n_slots - 1):
+        v = value & (size - 1)
+        if v >= half:
+            v -= size
+        out.append(v)
+        value = (value - v) >> slot_bits
+    if abs(value) >= half:
+        raise PackingOverflowError("a packed value overflowed its slots")
+    out.append(value)
+    return out

@@ -43,7 +43,9 @@ def parallel_chunks(
     multiplications) is below ``min_ops``, too small to be worth shipping.
     """
     workers = resolve_n_jobs(n_jobs)
-    if workers == 1 or n_items * ops_per_item < min_ops or n_items < 2:
+    # threads cost far less to start than worker processes: split smaller work for them
+    minimum = min_ops // 8 if prefer == "threads" else min_ops
+    if workers == 1 or n_items * ops_per_item < minimum or n_items < 2:
         return [func(*args_for_chunk(0, n_items))]
     bounds = chunk_bounds(n_items, workers)
     return joblib.Parallel(n_jobs=workers, prefer=prefer)(

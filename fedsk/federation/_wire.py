@@ -151,8 +151,12 @@ class Message:
             raise BadMessageError(f"array {name!r} has values >= {high}")
         return arr
 
-    def encrypted(self, name, public_key, *, length=None, optional=False):
-        """The ciphertext array ``name`` as an :class:`EncryptedArray` under ``public_key``."""
+    def encrypted(self, name, public_key, *, length=None, exponent=None, optional=False):
+        """The ciphertext array ``name`` as an :class:`EncryptedArray` under ``public_key``.
+
+        ``length`` and ``exponent``, when given, are the expected number of ciphertexts
+        and fixed-point exponent.
+        """
         if name not in self.exponents:
             if optional:
                 return None
@@ -162,6 +166,8 @@ class Message:
             raise BadMessageError(
                 f"ciphertext array {name!r} must hold {length} ciphertexts, got {arr.shape[:1]}"
             )
+        if exponent is not None and self.exponents[name] != exponent:
+            raise BadMessageError(f"ciphertext array {name!r} must be at exponent {exponent}")
         try:
             return EncryptedArray.from_bytes(public_key, arr, self.exponents[name])
         except ValueError as exc:

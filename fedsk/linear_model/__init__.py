@@ -1,0 +1,5 @@
+"""Federated linear models."""
+
+from ._logistic import FederatedLogisticRegression
+
+__all__ = ["FederatedLogisticRegression"]
