@@ -26,7 +26,6 @@ def test_help_explains_the_demo_options():
 
 @pytest.mark.integration
 def test_demo_prints_the_comparison_table(tmp_path):
-    pytest.importorskip("fedsk.linear_model._logistic")  # until logistic regression lands
     res = run(
         "fedsk._cli",
         "demo",

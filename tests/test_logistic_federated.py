@@ -271,7 +271,7 @@ def test_bad_input_one_clear_error_each(tmp_path, fed, data):
     est.federation = InProcessFederation({"host0": (app, "no-such-dataset", TOKEN)})
     with pytest.raises(ProtocolError, match=r"404 .*unknown dataset"):
         est.fit(G, y)
-    with pytest.raises(ValueError, match="could not convert"):
+    with pytest.raises(ValueError, match="non-numeric column"):
         FederatedLogisticRegression(federation=fed).fit(G.assign(debt="high"), y)
 
 

@@ -12,11 +12,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.mark.parametrize("name", ["quickstart.ipynb"])
 def test_notebook_executes(name, tmp_path, monkeypatch):
-    pytest.importorskip("fedsk.linear_model._logistic")  # until logistic regression lands
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("FEDSK_KEY_LENGTH", "1024")  # fast keys in CI; 2048 by default
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

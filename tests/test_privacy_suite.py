@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsk import SecureBoostClassifier, SecureBoostRegressor
+from fedsk import FederatedLogisticRegression, SecureBoostClassifier, SecureBoostRegressor
 from fedsk.federation import ROUTES, InProcessFederation
 from fedsk.stats import federated_pearson
 from fedsk.stats._common import standardise
@@ -106,8 +106,46 @@ def flow_federated_pearson(tmp_path):
     ]
 
 
+def _flow_logistic(tmp_path, protocol):
+    guest, hosts, apps = _parties(tmp_path, seed=3)
+    host = hosts["host0"]
+    y = ((guest.g0 + (host.iloc[:, 0] - 1.3) / 3.7) > 0.2).astype(int)
+    rec = RecordingFederation(InProcessFederation(apps))
+    est = FederatedLogisticRegression(
+        federation=rec, protocol=protocol, key_length=KEY, max_iter=10, random_state=0
+    )
+    est.fit(guest, y)
+    est.predict_proba(guest)
+    _, arrays = apps["host0"][0].extensions["fedsk"].models.load(est._host_models["host0"], "bank")
+    z = est.decision_function(guest)
+    secrets = [
+        (y.to_numpy(), "labels", {}),
+        (guest.to_numpy(), "guest feature values", {}),
+        (host.to_numpy(), "host feature values", {}),
+        (arrays["coef"], "host coefficients", {}),
+        (1 / (1 + np.exp(-z)) - y.to_numpy(), "logistic residuals", {}),
+    ]
+    if protocol == "taylor":  # with "exact" the guest sees X_h w_h: the documented price
+        z_g = guest.to_numpy() @ est.coef_[0] + est.intercept_[0]
+        secrets += [
+            (z_g, "guest partial predictions", {}),
+            (z / 4 - (2 * y.to_numpy() - 1) / 2, "Taylor residuals", {}),
+        ]
+    return rec, secrets
+
+
+def flow_logistic_taylor(tmp_path):
+    return _flow_logistic(tmp_path, "taylor")
+
+
+def flow_logistic_exact(tmp_path):
+    return _flow_logistic(tmp_path, "exact")
+
+
 # A new estimator or protocol adds its flow here (and its own values to look for).
 FLOWS = {
+    "logistic regression, taylor": flow_logistic_taylor,
+    "logistic regression, exact": flow_logistic_exact,
     "secureboost regressor": flow_secureboost_regressor,
     "secureboost multi-class, two hosts, warm start": flow_secureboost_multiclass_two_hosts_warm_start,  # noqa: E501
     "federated pearson": flow_federated_pearson,
