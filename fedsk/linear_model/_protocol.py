@@ -511,15 +511,15 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
     Returns a :class:`~._solvers.FitOutcome`; the key pair lives only in this call.
     """
     p = problem
+    if p.protocol == "taylor" and len(federation.hosts) != 1:
+        raise NotImplementedError(
+            f"protocol='taylor' works with exactly one host (this federation has "
+            f"{len(federation.hosts)}); use protocol='exact' with several hosts"
+        )
     with count_ops() as guest_ops, ThreadPoolExecutor(max_workers=1) as pool:
         keygen = pool.submit(generate_keypair, key_length)  # while the samples are aligned
         with aligned_sessions(federation, ids, protocol="logistic", n_jobs=n_jobs) as sessions:
             keys = keygen.result()
-            if p.protocol == "taylor" and len(sessions) != 1:
-                raise NotImplementedError(
-                    f"protocol='taylor' works with exactly one host (this federation has "
-                    f"{len(sessions)}); use protocol='exact' with several hosts"
-                )
             peers = [HostPeer(s) for s in sessions]
             for peer in peers:
                 peer.setup(
