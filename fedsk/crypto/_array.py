@@ -548,7 +548,7 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
             lambda a, b, node_cts=node_cts, bins=bins: (node_cts, bins[:, a:b], n_bins, nsq),
             n_jobs=n_jobs,
             ops_per_item=len(rows),
-            min_ops=HISTOGRAM_MIN_OPS,
+            min_ops=HISTOGRAM_MIN_OPS * (2048 / pub.key_length) ** 1.6,
         )
         flat = _concat(parts)
         ids = range(len(flat)) if keep is None else np.flatnonzero(keep).tolist()
@@ -573,9 +573,10 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     return [EncryptedArray(pub, packed, 0) for packed in out]
 
 
-# Bucket sums below this many multiplications stay in the calling process: shipping
-# the node's ciphertexts to worker processes costs more than the work.
-HISTOGRAM_MIN_OPS = 200_000
+# Bucket sums below this many multiplications (about 0.1 s at 2048 bits; scaled by the
+# cost of a multiplication for other key lengths) stay in the calling process: shipping
+# the node's ciphertexts to worker processes would cost more than it saves.
+HISTOGRAM_MIN_OPS = 8_000
 
 
 def _count_multiexp(terms, outputs):
