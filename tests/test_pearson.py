@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsk.crypto import encrypt, generate_keypair
+from fedsk.crypto import encrypt, generate_keypair, residues_from_bytes, residues_to_bytes
 from fedsk.exceptions import ProtocolError
 from fedsk.federation import (
     ROUTES,
@@ -17,8 +17,6 @@ from fedsk.federation._psi import align
 from fedsk.stats import federated_pearson
 from fedsk.stats._common import (
     GUEST_EXPONENT,
-    residues_from_wire,
-    residues_to_wire,
     standardise,
 )
 from party_server import create_app
@@ -300,7 +298,7 @@ def test_host_refuses_bad_result(inproc, host_df, keypair):
     )
     # well-formed but not what the guest decrypted: unmasks to garbage, refused
     rng = np.random.default_rng(0)
-    garbage = residues_to_wire([int(v) for v in rng.integers(1, 2**62, size=9)], pub)
+    garbage = residues_to_bytes(pub, [int(v) for v in rng.integers(1, 2**62, size=9)])
     assert_refused(
         400,
         r"does not unmask to correlations in \[-1, 1\]",
@@ -380,13 +378,16 @@ def test_residues_round_trip(keypair):
     pub, _ = keypair
     n = int(pub.n)
     values = [0, 1, n - 1, n // 3, 12345678901234567890]
-    arr = residues_to_wire(values, pub)
+    arr = residues_to_bytes(pub, values)
     assert arr.dtype == np.uint8 and arr.shape == (5, KEY // 8)
-    assert residues_from_wire(arr, pub) == values
+    assert residues_from_bytes(pub, arr) == values
     with pytest.raises(ValueError, match="shape"):
-        residues_from_wire(arr[:, 1:], pub)
+        residues_from_bytes(pub, arr[:, 1:])
+    with pytest.raises(ValueError, match="outside"):
+        residues_to_bytes(pub, [n])
+    too_big = np.frombuffer(n.to_bytes(KEY // 8, "big"), dtype=np.uint8).reshape(1, -1)
     with pytest.raises(ValueError, match="residue 0 is out of range"):
-        residues_from_wire(residues_to_wire([n], pub), pub)
+        residues_from_bytes(pub, too_big)
 
 
 def test_routes_resolve_to_host_halves():

@@ -12,8 +12,6 @@ __all__ = [
     "HOST_EXPONENT",
     "MIN_ROWS_PER_COLUMN",
     "PRODUCT_EXPONENT",
-    "residues_from_wire",
-    "residues_to_wire",
     "standardise",
 ]
 
@@ -59,33 +57,3 @@ def standardise(X):
     rms[constant] = 1.0
     Z = unit / rms
     return Z, constant
-
-
-def residues_to_wire(values, public_key):
-    """Integers in ``[0, n)`` as a uint8 array of fixed-width big-endian rows.
-
-    The masked plaintexts the guest returns are as wide as the key's modulus, too wide
-    for any numpy integer dtype; this is the one wire type the protocol adds to
-    :class:`~fedsk.federation.Message`'s arrays and ciphertexts.
-    """
-    width = (public_key.key_length + 7) // 8
-    buf = b"".join(int(v).to_bytes(width, "big") for v in values)
-    return np.frombuffer(buf, dtype=np.uint8).reshape(-1, width).copy()
-
-
-def residues_from_wire(array, public_key):
-    """Inverse of :func:`residues_to_wire`; raise ``ValueError`` naming a bad row."""
-    width = (public_key.key_length + 7) // 8
-    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != width:
-        raise ValueError(
-            f"residues must be a uint8 array of shape (k, {width}) for this key, "
-            f"got {array.dtype} {array.shape}"
-        )
-    n = int(public_key.n)
-    out = []
-    for i, row in enumerate(array):
-        value = int.from_bytes(row.tobytes(), "big")
-        if value >= n:
-            raise ValueError(f"residue {i} is out of range (must be < n)")
-        out.append(value)
-    return out

@@ -20,7 +20,7 @@ import secrets
 
 import numpy as np
 
-from ..crypto import EncryptedArray, encrypt_integers
+from ..crypto import EncryptedArray, encrypt_integers, residues_from_bytes
 from ..exceptions import BadMessageError, ConflictError
 from ..federation import Message, aligned_rows, public_key_from_wire
 from ._common import (
@@ -28,7 +28,6 @@ from ._common import (
     HOST_EXPONENT,
     MIN_ROWS_PER_COLUMN,
     PRODUCT_EXPONENT,
-    residues_from_wire,
     standardise,
 )
 
@@ -96,7 +95,7 @@ def result(ctx, msg):
     """Unmask the sums the guest decrypted and answer with the correlation matrix.
 
     Request: array ``masked``, the p * q decrypted masked sums as residues mod n
-    (:func:`~fedsk.stats._common.residues_to_wire`). Answer: arrays
+    (:func:`fedsk.crypto.residues_to_bytes`). Answer: arrays
     ``correlation`` (p, q) float64, 0 where a host column is constant, and ``constant``
     (q,) bool. Each set of masks is used once.
     """
@@ -108,7 +107,7 @@ def result(ctx, msg):
     width = (key.key_length + 7) // 8
     array = msg.array("masked", kind="u", shape=(n_columns * n_host, width))
     try:
-        residues = residues_from_wire(array, key)
+        residues = residues_from_bytes(key, array)
     except ValueError as exc:
         raise BadMessageError(f"array 'masked': {exc}") from None
     del ctx.session.state["pearson"]

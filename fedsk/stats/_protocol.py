@@ -13,10 +13,10 @@ in :mod:`fedsk.stats._common`.
 
 import numpy as np
 
-from ..crypto import decrypt_raw, encrypt, generate_keypair
+from ..crypto import decrypt_raw, encrypt, generate_keypair, residues_to_bytes
 from ..exceptions import ProtocolError
 from ..federation import Message, public_key_to_wire
-from ._common import GUEST_EXPONENT, MIN_ROWS_PER_COLUMN, PRODUCT_EXPONENT, residues_to_wire
+from ._common import GUEST_EXPONENT, MIN_ROWS_PER_COLUMN, PRODUCT_EXPONENT
 
 __all__ = ["check_rows_per_column", "guest_correlations"]
 
@@ -73,7 +73,7 @@ def _with_host(session, encrypted, private_key, n_columns, n_jobs):
         raise ProtocolError(f"host {session.name!r} sent bad masked products: {exc}") from None
 
     residues = decrypt_raw(private_key, masked, n_jobs=n_jobs)  # uniformly random mod n
-    request = Message(arrays={"masked": residues_to_wire(residues, public_key)})
+    request = Message(arrays={"masked": residues_to_bytes(public_key, residues)})
     answer = session.call("pearson.result", request)
     try:
         corr = answer.array("correlation", kind="f", shape=(n_columns, n_host))
