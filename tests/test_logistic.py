@@ -266,3 +266,23 @@ def test_linear_model_imports_only_the_layers_below():
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names.add(node.module.split(".")[0])
         assert not names & {"phe", "gmpy2", "requests", "flask", "party_server"}, path.name
+
+
+@pytest.mark.parametrize(
+    "solver, protocol, unit",
+    [("pcg", "taylor", "iter"), ("lbfgs", "exact", "iter"), ("sgd", "taylor", "epoch")],
+)
+def test_verbose_shows_a_progress_bar_then_lines(cancer, capsys, solver, protocol, unit):
+    X, y = cancer
+    params = dict(solver=solver, protocol=protocol, max_iter=3, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        FederatedLogisticRegression(verbose=0, **params).fit(X, y)
+        silent = capsys.readouterr()
+        FederatedLogisticRegression(verbose=1, **params).fit(X, y)
+        bar = capsys.readouterr()
+        FederatedLogisticRegression(verbose=2, **params).fit(X, y)
+        lines = capsys.readouterr()
+    assert silent.out == "" and silent.err == ""
+    assert bar.out == "" and "FederatedLogisticRegression" in bar.err and f"{unit}/s" in bar.err
+    assert len([line for line in lines.out.splitlines() if "loss = " in line]) == 3

@@ -114,7 +114,8 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Shuffling of ``sgd`` batches and of the early-stopping split.
     verbose : int, default=0
-        Print the loss at every iteration.
+        0: silent; 1: a progress bar over the iterations (tqdm, on stderr); 2 or more:
+        also print the loss at every iteration.
 
     Attributes
     ----------

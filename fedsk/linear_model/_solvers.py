@@ -52,9 +52,30 @@ class SolverResult:
         self.converged = bool(converged)
 
 
-def _say(verbose, text):
-    if verbose:
-        print(text, flush=True)
+class _Progress:
+    """What ``verbose`` shows: 1, a progress bar over the iterations (tqdm, on stderr);
+    2 and more, also one line per iteration with the loss."""
+
+    def __init__(self, verbose, total, unit):
+        self.verbose, self.bar = verbose, None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="FederatedLogisticRegression", unit=unit, leave=False)
+
+    def __call__(self, text, loss):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
+            self.bar.update(1)
+        if self.verbose >= 2:
+            print(text, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
 
 # -- preconditioned conjugate gradient (Taylor loss) ---------------------------------------
@@ -67,6 +88,11 @@ def pcg(system, *, tol, max_iter, verbose=0):
     Taylor objective: scikit-learn's L-BFGS criterion). The objective decreases by
     ``alpha * (r.u) / 2`` at each step, which gives the loss curve from the scalars.
     """
+    with _Progress(verbose, max_iter, "iter") as say:
+        return _pcg(system, tol, max_iter, say)
+
+
+def _pcg(system, tol, max_iter, say):
     gamma, delta, rmax, f = system.start()
     K = len(gamma)
     alpha, beta = np.zeros(K), np.zeros(K)
@@ -84,7 +110,7 @@ def pcg(system, *, tol, max_iter, verbose=0):
         it += 1
         n_iter[idx] += 1
         curve.append(f.sum())
-        _say(verbose, f"Iteration {it}, loss = {curve[-1]:.10f}, max|grad| = {r_new.max():.3g}")
+        say(f"Iteration {it}, loss = {curve[-1]:.10f}, max|grad| = {r_new.max():.3g}", curve[-1])
         for j, k in enumerate(idx):
             rmax[k] = r_new[j]
             if r_new[j] <= tol or g_new[j] <= 0:
@@ -216,6 +242,11 @@ def lbfgs(system, *, tol, max_iter, verbose=0):
     Stops when ``max|grad| <= tol`` or the relative decrease of the objective falls
     below ``64 * eps`` (scikit-learn's ``gtol`` and ``ftol``).
     """
+    with _Progress(verbose, max_iter, "iter") as say:
+        return _lbfgs(system, tol, max_iter, say)
+
+
+def _lbfgs(system, tol, max_iter, say):
     f, gmax, gram, m = system.start()
     curve, it, converged = [f], 0, gmax <= tol
     while not converged and it < max_iter:
@@ -237,7 +268,7 @@ def lbfgs(system, *, tol, max_iter, verbose=0):
         gmax, gram, m = system.step(t, f_new)
         it += 1
         curve.append(f_new)
-        _say(verbose, f"Iteration {it}, loss = {f_new:.10f}, max|grad| = {gmax:.3g}, t = {t:.3g}")
+        say(f"Iteration {it}, loss = {f_new:.10f}, max|grad| = {gmax:.3g}, t = {t:.3g}", f_new)
         converged = gmax <= tol or (f - f_new) <= FTOL * max(abs(f), abs(f_new), 1.0)
         f = f_new
     return SolverResult(it, curve, converged)
@@ -303,6 +334,13 @@ def sgd(
     scikit-learn's SGD does, after ``n_iter_no_change`` epochs without the loss (or,
     with ``validation`` rows, the validation loss) improving by ``tol``.
     """
+    with _Progress(verbose, max_iter, "epoch") as say:
+        return _sgd(
+            system, sw, train, validation, batch_size, max_iter, tol, n_iter_no_change, rng, say
+        )
+
+
+def _sgd(system, sw, train, validation, batch_size, max_iter, tol, n_iter_no_change, rng, say):
     train = np.asarray(train)
     sw_train = float(sw[train].sum())
     best, bad, curve, converged = np.inf, 0, [], False
@@ -319,7 +357,7 @@ def sgd(
         score = loss
         if validation is not None and len(validation):
             score = float((system.validation_loss(validation) + system.penalty()).sum())
-        _say(verbose, f"Epoch {epoch}, loss = {loss:.10f}, stopping score = {score:.10f}")
+        say(f"Epoch {epoch}, loss = {loss:.10f}, stopping score = {score:.10f}", loss)
         if tol is not None and score > best - tol:
             bad += 1
         else:
