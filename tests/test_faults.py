@@ -282,6 +282,7 @@ def test_corrupted_answers_never_give_a_silently_wrong_model(server, data, refer
         ("/splits", "records"),
         ("/histograms", "packed"),
         ("/histograms", "kept"),
+        ("/histograms", "counts"),
     ],
 )
 def test_corrupted_model_numbers_are_always_detected(server, data, route, array):

@@ -1,7 +1,7 @@
 """The host half of SecureBoost: plain functions the party server calls.
 
 State kept per session (in memory): the guest's public key, this party's binned
-columns for the session's rows, the guest's encrypted (g, h, count) per tree slot, and
+columns for the session's rows, the guest's encrypted (g, h) per tree slot, and
 the split records made so far. What a trained model needs (one record per host split:
 feature, threshold, missing side) is written to the model store after every boosting
 round, so a finished round survives a crash and ``warm_start`` can continue from it.
@@ -82,7 +82,7 @@ def setup(ctx, msg):
 
 
 def gradients(ctx, msg):
-    """Receive the encrypted (g, h, count) records of one boosting round."""
+    """Receive the encrypted (g, h) records of one boosting round."""
     st = _state(ctx)
     n_rows = st["binned"].shape[0]
     n_slots = msg.field("n_slots", int, minimum=1, maximum=MAX_SLOTS)
@@ -117,7 +117,12 @@ def _nodes(msg, n_rows):
 
 
 def histograms(ctx, msg):
-    """Encrypted, packed (feature, bin) histograms of the requested nodes."""
+    """Encrypted, packed (feature, bin) histograms of the requested nodes.
+
+    Answer: the packed (g, h) sums of every non-empty (feature, bin) of each node
+    (``packed``, ``n_packed`` per node), which bins those are (``kept``, bits) and how many
+    of the node's rows each holds (``counts``, in the clear).
+    """
     st = _state(ctx)
     gh = st["gh"]
     if not gh:
@@ -129,7 +134,7 @@ def histograms(ctx, msg):
     )
     features = msg.array("features", kind="b", shape=(len(node_rows), binned.shape[1]))
     key_length = st["public_key"].key_length
-    by_slot, kept = {}, []
+    by_slot, kept, counts = {}, [], []
     for k, (rows, slot) in enumerate(zip(node_rows, slots.tolist())):
         idx = gh["index"][rows]
         if len(rows) == 0 or np.any(idx < 0) or len(np.unique(rows)) != len(rows):
@@ -137,12 +142,14 @@ def histograms(ctx, msg):
         layout, per = gh_layout(gh["n_terms"], key_length)
         feats = np.flatnonzero(features[k])
         # Bins no row of the node falls in are left out: the guest learns nothing from
-        # that, since it decrypts every bin's count anyway.
+        # that, since it is told every bin's count.
         n_bins = mapper.n_bins_total
         node_bins = binned[np.ix_(rows, feats)]
         flat = node_bins.astype(np.int64) + np.arange(len(feats)) * n_bins
-        keep = np.bincount(flat.ravel(), minlength=len(feats) * n_bins) > 0
+        bin_counts = np.bincount(flat.ravel(), minlength=len(feats) * n_bins)
+        keep = bin_counts > 0
         kept.append(keep)
+        counts.append(bin_counts[keep])
         spec = (idx, node_bins, layout.record_bits, per, keep)
         by_slot.setdefault(slot, []).append((k, spec))
     packed = [None] * len(node_rows)
@@ -169,6 +176,7 @@ def histograms(ctx, msg):
         arrays={
             "n_packed": np.array([len(p) for p in packed], dtype=np.int64),
             "kept": np.packbits(np.concatenate(kept).astype(np.uint8)),
+            "counts": np.concatenate(counts).astype(np.int64),
         },
     )
     reply.add_encrypted("packed", EncryptedArray.concat(packed))

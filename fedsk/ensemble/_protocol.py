@@ -1,6 +1,6 @@
 """The guest half of SecureBoost: who sends what, per boosting round and per layer.
 
-Per round the guest quantises each tree's (g, h), packs (g + offset, h, 1) of a sample
+Per round the guest quantises each tree's (g, h), packs (g + offset, h) of a sample
 into one plaintext and encrypts it once (CRT fast path), and sends the ciphertexts to
 every host. Per layer of the trees it sends one histogram request per host (the
 smaller child of every split node, all trees of the round together), decrypts the
@@ -114,34 +114,41 @@ class FederatedSource(LocalSource):
             kept = _unpack_bits(
                 answer.array("kept", kind="u", ndim=1), n_records, "kept bins", sess.name
             )
-            return feats, n_packed, packed, kept
+            counts = answer.array(
+                "counts", kind="iu", shape=(int(kept.sum()),), low=1, high=eng.n_active + 1
+            ).astype(np.int64)
+            return feats, n_packed, packed, kept, counts
 
         answers = _parallel_hosts(ask, list(range(len(eng.sessions))))
         all_packed = EncryptedArray.concat([a[2] for a in answers]) if answers else None
         plains = decrypt_raw(eng.private_key, all_packed, n_jobs=eng.n_jobs) if answers else []
         eng.counts["decryptions"] += len(plains)
         pos = 0
-        for h, (feats, n_packed, _, kept) in enumerate(answers):
+        for h, (feats, n_packed, _, kept, counts) in enumerate(answers):
             off, name = eng.offsets[h], eng.sessions[h].name
-            kpos = 0
+            kpos = cpos = 0
             for k, (spec, rows) in enumerate(requests):
                 sel = np.flatnonzero(feats[k])
                 count = int(n_packed[k])
                 n_rec = len(sel) * self.n_bins_total
+                node_kept = kept[kpos : kpos + n_rec]
+                n_kept = int(node_kept.sum())
                 hist = self._decode(
                     plains[pos : pos + count],
                     eng.n_active,
                     len(sel),
-                    kept[kpos : kpos + n_rec],
+                    node_kept,
+                    counts[cpos : cpos + n_kept],
                     name,
                 )
                 pos += count
                 kpos += n_rec
+                cpos += n_kept
                 self._check(hist, spec.qg, rows, name)
                 out[k][off + sel] = hist
         return out
 
-    def _decode(self, plaintexts, n_terms, n_features, kept, host):
+    def _decode(self, plaintexts, n_terms, n_features, kept, counts, host):
         eng = self.engine
         layout, per = gh_layout(n_terms, eng.public_key.key_length)
         n_kept = int(kept.sum())
@@ -157,7 +164,8 @@ class FederatedSource(LocalSource):
             raise ProtocolError(f"{host} sent a histogram that does not decode: {exc}") from None
         flat = np.zeros((n_features * self.n_bins_total, 3), dtype=np.int64)
         if n_kept:
-            flat[kept] = slots
+            flat[kept, :2] = slots
+            flat[kept, 2] = counts
         hist = flat.reshape(n_features, self.n_bins_total, 3)
         hist[..., 0] -= hist[..., 2] << GH_BITS  # remove the offset that kept g >= 0
         return hist
@@ -290,7 +298,7 @@ class FederatedEngine:
         return self.mapper.threshold(feature, bin_index)
 
     def start_round(self, specs, active):
-        """Encrypt every tree's packed (g, h, 1) once and send it to every host."""
+        """Encrypt every tree's packed (g + offset, h) once and send it to every host."""
         positions = np.flatnonzero(active)
         self.n_active = len(positions)
         layout, _ = gh_layout(len(positions), self.public_key.key_length)
@@ -304,7 +312,6 @@ class FederatedEngine:
                 [
                     spec.qg.g[positions] + offset,
                     spec.qg.h[positions],
-                    np.ones(len(positions), dtype=np.int64),
                 ]
             )
             enc = encrypt_integers(self.private_key, layout.pack(cols), n_jobs=self.n_jobs)

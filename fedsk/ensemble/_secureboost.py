@@ -419,10 +419,11 @@ _NOTES = """
     Roles and protocol (SecureBoost, Cheng et al. 2019, with SecureBoost+'s packing):
     the guest (this process) holds the labels and the only Paillier private key. Per
     boosting round it quantises each tree's gradients and hessians to 16-bit integers,
-    packs (g, h, count) of a sample into one plaintext and encrypts it once. Per layer
+    packs (g, h) of a sample into one plaintext and encrypts it once. Per layer
     each host sums those ciphertexts into (feature, bin) histograms for the smaller
     child of every split (the sibling is parent minus child), packs many bins into one
-    ciphertext, re-randomises and returns them; the guest decrypts and picks the best
+    ciphertext, re-randomises and returns them with each bin's number of rows (in the
+    clear); the guest decrypts and picks the best
     split over all parties. A winning host split is sent back as "node k, your candidate
     (feature, bin)"; the host keeps the real threshold in its own table. Prediction asks
     each host once for its left/right decisions on the requested rows.

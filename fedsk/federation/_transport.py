@@ -50,11 +50,13 @@ class Transport:
                     f"{content_type!r} instead of a fedsk message"
                 )
             try:
-                return message_from_wire(body)
+                answer = message_from_wire(body)
             except BadMessageError as exc:
                 raise ProtocolError(
                     f"{self.party} sent a malformed answer to {method} {path}: {exc}"
                 ) from None
+            answer.origin = f"{self.party}'s answer to {method} {path}"
+            return answer
         code, text = "error", body[:200].decode("utf-8", "replace")
         try:
             err = json.loads(body)["error"]

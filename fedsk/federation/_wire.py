@@ -64,6 +64,13 @@ class Message:
     raise :class:`~fedsk.exceptions.BadMessageError` naming the field.
     """
 
+    # set on answers the guest reads (e.g. "insurer's answer to POST /v1/..."), so that a
+    # malformed answer names the party that sent it
+    origin = None
+
+    def _bad(self, text):
+        return BadMessageError(text if self.origin is None else f"{self.origin}: {text}")
+
     def __init__(self, meta=None, arrays=None):
         self.meta = dict(meta or {})
         self.arrays = {}
@@ -99,7 +106,7 @@ class Message:
         """A validated meta field. ``kind`` is a type or tuple of types."""
         if name not in self.meta:
             if default is ...:
-                raise BadMessageError(f"field {name!r} is missing")
+                raise self._bad(f"field {name!r} is missing")
             return default
         value = self.meta[name]
         if kind is not None:
@@ -107,13 +114,13 @@ class Message:
                 isinstance(value, bool) and kind in (int, float, (int, float))
             )
             if not ok:
-                raise BadMessageError(f"field {name!r} has the wrong type")
+                raise self._bad(f"field {name!r} has the wrong type")
         if choices is not None and value not in choices:
-            raise BadMessageError(f"field {name!r} must be one of {sorted(choices)}")
+            raise self._bad(f"field {name!r} must be one of {sorted(choices)}")
         if minimum is not None and value < minimum:
-            raise BadMessageError(f"field {name!r} must be >= {minimum}")
+            raise self._bad(f"field {name!r} must be >= {minimum}")
         if maximum is not None and value > maximum:
-            raise BadMessageError(f"field {name!r} must be <= {maximum}")
+            raise self._bad(f"field {name!r} must be <= {maximum}")
         return value
 
     def array(self, name, *, kind=None, ndim=None, shape=None, low=None, high=None, optional=False):
@@ -132,23 +139,23 @@ class Message:
         if name not in self.arrays or name in self.exponents:
             if optional:
                 return None
-            raise BadMessageError(f"array {name!r} is missing")
+            raise self._bad(f"array {name!r} is missing")
         arr = self.arrays[name]
         if kind is not None and arr.dtype.kind not in kind:
-            raise BadMessageError(f"array {name!r} must have dtype kind {kind!r}, got {arr.dtype}")
+            raise self._bad(f"array {name!r} must have dtype kind {kind!r}, got {arr.dtype}")
         if ndim is not None and arr.ndim != ndim:
-            raise BadMessageError(f"array {name!r} must be {ndim}-d, got shape {arr.shape}")
+            raise self._bad(f"array {name!r} must be {ndim}-d, got shape {arr.shape}")
         if shape is not None and (
             arr.ndim != len(shape)
             or any(want is not None and got != want for got, want in zip(arr.shape, shape))
         ):
-            raise BadMessageError(f"array {name!r} must have shape {shape}, got {arr.shape}")
+            raise self._bad(f"array {name!r} must have shape {shape}, got {arr.shape}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise BadMessageError(f"array {name!r} contains NaN or infinity")
+            raise self._bad(f"array {name!r} contains NaN or infinity")
         if arr.size and low is not None and arr.min() < low:
-            raise BadMessageError(f"array {name!r} has values below {low}")
+            raise self._bad(f"array {name!r} has values below {low}")
         if arr.size and high is not None and arr.max() >= high:
-            raise BadMessageError(f"array {name!r} has values >= {high}")
+            raise self._bad(f"array {name!r} has values >= {high}")
         return arr
 
     def encrypted(self, name, public_key, *, length=None, exponent=None, optional=False):
@@ -160,18 +167,18 @@ class Message:
         if name not in self.exponents:
             if optional:
                 return None
-            raise BadMessageError(f"ciphertext array {name!r} is missing")
+            raise self._bad(f"ciphertext array {name!r} is missing")
         arr = self.arrays[name]
         if length is not None and arr.shape[:1] != (length,):
-            raise BadMessageError(
+            raise self._bad(
                 f"ciphertext array {name!r} must hold {length} ciphertexts, got {arr.shape[:1]}"
             )
         if exponent is not None and self.exponents[name] != exponent:
-            raise BadMessageError(f"ciphertext array {name!r} must be at exponent {exponent}")
+            raise self._bad(f"ciphertext array {name!r} must be at exponent {exponent}")
         try:
             return EncryptedArray.from_bytes(public_key, arr, self.exponents[name])
         except ValueError as exc:
-            raise BadMessageError(f"ciphertext array {name!r}: {exc}") from None
+            raise self._bad(f"ciphertext array {name!r}: {exc}") from None
 
     @property
     def n_ciphertexts(self):
