@@ -47,6 +47,19 @@ def test_encrypt_decrypts_with_phe(keys, owner):
     np.testing.assert_allclose(decrypt(priv, enc), x, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2, 3])
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_parallel_crt_halves_decrypt_like_phe(keypair, n_jobs, count):
+    """Two workers split each decryption into its mod p**2 and mod q**2 halves."""
+    pub, priv = keypair
+    phe_pub, phe_priv = pub.to_phe(), priv.to_phe()
+    x = rng.integers(-(2**40), 2**40, size=count).tolist()
+    enc = EncryptedArray.from_phe(pub, [phe_pub.encrypt(v) for v in x])
+    assert [phe_priv.decrypt(v) for v in enc.to_phe()] == x
+    assert decrypt_integers(priv, enc, n_jobs=n_jobs) == x
+    assert decrypt_raw(priv, enc, n_jobs=n_jobs) == [v % int(pub.n) for v in x]
+
+
 def test_decrypt_matches_phe_encryptions(keypair):
     pub, priv = keypair
     x = rng.normal(size=10)
@@ -243,3 +256,27 @@ def test_batch_invert(keypair):
 def test_encrypt_rejects_nan(keypair):
     with pytest.raises(ValueError, match="NaN"):
         encrypt(keypair[0], [np.nan])
+
+
+def test_gil_free_kernels_reuse_one_thread_pool_and_nest():
+    """prefer="threads" work runs on a persistent pool (joblib would start one per call)."""
+    import threading
+
+    from fedsk.crypto._parallel import run_tasks
+
+    def where(_):
+        return threading.current_thread().name
+
+    first = run_tasks([(where, (k,)) for k in range(4)], workers=2, prefer="threads")
+    second = run_tasks([(where, (k,)) for k in range(4)], workers=2, prefer="threads")
+    assert all(name.startswith("fedsk-crypto") for name in first + second)
+    assert len(set(first + second)) <= 2  # the same two threads both times
+
+    def nested(k):  # a task that itself fans out runs its sub-tasks inline, no deadlock
+        return sum(
+            run_tasks([(lambda v: v * v, (j,)) for j in range(k)], workers=2, prefer="threads")
+        )
+
+    assert run_tasks([(nested, (k,)) for k in range(5)], workers=2, prefer="threads") == [
+        sum(j * j for j in range(k)) for k in range(5)
+    ]

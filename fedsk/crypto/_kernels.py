@@ -316,9 +316,22 @@ def owner_decrypt(cts, crt_dec):
     ``crt_dec`` is ``(n, p, q, psquare, qsquare, hp, hq, p_inv_q)`` where hp, hq are
     phe's precomputed ``L(g**(p-1) mod p**2) ** -1 mod p`` (and for q).
     """
-    _n, p, q, psquare, qsquare, hp, hq, q_inv_p = crt_dec
-    xp = gmpy2.powmod_base_list([c % psquare for c in cts], p - 1, psquare)
-    xq = gmpy2.powmod_base_list([c % qsquare for c in cts], q - 1, qsquare)
+    _n, p, q, psquare, qsquare = crt_dec[:5]
+    return crt_decode(crt_half(cts, p, psquare), crt_half(cts, q, qsquare), crt_dec)
+
+
+def crt_half(cts, prime, prime_square):
+    """``c ** (prime - 1) mod prime**2`` for each ciphertext: one half of a CRT decryption.
+
+    The two halves (mod p**2 and mod q**2) cost the same and release the GIL, so two
+    threads decrypting the same ciphertexts, one half each, are always balanced.
+    """
+    return gmpy2.powmod_base_list([c % prime_square for c in cts], prime - 1, prime_square)
+
+
+def crt_decode(xp, xq, crt_dec):
+    """Plaintexts in [0, n) from the two halves made by :func:`crt_half`."""
+    _n, p, q, _psquare, _qsquare, hp, hq, q_inv_p = crt_dec
     out = []
     for a, b in zip(xp, xq):
         mp = (a - 1) // p * hp % p

@@ -7,9 +7,50 @@ processes (or threads for the gmpy2 calls that release the GIL), and a party tha
 a cluster swaps in dask or ray with ``joblib.parallel_config(backend="dask")``.
 """
 
-import joblib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["chunk_bounds", "parallel_chunks", "resolve_n_jobs"]
+import joblib
+from joblib.parallel import get_active_backend
+
+__all__ = ["chunk_bounds", "parallel_chunks", "resolve_n_jobs", "run_tasks"]
+
+# joblib's threading backend starts a new thread pool for every call (~5-10 ms here): more
+# than a 2048-bit decryption. Under joblib's default backends the GIL-free kernels
+# therefore run on one persistent pool per process; a configured backend (dask, ray, ...)
+# still gets every task through joblib.
+_DEFAULT_BACKENDS = ("LokyBackend", "ThreadingBackend", "MultiprocessingBackend")
+_POOL_PREFIX = "fedsk-crypto"
+_pools, _pools_lock = {}, threading.Lock()
+
+
+def _thread_pool(workers):
+    key = (os.getpid(), workers)  # a forked child must not use its parent's threads
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix=_POOL_PREFIX)
+    return pool
+
+
+def run_tasks(calls, *, workers, prefer=None):
+    """Run ``[(func, args), ...]`` on ``workers`` workers; results in order.
+
+    ``prefer="threads"`` (GIL-free kernels) uses the persistent pool unless a non-default
+    joblib backend is active; everything else goes through :class:`joblib.Parallel`.
+    """
+    calls = list(calls)
+    if prefer == "threads" and type(get_active_backend()[0]).__name__ in _DEFAULT_BACKENDS:
+        if threading.current_thread().name.startswith(_POOL_PREFIX):  # nested: no deadlock
+            return [func(*args) for func, args in calls]
+        pool = _thread_pool(workers)
+        futures = [pool.submit(func, *args) for func, args in calls]
+        return [f.result() for f in futures]
+    return joblib.Parallel(n_jobs=workers, prefer=prefer)(
+        joblib.delayed(func)(*args) for func, args in calls
+    )
+
 
 # Below this many elementary operations (modular multiplications, roughly 10 us each on
 # a 2048-bit key) a call stays in the calling process: shipping the work costs more.
@@ -48,6 +89,8 @@ def parallel_chunks(
     if workers == 1 or n_items * ops_per_item < minimum or n_items < 2:
         return [func(*args_for_chunk(0, n_items))]
     bounds = chunk_bounds(n_items, workers)
-    return joblib.Parallel(n_jobs=workers, prefer=prefer)(
-        joblib.delayed(func)(*args_for_chunk(start, stop)) for start, stop in bounds
+    return run_tasks(
+        [(func, args_for_chunk(start, stop)) for start, stop in bounds],
+        workers=workers,
+        prefer=prefer,
     )
