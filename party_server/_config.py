@@ -4,11 +4,12 @@ A bad file fails with :class:`ConfigError`, whose message is one line naming the
 and what is wrong with it.
 """
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fedsk.federation._federation import is_loopback_host
 
 try:  # Python >= 3.11
     import tomllib
@@ -105,15 +106,6 @@ def _parse_bind(text):
     return host.strip("[]"), int(port)
 
 
-def _is_loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def config_from_dict(raw, base_dir=Path(".")):
     """Validate a parsed TOML document (also used by tests and LocalFederation)."""
     unknown = set(raw) - _TOP_KEYS
@@ -183,7 +175,7 @@ def config_from_dict(raw, base_dir=Path(".")):
         _fail("peers", "two peers share a token; give each peer its own")
 
     behind_proxy = _get(raw, "behind_tls_proxy", bool, "", default=False)
-    if not _is_loopback(host) and not behind_proxy:
+    if not is_loopback_host(host) and not behind_proxy:
         _fail(
             "bind",
             f"{host} is not a loopback address: the CLI serves plain HTTP, so put a "

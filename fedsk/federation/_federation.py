@@ -18,14 +18,19 @@ __all__ = ["Federation", "HostClient", "InProcessFederation"]
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _is_loopback_url(url):
-    host = urlsplit(url).hostname or ""
+def is_loopback_host(host):
+    """Whether ``host`` (a name or an IP address) is this machine: plain HTTP stays here."""
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_loopback_url(url):
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 class HostClient:
