@@ -19,7 +19,6 @@ from ..crypto import (
     EncryptedArray,
     decrypt_raw,
     encrypt_integers,
-    generate_keypair,
 )
 from ..exceptions import ProtocolError
 from ..federation import Message, public_key_to_wire
@@ -242,12 +241,10 @@ class FederatedSource(LocalSource):
 class FederatedEngine:
     """Guest side of one federated fit: key, binning, the hosts' sessions, counters."""
 
-    def __init__(
-        self, sessions, X, train_positions, *, max_bins, key_length, n_jobs, model_ids=None
-    ):
+    def __init__(self, sessions, X, train_positions, *, max_bins, keypair, n_jobs, model_ids=None):
         self.sessions = sessions
         self.n_jobs = n_jobs
-        self.public_key, self.private_key = generate_keypair(key_length)
+        self.public_key, self.private_key = keypair  # fresh for this fit
         self.mapper = BinMapper(max_bins).fit(X[train_positions])
         self.binned = self.mapper.transform(X)
         self.n_local_features = X.shape[1]
