@@ -176,7 +176,7 @@ def histograms(ctx, msg):
         arrays={
             "n_packed": np.array([len(p) for p in packed], dtype=np.int64),
             "kept": np.packbits(np.concatenate(kept).astype(np.uint8)),
-            "counts": np.concatenate(counts).astype(np.int64),
+            "counts": np.concatenate(counts).astype(np.uint32),  # at most n rows,
         },
     )
     reply.add_encrypted("packed", EncryptedArray.concat(packed))
