@@ -214,3 +214,19 @@ def test_plain_http_to_another_machine_is_refused(url):
         Federation({"insurer": {"url": url, "dataset": "d", "token": "t" * 16}})
     for ok in ("http://127.0.0.1:8443", "http://localhost:1", "http://[::1]:2", "https://x.org"):
         Federation({"insurer": {"url": ok, "dataset": "d", "token": "t" * 16}})
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_predict_against_a_host_without_the_model_says_to_refit(parties, tmp_path):
+    """A host that lost its half (another server, deleted, retention) gets one clear error."""
+    from fedsk import FederatedLogisticRegression
+
+    guest, y, app = parties
+    host = pd.DataFrame(np.zeros((N, 2)), index=guest.index, columns=["h0", "h1"])
+    other = fed_of(create_app(write_host(tmp_path, host)))
+    lr = FederatedLogisticRegression(federation=fed_of(app), key_length=KEY, max_iter=3)
+    for est in (clf_of(fed_of(app)), lr):
+        est.fit(guest, y)
+        est.federation = other
+        with pytest.raises(ProtocolError, match=r"no longer holds .* fit the estimator again"):
+            est.predict(guest)

@@ -72,7 +72,16 @@ class Transport:
             raise PartyUnavailableError(
                 self.party, self.url, f"{method} {path} answered {status}", text
             )
-        exc = ProtocolError(f"{self.party} refused {method} {path} with {status} [{code}]: {text}")
+        hint = ""
+        if status == 404 and text.startswith("unknown model"):
+            hint = (
+                f". {self.party} no longer holds its half of this model (deleted, removed by "
+                "its retention policy, or the estimator was fitted against another party "
+                "server): fit the estimator again"
+            )
+        exc = ProtocolError(
+            f"{self.party} refused {method} {path} with {status} [{code}]: {text}{hint}"
+        )
         exc.status, exc.code = status, code  # for callers that can say what to do about it
         raise exc
 
