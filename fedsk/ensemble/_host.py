@@ -133,13 +133,12 @@ def histograms(ctx, msg):
         "slots", kind="iu", ndim=1, shape=(len(node_rows),), low=0, high=len(gh["slots"])
     )
     features = msg.array("features", kind="b", shape=(len(node_rows), binned.shape[1]))
-    key_length = st["public_key"].key_length
+    layout, per = gh_layout(gh["n_terms"], st["public_key"].key_length)
     by_slot, kept, counts = {}, [], []
     for k, (rows, slot) in enumerate(zip(node_rows, slots.tolist())):
         idx = gh["index"][rows]
         if len(rows) == 0 or np.any(idx < 0) or len(np.unique(rows)) != len(rows):
             raise BadMessageError(f"node {k}: rows must be distinct rows of this round")
-        layout, per = gh_layout(gh["n_terms"], key_length)
         feats = np.flatnonzero(features[k])
         # Bins no row of the node falls in are left out: the guest learns nothing from
         # that, since it is told every bin's count.
@@ -163,7 +162,7 @@ def histograms(ctx, msg):
         for (k, _), enc in zip(items, out):
             packed[k] = enc
     # the work done, so the guest can relate its fit time to the cryptographic floor
-    record_bits = gh_layout(gh["n_terms"], key_length)[0].record_bits
+    record_bits = layout.record_bits
     ops = {
         "additions": int(
             sum(len(spec[0]) * spec[1].shape[1] for items in by_slot.values() for _, spec in items)
@@ -176,7 +175,7 @@ def histograms(ctx, msg):
         arrays={
             "n_packed": np.array([len(p) for p in packed], dtype=np.int64),
             "kept": np.packbits(np.concatenate(kept).astype(np.uint8)),
-            "counts": np.concatenate(counts).astype(np.uint32),  # at most n rows,
+            "counts": np.concatenate(counts).astype(np.uint32),  # at most n rows
         },
     )
     reply.add_encrypted("packed", EncryptedArray.concat(packed))
