@@ -6,7 +6,6 @@ an engine (local, or federated over the hosts), then drive the plain tree core
 """
 
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from time import perf_counter
 
@@ -20,8 +19,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..crypto import generate_keypair
-from ..federation import Federation, aligned_sessions, check_federated_X
+from .._progress import progress_bar
+from ..federation import Federation, aligned_sessions, check_federated_X, keyed_sessions
 from ..tree import SplitParams, TreePredictor, TreeSpec, grow_trees, quantize
 from ._loss import HalfSquaredError, LogLoss, MultinomialLoss
 from ._protocol import FederatedEngine, LocalEngine, host_decisions
@@ -198,30 +197,29 @@ class BaseSecureBoost(BaseEstimator, ABC):
             self._host_names, self._host_model_ids, self._host_feature_names = [], [], []
         else:
             model_ids = self._host_model_ids if self._is_fitted() else None
-            # the fresh key pair's prime search overlaps the sample alignment's round trips
-            with ThreadPoolExecutor(1) as background:
-                keypair = background.submit(generate_keypair, self.key_length)
-                with aligned_sessions(fed, ids, protocol="secureboost", n_jobs=self.n_jobs) as sess:
-                    engine = FederatedEngine(
-                        sess,
-                        X_arr,
-                        train_pos,
-                        max_bins=self.max_bins,
-                        keypair=keypair.result(),
-                        n_jobs=self.n_jobs,
-                        model_ids=model_ids,
-                    )
-                    self._host_names = [s.name for s in sess]
-                    self._host_model_ids = list(engine.model_ids)
-                    self._host_feature_names = [
-                        s.feature_names or [str(j) for j in range(nf)]
-                        for s, nf in zip(sess, engine.host_n_features)
-                    ]
-                    decisions = engine.existing_decisions(n) if self._is_fitted() else None
-                    try:
-                        self._boost(engine, X_arr, y, loss, train_pos, val_pos, decisions)
-                    finally:
-                        self._crypto_counts = dict(engine.counts)
+            with keyed_sessions(
+                fed, ids, protocol="secureboost", key_length=self.key_length, n_jobs=self.n_jobs
+            ) as (sess, keypair):
+                engine = FederatedEngine(
+                    sess,
+                    X_arr,
+                    train_pos,
+                    max_bins=self.max_bins,
+                    keypair=keypair,
+                    n_jobs=self.n_jobs,
+                    model_ids=model_ids,
+                )
+                self._host_names = [s.name for s in sess]
+                self._host_model_ids = list(engine.model_ids)
+                self._host_feature_names = [
+                    s.feature_names or [str(j) for j in range(nf)]
+                    for s, nf in zip(sess, engine.host_n_features)
+                ]
+                decisions = engine.existing_decisions(n) if self._is_fitted() else None
+                try:
+                    self._boost(engine, X_arr, y, loss, train_pos, val_pos, decisions)
+                finally:
+                    self._crypto_counts = dict(engine.counts)
         self.fit_time_ = perf_counter() - started
         return self
 
@@ -244,8 +242,12 @@ class BaseSecureBoost(BaseEstimator, ABC):
             self.min_samples_leaf,
             self.min_split_gain,
         )
-        progress = _progress(
-            self.verbose, self.n_estimators, len(self._predictors), type(self).__name__
+        progress = progress_bar(
+            self.verbose,
+            self.n_estimators,
+            initial=len(self._predictors),
+            desc=type(self).__name__,
+            unit="tree",
         )
         try:
             for it in range(len(self._predictors), self.n_estimators):
@@ -408,14 +410,6 @@ def _check_labels(y, X):
                 f"Input y contains {what}: {int(bad.sum())} of {len(arr)} labels are {word} "
                 f"(e.g. {where}); drop those rows from X and y before fitting"
             )
-
-
-def _progress(verbose, total, initial, desc):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=initial, desc=desc, unit="tree", disable=not verbose, leave=False
-    )
 
 
 _NOTES = """

@@ -1,11 +1,13 @@
 """The guest's side of a federated fit or predict: open sessions and align samples."""
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ..crypto import generate_keypair
 from ..exceptions import FedskError
 from ._federation import Federation, HostClient
 from ._psi import align
@@ -116,3 +118,16 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
         for s in sessions:
             with suppress(FedskError):
                 s.close()
+
+
+@contextmanager
+def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None):
+    """:func:`aligned_sessions` plus the fit's fresh Paillier key pair.
+
+    The key pair's prime search runs in a background thread while PSI aligns the
+    samples (mostly waiting on the hosts). Yields ``(sessions, (public_key, private_key))``.
+    """
+    with ThreadPoolExecutor(max_workers=1) as background:
+        keygen = background.submit(generate_keypair, key_length)
+        with aligned_sessions(federation, ids, protocol=protocol, n_jobs=n_jobs) as sessions:
+            yield sessions, keygen.result()

@@ -52,14 +52,19 @@ from ..crypto import (
     encode,
     encrypt,
     encrypt_integers,
-    generate_keypair,
     pack_signed,
     residues_from_bytes,
     residues_to_bytes,
     unpack_signed,
 )
 from ..exceptions import BadMessageError, ProtocolError
-from ..federation import Message, aligned_sessions, public_key_from_wire, public_key_to_wire
+from ..federation import (
+    Message,
+    aligned_sessions,
+    keyed_sessions,
+    public_key_from_wire,
+    public_key_to_wire,
+)
 from ._core import (
     EXP_C,
     EXP_ENC,
@@ -516,34 +521,36 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
             f"protocol='taylor' works with exactly one host (this federation has "
             f"{len(federation.hosts)}); use protocol='exact' with several hosts"
         )
-    with count_ops() as guest_ops, ThreadPoolExecutor(max_workers=1) as pool:
-        keygen = pool.submit(generate_keypair, key_length)  # while the samples are aligned
-        with aligned_sessions(federation, ids, protocol="logistic", n_jobs=n_jobs) as sessions:
-            keys = keygen.result()
-            peers = [HostPeer(s) for s in sessions]
-            for peer in peers:
-                peer.setup(
-                    {
-                        "protocol": p.protocol,
-                        "solver": p.solver,
-                        "key": public_key_to_wire(keys[0]),
-                        "n_rows": len(ids),
-                        "n_targets": p.n_targets,
-                        "penalty": p.penalty,
-                        "lam": float(p.lam),
-                        "learning_rate": float(p.learning_rate),
-                        "memory": int(p.memory),
-                        "weighted": bool(p.weighted),
-                        "warm_start": (warm_models or {}).get(peer.name),
-                    },
-                    keys[0].key_length,
-                )
-            result, coef = _solve(p, peers, keys, n_jobs)
-            models, host_ops = {}, {}
-            for peer in peers:
-                answer = peer.step("finish")
-                models[peer.name] = answer.field("model_id", str)
-                host_ops[peer.name] = dict(answer.field("ops", dict, default={}))
+    with (
+        count_ops() as guest_ops,
+        keyed_sessions(
+            federation, ids, protocol="logistic", key_length=key_length, n_jobs=n_jobs
+        ) as (sessions, keys),
+    ):
+        peers = [HostPeer(s) for s in sessions]
+        for peer in peers:
+            peer.setup(
+                {
+                    "protocol": p.protocol,
+                    "solver": p.solver,
+                    "key": public_key_to_wire(keys[0]),
+                    "n_rows": len(ids),
+                    "n_targets": p.n_targets,
+                    "penalty": p.penalty,
+                    "lam": float(p.lam),
+                    "learning_rate": float(p.learning_rate),
+                    "memory": int(p.memory),
+                    "weighted": bool(p.weighted),
+                    "warm_start": (warm_models or {}).get(peer.name),
+                },
+                keys[0].key_length,
+            )
+        result, coef = _solve(p, peers, keys, n_jobs)
+        models, host_ops = {}, {}
+        for peer in peers:
+            answer = peer.step("finish")
+            models[peer.name] = answer.field("model_id", str)
+            host_ops[peer.name] = dict(answer.field("ops", dict, default={}))
     ops = {"guest": dict(guest_ops), **host_ops}
     return FitOutcome(
         np.array(coef),

@@ -8,6 +8,7 @@ guest may see (step sizes, sums of per-party scalars, losses), so a federated fi
 exactly the iterations of a plaintext fit on the joined columns with the same blocks.
 """
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import numpy as np
 from scipy import optimize
 from sklearn.exceptions import ConvergenceWarning
 
+from .._progress import progress_bar
 from ._core import (
     LOG2,
     LbfgsBlock,
@@ -53,46 +55,48 @@ class SolverResult:
 
 
 class _Progress:
-    """What ``verbose`` shows: 1, a progress bar over the iterations (tqdm, on stderr);
-    2 and more, also one line per iteration with the loss."""
+    """What ``verbose`` shows: 1, a progress bar over the iterations; 2 and more, also
+    one line per iteration with the loss."""
 
     def __init__(self, verbose, total, unit):
-        self.verbose, self.bar = verbose, None
-        if verbose:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="FederatedLogisticRegression", unit=unit, leave=False)
+        self.verbose = verbose
+        self.bar = progress_bar(verbose, total, desc="FederatedLogisticRegression", unit=unit)
 
     def __call__(self, text, loss):
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
-            self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
+        self.bar.update(1)
         if self.verbose >= 2:
             print(text, flush=True)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
+def _reports_progress(unit):
+    """Give a solver ``say(text, loss)`` for each iteration, from ``verbose``/``max_iter``."""
+
+    def wrap(solver):
+        @functools.wraps(solver)
+        def run(*args, max_iter, verbose=0, **kwargs):
+            say = _Progress(verbose, max_iter, unit)
+            try:
+                return solver(*args, max_iter=max_iter, say=say, **kwargs)
+            finally:
+                say.bar.close()
+
+        return run
+
+    return wrap
 
 
 # -- preconditioned conjugate gradient (Taylor loss) ---------------------------------------
 
 
-def pcg(system, *, tol, max_iter, verbose=0):
+@_reports_progress("iter")
+def pcg(system, *, tol, max_iter, say):
     """Chronopoulos-Gear PCG on all targets at once: one reduction per iteration.
 
     Stops a target when ``max|r| <= tol`` (``r = b - A x`` is minus the gradient of the
     Taylor objective: scikit-learn's L-BFGS criterion). The objective decreases by
     ``alpha * (r.u) / 2`` at each step, which gives the loss curve from the scalars.
     """
-    with _Progress(verbose, max_iter, "iter") as say:
-        return _pcg(system, tol, max_iter, say)
-
-
-def _pcg(system, tol, max_iter, say):
     gamma, delta, rmax, f = system.start()
     K = len(gamma)
     alpha, beta = np.zeros(K), np.zeros(K)
@@ -236,17 +240,13 @@ def line_search(line):
     return None
 
 
-def lbfgs(system, *, tol, max_iter, verbose=0):
+@_reports_progress("iter")
+def lbfgs(system, *, tol, max_iter, say):
     """Vector-free L-BFGS with a strong-Wolfe line search evaluated by the guest.
 
     Stops when ``max|grad| <= tol`` or the relative decrease of the objective falls
     below ``64 * eps`` (scikit-learn's ``gtol`` and ``ftol``).
     """
-    with _Progress(verbose, max_iter, "iter") as say:
-        return _lbfgs(system, tol, max_iter, say)
-
-
-def _lbfgs(system, tol, max_iter, say):
     f, gmax, gram, m = system.start()
     curve, it, converged = [f], 0, gmax <= tol
     while not converged and it < max_iter:
@@ -315,6 +315,7 @@ class PlainLbfgs:
 # -- mini-batch SGD ------------------------------------------------------------------------
 
 
+@_reports_progress("epoch")
 def sgd(
     system,
     *,
@@ -326,7 +327,7 @@ def sgd(
     tol,
     n_iter_no_change,
     rng,
-    verbose=0,
+    say,
 ):
     """Mini-batch (proximal) gradient descent, epochs as iterations.
 
@@ -334,13 +335,6 @@ def sgd(
     scikit-learn's SGD does, after ``n_iter_no_change`` epochs without the loss (or,
     with ``validation`` rows, the validation loss) improving by ``tol``.
     """
-    with _Progress(verbose, max_iter, "epoch") as say:
-        return _sgd(
-            system, sw, train, validation, batch_size, max_iter, tol, n_iter_no_change, rng, say
-        )
-
-
-def _sgd(system, sw, train, validation, batch_size, max_iter, tol, n_iter_no_change, rng, say):
     train = np.asarray(train)
     sw_train = float(sw[train].sum())
     best, bad, curve, converged = np.inf, 0, [], False
