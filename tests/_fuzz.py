@@ -21,12 +21,15 @@ import json
 import re
 import struct
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import numpy as np
 from hypothesis import strategies as st
 
+from fedsk.crypto import PaillierPrivateKey
+from fedsk.crypto._masking import Masks
 from fedsk.federation import (
     CONTENT_TYPE,
     ROUTES,
@@ -143,6 +146,29 @@ def _snapshot_copy(state):
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in state.items()}
 
 
+def snapshot_state(state):
+    """Deep copy of a session state; secrets and futures are shared, not copied.
+
+    A future holds a lock, and private keys and mask generators refuse to be copied (so
+    they are never pickled by mistake); replaying a request from a snapshot may share them.
+    """
+    memo, stack, seen = {}, [state], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Future | PaillierPrivateKey | Masks):
+            memo[id(obj)] = obj
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            stack.extend(vars(obj).values())
+    return copy.deepcopy(state, memo)
+
+
 @dataclass
 class Template:
     """One valid request seen while a real guest ran: what to mutate."""
@@ -202,7 +228,7 @@ class TrafficRecorder(Federation):
         if sid is not None and self.sessions is not None:
             entry = self.sessions._entries.get(sid)
             if entry is not None:
-                snap = copy.deepcopy(entry.session.state)
+                snap = snapshot_state(entry.session.state)
         msg = copy_message(message) if message is not None else Message()
         prefix = list(self._prefix.get(sid, [])) if sid else []
         self.templates.setdefault(route.name, []).append(Template(route, msg, snap, prefix))

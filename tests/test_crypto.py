@@ -14,6 +14,7 @@ from fedsk.crypto import (
     encrypt,
     encrypt_integers,
     generate_keypair,
+    packed_histograms,
     security_bits,
     short_exponent_bits,
 )
@@ -206,6 +207,42 @@ def test_packing_overflow_raises():
         layout.unpack([too_big])
     with pytest.raises(PackingOverflowError):
         layout.unpack([1 << layout.record_bits])
+
+
+def test_layout_with_a_fixed_lower_slot_decodes_sums_of_fewer_records():
+    wide = RecordLayout.for_sums([1000, 500], n_terms=400)
+    narrow = RecordLayout([1000, 500], 10, widths=(None, wide.slot_bits[1]))
+    assert narrow.slot_bits == ((1000 * 10).bit_length(), wide.slot_bits[1])
+    rows = rng.integers(0, [1001, 501], size=(10, 2))
+    total = sum(wide.pack(rows))  # what a sum of 10 encrypted records decrypts to
+    np.testing.assert_array_equal(narrow.unpack([total])[0], rows.sum(axis=0))
+    with pytest.raises(ValueError, match="needs"):
+        RecordLayout([1000, 500], 10, widths=(None, 3))
+
+
+def test_packed_histograms_of_nodes_with_different_record_widths(keypair):
+    pub, priv = keypair
+    layout = RecordLayout.for_sums([300, 7], n_terms=60)
+    values = rng.integers(0, [301, 8], size=(60, 2))
+    enc = encrypt_integers(priv, layout.pack(values))
+    nodes = []
+    for n_rows, bits_extra in ((60, 0), (9, 3), (25, 1)):
+        rows = np.sort(rng.choice(60, n_rows, replace=False))
+        bins = rng.integers(0, 5, size=(n_rows, 3))
+        keep = np.bincount((bins + 5 * np.arange(3)).ravel(), minlength=15) > 0
+        keep[np.flatnonzero(keep)[0]] = False  # a non-empty bin left out on purpose
+        nodes.append((rows, bins, layout.record_bits + bits_extra, 4, keep))
+    for n_jobs in (1, 2):
+        out = packed_histograms(enc, nodes, 5, n_jobs=n_jobs)
+        for (rows, bins, record_bits, per, keep), packed in zip(nodes, out):
+            ids = np.flatnonzero(keep)
+            assert len(packed) == -(-len(ids) // per)
+            low = layout.slot_bits[1]
+            node_layout = RecordLayout([300, 7], len(rows), widths=(record_bits - low, low))
+            records = node_layout.split_plaintexts(decrypt_raw(priv, packed), len(ids), per)
+            want = np.zeros((15, 2), dtype=np.int64)  # plaintext sums, feature-major buckets
+            np.add.at(want, (bins + 5 * np.arange(3)).T.ravel(), np.tile(values[rows], (3, 1)))
+            np.testing.assert_array_equal(node_layout.unpack(records).astype(np.int64), want[ids])
 
 
 def test_ciphertext_bytes_roundtrip_and_range(keypair):

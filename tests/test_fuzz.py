@@ -36,8 +36,9 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sklearn.exceptions import ConvergenceWarning
 
-from fedsk import SecureBoostClassifier
+from fedsk import FederatedLogisticRegression, SecureBoostClassifier
 from fedsk.crypto import generate_keypair
 from fedsk.exceptions import NotFoundError, ProtocolError
 from fedsk.federation import (
@@ -126,16 +127,13 @@ def record_flows(federation):
     clf.set_params(n_estimators=3).fit(guest, y)  # warm start: setup with a model ID
     clf.predict_proba(guest)
     federated_pearson(guest, federation, key_length=1024)
-    try:
-        from fedsk.linear_model import FederatedLogisticRegression
-    except ImportError:
-        pass  # not merged yet: its routes get generic fuzzing only
-    else:
-        try:
-            lr = FederatedLogisticRegression(federation=federation, max_iter=2, key_length=1024)
+    with warnings.catch_warnings():  # two iterations on purpose: enough for templates
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for protocol in ("taylor", "exact"):
+            lr = FederatedLogisticRegression(
+                federation=federation, protocol=protocol, max_iter=2, key_length=1024
+            )
             lr.fit(guest, y).predict(guest)
-        except Exception as exc:  # its routes are still fuzzed, only less deeply
-            warnings.warn(f"no logistic regression templates for the fuzzer: {exc!r}", stacklevel=1)
     return clf
 
 
@@ -443,6 +441,9 @@ def test_recorded_traffic_reaches_every_protocol(fuzz_env):
         "secureboost.trees",
         "secureboost.decisions",
         "pearson.products",
+        "logistic.setup",
+        "logistic.step",
+        "logistic.scores",
         "sessions.delete",
     ):
         assert name in recorded, name
@@ -554,6 +555,23 @@ def test_decreasing_uint64_positions_are_refused(fuzz_env):
     resp = _post(env, f"/v1/sessions/{env.bank_sid}/gradients", message_to_wire(msg), "r-decr-01")
     assert resp.status_code == 400
     assert "increasing" in check_error_answer(resp, "r-decr-01", [])["message"]
+
+
+def test_gradients_packed_another_way_are_refused(fuzz_env):
+    """A guest of another fedsk version packs histograms differently: told, not garbled."""
+    env = fuzz_env
+    tpl = env.templates["secureboost.gradients"][0]
+    for packing in (None, 1, 99):
+        env.restore(tpl.snapshot)
+        meta = {k: v for k, v in tpl.message.meta.items() if k != "packing"}
+        msg = Message(meta if packing is None else meta | {"packing": packing})
+        for k, v in tpl.message.arrays.items():
+            msg.add_array(k, v)
+        msg.exponents.update(tpl.message.exponents)
+        rid = f"r-pack-{packing}"
+        resp = _post(env, f"/v1/sessions/{env.bank_sid}/gradients", message_to_wire(msg), rid)
+        assert resp.status_code == 400
+        assert "same fedsk version" in check_error_answer(resp, rid, [])["message"]
 
 
 def test_request_id_reused_for_another_request_is_refused(fuzz_env):

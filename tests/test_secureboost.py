@@ -7,6 +7,7 @@ from sklearn.datasets import make_classification, make_regression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fedsk import SecureBoostClassifier, SecureBoostRegressor
+from fedsk.ensemble._gh import sent_bins
 from fedsk.exceptions import ProtocolError
 from fedsk.federation import InProcessFederation
 from party_server import create_app
@@ -111,6 +112,17 @@ def test_federated_equals_centralised(tmp_path, task, host_cols, params):
         )
     assert fed.n_estimators_ == local.n_estimators_
     np.testing.assert_allclose(fed.train_score_, local.train_score_)
+
+
+def test_host_leaves_out_each_features_last_non_empty_bin():
+    kept = np.array(
+        [[0, 1, 1, 0, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=bool
+    )
+    sent = sent_bins(kept.ravel(), 4).reshape(4, 5)
+    expected = kept.copy()
+    expected[0, 4] = expected[2, 0] = expected[3, 4] = False
+    np.testing.assert_array_equal(sent, expected)
+    assert sent_bins(np.zeros(0, bool), 0).size == 0
 
 
 def test_early_stopping_matches_centralised(tmp_path):

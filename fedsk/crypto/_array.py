@@ -534,15 +534,15 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     into ``bins.shape[1] * n_bins`` buckets by ``bins`` (shape (len(rows), n_features),
     values in ``[0, n_bins)``; feature-major), the buckets where ``keep`` is true (all if
     ``keep`` is None) are packed ``per`` to a ciphertext (``record_bits`` apart, the first
-    most significant), and every packed ciphertext is re-randomised with this party's
-    own obfuscator. The bucket sums are split over worker processes by feature when they
-    are large; the packing (GIL-free squarings) over threads. Returns one
-    :class:`EncryptedArray` per node.
+    most significant; nodes may differ in ``record_bits``), and every packed ciphertext is
+    re-randomised with this party's own obfuscator. The bucket sums are split over worker
+    processes by feature when they are large; the packing (GIL-free squarings) over
+    threads. Returns one :class:`EncryptedArray` per node.
     """
     pub = enc.public_key
     pub_args, nsq = pub._public_args(), pub.nsquare
     cts = enc.ciphertexts
-    all_groups, owners, shifts = [], [], set()
+    all_groups, owners, shifts = [], [], []
     for k, (rows, bins, record_bits, per, keep) in enumerate(nodes):
         if bins.shape[0] != len(rows):
             raise ValueError("bins must have one row per ciphertext row")
@@ -558,18 +558,16 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
         flat = _concat(parts)
         ids = range(len(flat)) if keep is None else np.flatnonzero(keep).tolist()
         records = [flat[i] for i in ids]
+        n_groups = -(-len(records) // per)
         all_groups += [records[i : i + per] for i in range(0, len(records), per)]
-        owners += [k] * (-(-len(records) // per))
-        shifts.add(record_bits)
-    if len(shifts) > 1:
-        raise ValueError("all nodes of one call must share record_bits")
-    record_bits = shifts.pop() if shifts else 1
+        owners += [k] * n_groups
+        shifts += [record_bits] * n_groups
     parts = parallel_chunks(
         K.pack_and_rerandomise,
         len(all_groups),
-        lambda a, b: (all_groups[a:b], record_bits, pub_args),
+        lambda a, b: (all_groups[a:b], shifts[a:b], pub_args),
         n_jobs=n_jobs,
-        ops_per_item=record_bits * 8,
+        ops_per_item=max(shifts, default=1) * 8,
         prefer="threads",
     )
     out = [[] for _ in nodes]

@@ -190,9 +190,14 @@ def horner_pack(groups, shift_bits, mod):
     return accs
 
 
-def pack_and_rerandomise(groups, shift_bits, pub_args):
-    """:func:`horner_pack` then :func:`rerandomise` (one worker task)."""
-    return rerandomise(horner_pack(groups, shift_bits, pub_args[1]), *pub_args)
+def pack_and_rerandomise(groups, shifts, pub_args):
+    """:func:`horner_pack` (group ``i`` with ``shifts[i]``) then :func:`rerandomise`."""
+    packed = [None] * len(groups)
+    for shift in sorted(set(shifts)):
+        ids = [i for i, s in enumerate(shifts) if s == shift]
+        for i, c in zip(ids, horner_pack([groups[i] for i in ids], shift, pub_args[1])):
+            packed[i] = c
+    return rerandomise(packed, *pub_args)
 
 
 # -- obfuscators r**n (the cost of every encryption) -----------------------------------

@@ -19,7 +19,7 @@ from ..crypto import EncryptedArray, packed_histograms
 from ..exceptions import BadMessageError, ConflictError
 from ..federation import Message, aligned_rows, public_key_from_wire
 from ..tree import BinMapper
-from ._gh import GH_MAX_VALUES, gh_layout
+from ._gh import GH_MAX_VALUES, GH_PACKING, node_layout, sent_bins
 
 __all__ = ["decisions", "gradients", "histograms", "setup", "splits", "trees"]
 
@@ -88,6 +88,12 @@ def gradients(ctx, msg):
     n_slots = msg.field("n_slots", int, minimum=1, maximum=MAX_SLOTS)
     if list(msg.field("max_values", list)) != list(GH_MAX_VALUES):
         raise BadMessageError("field 'max_values' does not match this version's packing")
+    packing = msg.field("packing", int, default=1)
+    if packing != GH_PACKING:
+        raise BadMessageError(
+            f"the guest packs histograms the way of version {packing}, this host the way "
+            f"of version {GH_PACKING}: run the same fedsk version on every party"
+        )
     positions = msg.array("positions", kind="iu", ndim=1, low=0, high=n_rows).astype(np.int64)
     if len(positions) == 0 or np.any(np.diff(positions) <= 0):  # int64: uint64 diffs wrap
         raise BadMessageError("array 'positions' must be strictly increasing and non-empty")
@@ -119,9 +125,10 @@ def _nodes(msg, n_rows):
 def histograms(ctx, msg):
     """Encrypted, packed (feature, bin) histograms of the requested nodes.
 
-    Answer: the packed (g, h) sums of every non-empty (feature, bin) of each node
-    (``packed``, ``n_packed`` per node), which bins those are (``kept``, bits) and how many
-    of the node's rows each holds (``counts``, in the clear).
+    Answer: which (feature, bin) of each node are non-empty (``kept``, bits), how many of
+    the node's rows each holds (``counts``, in the clear), and the packed (g, h) sums of
+    all of them but each feature's last (``packed``, ``n_packed`` per node; the guest gets
+    that one from the node's totals, see :func:`sent_bins`).
     """
     st = _state(ctx)
     gh = st["gh"]
@@ -133,8 +140,8 @@ def histograms(ctx, msg):
         "slots", kind="iu", ndim=1, shape=(len(node_rows),), low=0, high=len(gh["slots"])
     )
     features = msg.array("features", kind="b", shape=(len(node_rows), binned.shape[1]))
-    layout, per = gh_layout(gh["n_terms"], st["public_key"].key_length)
-    by_slot, kept, counts = {}, [], []
+    key_length = st["public_key"].key_length
+    by_slot, kept, counts, strides = {}, [], [], []
     for k, (rows, slot) in enumerate(zip(node_rows, slots.tolist())):
         idx = gh["index"][rows]
         if len(rows) == 0 or np.any(idx < 0) or len(np.unique(rows)) != len(rows):
@@ -149,7 +156,9 @@ def histograms(ctx, msg):
         keep = bin_counts > 0
         kept.append(keep)
         counts.append(bin_counts[keep])
-        spec = (idx, node_bins, layout.record_bits, per, keep)
+        layout, per = node_layout(gh["n_terms"], len(rows), key_length)
+        strides.append(layout.record_bits)
+        spec = (idx, node_bins, layout.record_bits, per, sent_bins(keep, len(feats)))
         by_slot.setdefault(slot, []).append((k, spec))
     packed = [None] * len(node_rows)
     for slot, items in by_slot.items():
@@ -162,12 +171,17 @@ def histograms(ctx, msg):
         for (k, _), enc in zip(items, out):
             packed[k] = enc
     # the work done, so the guest can relate its fit time to the cryptographic floor
-    record_bits = layout.record_bits
     ops = {
         "additions": int(
             sum(len(spec[0]) * spec[1].shape[1] for items in by_slot.values() for _, spec in items)
         ),
-        "shifts": int(sum((int(kp.sum()) - len(p)) * record_bits for kp, p in zip(kept, packed))),
+        "shifts": int(
+            sum(
+                (int(spec[4].sum()) - len(packed[k])) * strides[k]
+                for items in by_slot.values()
+                for k, spec in items
+            )
+        ),
         "rerandomisations": int(sum(len(p) for p in packed)),
     }
     reply = Message(

@@ -24,7 +24,7 @@ from ..exceptions import ProtocolError
 from ..federation import Message, public_key_to_wire
 from ..tree import BinMapper, LocalSource, build_histograms
 from ..tree._histogram import GH_BITS
-from ._gh import GH_MAX_VALUES, gh_layout
+from ._gh import GH_MAX_VALUES, GH_PACKING, gh_layout, node_layout, sent_bins
 
 __all__ = ["FederatedEngine", "LocalEngine", "host_decisions"]
 
@@ -134,7 +134,8 @@ class FederatedSource(LocalSource):
                 n_kept = int(node_kept.sum())
                 hist = self._decode(
                     plains[pos : pos + count],
-                    eng.n_active,
+                    spec.qg,
+                    rows,
                     len(sel),
                     node_kept,
                     counts[cpos : cpos + n_kept],
@@ -147,25 +148,38 @@ class FederatedSource(LocalSource):
                 out[k][off + sel] = hist
         return out
 
-    def _decode(self, plaintexts, n_terms, n_features, kept, counts, host):
+    def _decode(self, plaintexts, qg, rows, n_features, kept, counts, host):
+        """One node's histogram (n_features, n_bins, 3) from the host's packed answer."""
         eng = self.engine
-        layout, per = gh_layout(n_terms, eng.public_key.key_length)
-        n_kept = int(kept.sum())
-        if len(plaintexts) != -(-n_kept // per):
+        layout, per = node_layout(eng.n_active, len(rows), eng.public_key.key_length)
+        sent = sent_bins(kept, n_features)
+        n_sent = int(sent.sum())
+        if len(plaintexts) != -(-n_sent // per):
             raise ProtocolError(
                 f"{host} sent {len(plaintexts)} packed histogram ciphertexts, "
-                f"expected {-(-n_kept // per)}"
+                f"expected {-(-n_sent // per)}"
             )
         try:
-            records = layout.split_plaintexts(plaintexts, n_kept, per)
-            slots = layout.unpack(records).astype(np.int64) if n_kept else None
+            records = layout.split_plaintexts(plaintexts, n_sent, per)
+            slots = layout.unpack(records).astype(np.int64) if n_sent else None
         except ValueError as exc:
             raise ProtocolError(f"{host} sent a histogram that does not decode: {exc}") from None
         flat = np.zeros((n_features * self.n_bins_total, 3), dtype=np.int64)
-        if n_kept:
-            flat[kept, :2] = slots
-            flat[kept, 2] = counts
+        if n_sent:
+            flat[sent, :2] = slots
+        flat[kept, 2] = counts
         hist = flat.reshape(n_features, self.n_bins_total, 3)
+        # each feature's last non-empty bin: the node's totals minus the feature's others
+        f, b = np.nonzero((kept & ~sent).reshape(n_features, self.n_bins_total))
+        offset = 1 << GH_BITS
+        totals = np.array([qg.g[rows].sum() + offset * len(rows), qg.h[rows].sum()])
+        rest = totals[None, :] - hist[f, :, :2].sum(axis=1)
+        if ((rest < 0) | (rest > np.outer(hist[f, b, 2], GH_MAX_VALUES))).any():
+            raise ProtocolError(
+                f"{host} sent histograms that do not add up to the node's "
+                "totals: refusing to build a wrong model"
+            )
+        hist[f, b, :2] = rest
         hist[..., 0] -= hist[..., 2] << GH_BITS  # remove the offset that kept g >= 0
         return hist
 
@@ -300,7 +314,7 @@ class FederatedEngine:
         self.n_active = len(positions)
         layout, _ = gh_layout(len(positions), self.public_key.key_length)
         msg = Message(
-            {"n_slots": len(specs), "max_values": list(GH_MAX_VALUES)},
+            {"n_slots": len(specs), "max_values": list(GH_MAX_VALUES), "packing": GH_PACKING},
             arrays={"positions": positions.astype(np.int64)},
         )
         offset = 1 << GH_BITS
