@@ -317,3 +317,32 @@ def test_gil_free_kernels_reuse_one_thread_pool_and_nest():
     assert run_tasks([(nested, (k,)) for k in range(5)], workers=2, prefer="threads") == [
         sum(j * j for j in range(k)) for k in range(5)
     ]
+
+
+def test_threads_needing_one_table_build_it_once(monkeypatch, keypair):
+    import threading
+
+    pub, _ = keypair
+    built = []
+    real = K.FixedBaseTable
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "FixedBaseTable", counting)
+    base = gmpy2.powmod(gmpy2.mpz(12345), pub.n, pub.nsquare)  # a base no test used
+    barrier = threading.Barrier(4)
+    tables = []
+
+    def use():
+        barrier.wait()
+        tables.append(K.cached_table(base, pub.nsquare, pub.alpha_bits))
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len({id(t) for t in tables}) == 1
+    assert tables[0].pow(5) == gmpy2.powmod(base, 5, pub.nsquare)

@@ -235,6 +235,7 @@ class FixedBaseTable:
 
 _TABLES = {}
 _TABLES_LOCK = threading.Lock()
+_BUILDING = {}  # key -> lock held while one thread builds that table
 
 
 def cached_table(base, mod, bits):
@@ -242,16 +243,25 @@ def cached_table(base, mod, bits):
 
     Worker processes build their own copy on first use (tens of milliseconds) instead
     of receiving megabytes of table with every task. Thread-safe: a party server
-    serves several sessions (several keys) at once.
+    serves several sessions (several keys) at once, and threads that need a table
+    another thread is building wait for it instead of building it again (the building
+    holds the GIL, so two copies would take twice as long).
     """
     key = (int(base), int(mod), bits)
     table = _TABLES.get(key)
-    if table is None:
-        table = FixedBaseTable(base, mod, bits)
-        with _TABLES_LOCK:
-            while len(_TABLES) >= 8:
-                _TABLES.pop(next(iter(_TABLES)))
-            table = _TABLES.setdefault(key, table)
+    if table is not None:
+        return table
+    with _TABLES_LOCK:
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        table = _TABLES.get(key)
+        if table is None:
+            table = FixedBaseTable(base, mod, bits)
+            with _TABLES_LOCK:
+                while len(_TABLES) >= 8:
+                    _TABLES.pop(next(iter(_TABLES)))
+                _TABLES[key] = table
+                _BUILDING.pop(key, None)
     return table
 
 

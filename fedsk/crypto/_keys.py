@@ -7,11 +7,12 @@ decrypts with phe's private key (``PaillierPrivateKey.to_phe()``).
 
 import hashlib
 import secrets
+import threading
 
 import gmpy2
 from phe import paillier
 
-from ._kernels import owner_decrypt, owner_encrypt, public_encrypt
+from ._kernels import cached_table, owner_decrypt, owner_encrypt, public_encrypt
 
 __all__ = [
     "DEFAULT_KEY_LENGTH",
@@ -56,6 +57,9 @@ def _check_obfuscation(obfuscation):
     if obfuscation not in OBFUSCATIONS:
         raise ValueError(f"obfuscation must be one of {OBFUSCATIONS}, got {obfuscation!r}")
     return obfuscation
+
+
+_BASE_LOCK = threading.Lock()
 
 
 class PaillierPublicKey:
@@ -120,9 +124,21 @@ class PaillierPublicKey:
         choose a base that would make re-randomisation transparent to it.
         """
         if self._base is None:
-            r0 = gmpy2.mpz(secrets.randbelow(int(self.n) - 2) + 2)
-            self._base = gmpy2.powmod(r0, self.n, self.nsquare)
+            with _BASE_LOCK:  # threads of one party must not draw two different bases
+                if self._base is None:
+                    r0 = gmpy2.mpz(secrets.randbelow(int(self.n) - 2) + 2)
+                    self._base = gmpy2.powmod(r0, self.n, self.nsquare)
         return self._base
+
+    def prepare_obfuscation(self):
+        """Build this party's fixed-base table for the key now (``"fast"`` only).
+
+        The first encryption or re-randomisation under a key otherwise builds it (about
+        0.1 s at 2048 bits); a party that knows it will need the key soon can call this
+        in a background thread while it waits for its peer.
+        """
+        if self.obfuscation == "fast":
+            cached_table(self.obfuscator_base, self.nsquare, self.alpha_bits)
 
     def _public_args(self):
         return (self.n, self.nsquare, self.obfuscator_base, self.obfuscation, self.alpha_bits)
@@ -231,6 +247,10 @@ def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast"):
     """
     if not isinstance(key_length, int) or key_length < MIN_KEY_LENGTH:
         raise ValueError(f"key_length must be an int >= {MIN_KEY_LENGTH}, got {key_length!r}")
-    phe_pub, phe_priv = paillier.generate_paillier_keypair(n_length=key_length)
+    # phe's prime search runs in gmpy2.next_prime; letting gmpy2 drop the GIL there means a
+    # key pair made in a background thread does not stall the thread that serves or
+    # aligns meanwhile (the context is this thread's only)
+    with gmpy2.context(gmpy2.get_context(), allow_release_gil=True):
+        phe_pub, phe_priv = paillier.generate_paillier_keypair(n_length=key_length)
     pub = PaillierPublicKey(phe_pub.n, obfuscation=obfuscation)
     return pub, PaillierPrivateKey(pub, phe_priv.p, phe_priv.q)

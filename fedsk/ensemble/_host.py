@@ -12,6 +12,7 @@ labels, gradients, the guest's features or its splits' values.
 """
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -25,6 +26,10 @@ __all__ = ["decisions", "gradients", "histograms", "setup", "splits", "trees"]
 
 KIND = "secureboost"
 MAX_SLOTS = 256
+
+# builds a new guest key's re-randomisation table while the guest encrypts its first
+# gradients, so that the first histogram answer does not wait for it
+_PREPARE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsk-prepare")
 
 
 def _state(ctx):
@@ -63,6 +68,7 @@ def setup(ctx, msg):
     records = _load_records(ctx, model_id) if model_id else _empty_records()
     if model_id is None:
         model_id = ctx.models.create(ctx.session.peer, KIND)
+    _PREPARE.submit(pub.prepare_obfuscation)
     ctx.session.state["sb"] = {
         "public_key": pub,
         "mapper": mapper,

@@ -424,9 +424,10 @@ _NOTES = """
     ciphertext (as close as the node's number of rows allows; each column's last
     non-empty bin is left out, since the guest gets it from the node's totals),
     re-randomises and returns them with each bin's number of rows (in the clear); the
-    guest decrypts and picks the best split over all parties. A winning host split is sent back as "node k, your candidate
-    (feature, bin)"; the host keeps the real threshold in its own table. Prediction asks
-    each host once for its left/right decisions on the requested rows.
+    guest decrypts and picks the best split over all parties. A winning host split is
+    sent back as "node k, your candidate (feature, bin)"; the host keeps the real
+    threshold in its own table. Prediction asks each host once for its left/right
+    decisions on the requested rows.
 
     What the guest learns: the hosts' numbers of columns (and names if published),
     aggregated (g, h, count) sums per (feature, bin) of each host column for each node,
