@@ -3,6 +3,7 @@
 import contextlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,37 @@ def op_costs(bits, repeat=3):
         "encrypt_float": best(lambda: encrypt(priv, rng.normal(size=200), n_jobs=1), 200),
     }
     return costs
+
+
+def parallel_speedup(bits, workers=2, repeat=3):
+    """How many times one core's throughput ``workers`` cores deliver, measured now.
+
+    The crypto floor divides the work by the number of cores, i.e. assumes they scale
+    perfectly. This runs a GIL-free squaring kernel on one thread, then on ``workers``
+    threads at once (best of ``repeat`` each), and returns the measured ratio: on a shared
+    virtual machine it is often well below ``workers``.
+    """
+    if workers < 2:
+        return 1.0
+    pub, priv = generate_keypair(bits)
+    cts = encrypt_integers(priv, list(range(1, 17))).ciphertexts
+    nsq = pub.nsquare
+
+    def unit():
+        K.horner_pack([cts] * 6, 45, nsq)
+
+    def best(fn):
+        t = float("inf")
+        for _ in range(repeat):
+            s = time.perf_counter()
+            fn()
+            t = min(t, time.perf_counter() - s)
+        return t
+
+    one = best(unit)
+    with ThreadPoolExecutor(workers) as pool:
+        many = best(lambda: list(pool.map(lambda _: unit(), range(workers))))
+    return workers * one / many
 
 
 class PeakRSS:

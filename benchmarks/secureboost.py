@@ -19,7 +19,7 @@ import statistics
 import time
 
 import pandas as pd
-from _common import PeakRSS, breast_cancer_split, op_costs
+from _common import PeakRSS, breast_cancer_split, op_costs, parallel_speedup
 from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
@@ -41,7 +41,7 @@ def reference(bits, jobs, trees, repeat):
     X_tr, X_te, y_tr, y_te, guest_cols, host = breast_cancer_split()
     # a shared machine's speed drifts: measure the per-op costs before and after every
     # fit, and use each cost's median
-    samples = [op_costs(bits)]
+    samples, speedups = [op_costs(bits)], [parallel_speedup(bits, jobs)]
     params = dict(n_estimators=trees, max_depth=3, max_bins=32, learning_rate=0.3, random_state=0)
     joined = SecureBoostClassifier(**params).fit(X_tr, y_tr)
     auc_joined = roc_auc_score(y_te, joined.predict_proba(X_te)[:, 1])
@@ -56,6 +56,7 @@ def reference(bits, jobs, trees, repeat):
             clf.fit(X_tr[guest_cols], y_tr)
             fits.append(time.perf_counter() - t)
             samples.append(op_costs(bits))
+            speedups.append(parallel_speedup(bits, jobs))
         t = time.perf_counter()
         proba = clf.predict_proba(X_te[guest_cols])[:, 1]
         predict = time.perf_counter() - t
@@ -83,6 +84,14 @@ def reference(bits, jobs, trees, repeat):
     print("  counts              " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"  crypto floor        {floor:8.2f} s")
     print(f"  fit / floor         {fit / floor:8.2f}")
+    if jobs > 1:
+        speedup = statistics.median(speedups)
+        print(
+            f"  {jobs} cores ran {speedup:.2f}x one core's squarings in this run (median of "
+            f"{len(speedups)}); the floor assumes {jobs:.2f}x. At the measured throughput "
+            f"the floor is {floor * jobs / speedup:.2f} s and fit / floor "
+            f"{fit / (floor * jobs / speedup):.2f}"
+        )
     return fit, floor
 
 

@@ -214,12 +214,15 @@ class FixedBaseTable:
         self.mod, self.bits, self.window = mod, bits, window
         self.mask = (1 << window) - 1
         rows, g = [], mpz(base) % mod
-        for _ in range(math.ceil(bits / window)):
-            row = [mpz(1), g]
-            for _ in range(2, 1 << window):
-                row.append(row[-1] * g % mod)
-            rows.append(row)
-            g = row[-1] * g % mod
+        # thousands of multiplications: let gmpy2 drop the GIL in each, so that a table
+        # built in a background thread does not stall the threads serving requests
+        with gmpy2.context(gmpy2.get_context(), allow_release_gil=True):
+            for _ in range(math.ceil(bits / window)):
+                row = [mpz(1), g]
+                for _ in range(2, 1 << window):
+                    row.append(row[-1] * g % mod)
+                rows.append(row)
+                g = row[-1] * g % mod
         self.rows = rows
 
     def pow(self, e):
