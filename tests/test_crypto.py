@@ -15,6 +15,7 @@ from fedsk.crypto import (
     encrypt_integers,
     generate_keypair,
     packed_histograms,
+    prepare_encryption,
     security_bits,
     short_exponent_bits,
 )
@@ -346,3 +347,16 @@ def test_threads_needing_one_table_build_it_once(monkeypatch, keypair):
         t.join()
     assert len(built) == 1 and len({id(t) for t in tables}) == 1
     assert tables[0].pow(5) == gmpy2.powmod(base, 5, pub.nsquare)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_prepare_encryption_builds_the_tables_encryption_uses(n_jobs):
+    fresh_pub, fresh_priv = generate_keypair(1024)
+    crt = fresh_priv._crt_enc()
+    keys = [(int(crt[6]), int(crt[3]), fresh_pub.alpha_bits)]  # the table mod p**2
+    assert not any(k in K._TABLES for k in keys)
+    prepare_encryption(fresh_priv, n_jobs=n_jobs)
+    if n_jobs == 1:  # built in this process
+        assert all(k in K._TABLES for k in keys)
+    enc = encrypt_integers(fresh_priv, [5, 7], n_jobs=n_jobs)
+    assert decrypt_integers(fresh_priv, enc) == [5, 7]

@@ -20,6 +20,7 @@ from ._array import (
     encrypt,
     encrypt_integers,
     packed_histograms,
+    prepare_encryption,
 )
 from ._counting import count_ops
 from ._encoding import BASE, DEFAULT_EXPONENT, decode, encode
@@ -57,6 +58,7 @@ __all__ = [
     "generate_keypair",
     "pack_signed",
     "packed_histograms",
+    "prepare_encryption",
     "residues_from_bytes",
     "residues_to_bytes",
     "security_bits",

@@ -21,6 +21,7 @@ __all__ = [
     "encrypt",
     "encrypt_integers",
     "packed_histograms",
+    "prepare_encryption",
 ]
 
 
@@ -68,6 +69,24 @@ def encrypt_integers(key, ints, *, exponent=0, n_jobs=None):
             ops_per_item=ops,
         )
     return EncryptedArray(pub, _concat(parts), exponent)
+
+
+def prepare_encryption(private_key, *, n_jobs=None):
+    """Get the key owner's encryption ready in every worker now.
+
+    The first encryption under a new key builds its fixed-base tables in each worker (tens
+    of milliseconds, more if the worker processes must start first). An estimator calls
+    this in the background while it aligns the samples, so its first round does not wait.
+    """
+    pub = private_key.public_key
+    if pub.obfuscation != "fast":
+        return
+    call = (K.owner_encrypt, ([gmpy2.mpz(0)], private_key._crt_enc(), "fast", pub.alpha_bits))
+    workers = resolve_n_jobs(n_jobs)
+    if workers == 1:
+        call[0](*call[1])
+    else:
+        run_tasks([call] * workers, workers=workers)
 
 
 def encrypt(key, values, *, exponent=None, n_jobs=None):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..crypto import generate_keypair
+from ..crypto import generate_keypair, prepare_encryption
 from ..exceptions import FedskError
 from ._federation import Federation, HostClient
 from ._psi import align
@@ -124,10 +124,17 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
 def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None):
     """:func:`aligned_sessions` plus the fit's fresh Paillier key pair.
 
-    The key pair's prime search runs in a background thread while PSI aligns the
-    samples (mostly waiting on the hosts). Yields ``(sessions, (public_key, private_key))``.
+    The key pair's prime search, and then getting every worker ready to encrypt under
+    it, run in a background thread while PSI aligns the samples (mostly waiting on the
+    hosts). Yields ``(sessions, (public_key, private_key))``.
     """
+
+    def keypair():
+        pair = generate_keypair(key_length)
+        prepare_encryption(pair[1], n_jobs=n_jobs)
+        return pair
+
     with ThreadPoolExecutor(max_workers=1) as background:
-        keygen = background.submit(generate_keypair, key_length)
+        keygen = background.submit(keypair)
         with aligned_sessions(federation, ids, protocol=protocol, n_jobs=n_jobs) as sessions:
             yield sessions, keygen.result()
