@@ -29,6 +29,16 @@ def breast_cancer_split(seed=0):
     return X_tr, X_te, y_tr, y_te, guest_cols, host
 
 
+def best_time(fn, repeat=3):
+    """Seconds of the fastest of ``repeat`` calls of ``fn()``."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def op_costs(bits, repeat=3):
     """Seconds per operation on one core, for a ``bits``-bit key, measured now."""
     pub, priv = generate_keypair(bits)
@@ -36,12 +46,7 @@ def op_costs(bits, repeat=3):
     x = rng.integers(0, 2**40, size=200)
 
     def best(fn, n):
-        t = float("inf")
-        for _ in range(repeat):
-            s = time.perf_counter()
-            fn()
-            t = min(t, time.perf_counter() - s)
-        return t / n
+        return best_time(fn, repeat) / n
 
     encrypt_integers(priv, x[:4].tolist())  # build tables
     enc = encrypt_integers(priv, x.tolist())
@@ -75,17 +80,9 @@ def parallel_speedup(bits, workers=2, repeat=3):
     def unit():
         K.horner_pack([cts] * 6, 45, nsq)
 
-    def best(fn):
-        t = float("inf")
-        for _ in range(repeat):
-            s = time.perf_counter()
-            fn()
-            t = min(t, time.perf_counter() - s)
-        return t
-
-    one = best(unit)
+    one = best_time(unit, repeat)
     with ThreadPoolExecutor(workers) as pool:
-        many = best(lambda: list(pool.map(lambda _: unit(), range(workers))))
+        many = best_time(lambda: list(pool.map(lambda _: unit(), range(workers))), repeat)
     return workers * one / many
 
 

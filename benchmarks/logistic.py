@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import psutil
+from _common import best_time
 from sklearn.datasets import load_breast_cancer
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -38,15 +39,6 @@ from fedsk.linear_model import _protocol
 from fedsk.linear_model._core import EXP_VEC, EXP_X
 
 KINDS = ("encrypt", "decrypt", "rerandomise", "multiexp_long", "multiexp_short", "powmod")
-
-
-def best_time(fn, repeat=3):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def unit_costs(bits, n_rows, width):
