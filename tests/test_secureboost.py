@@ -227,3 +227,25 @@ def test_warm_start_adds_rounds_and_matches_one_long_fit(tmp_path):
     assert a.n_estimators_ == 4 and a._host_model_ids[0] == model_id
     b = SecureBoostClassifier(federation=fed, n_estimators=4, **kw).fit(guest, y)
     np.testing.assert_allclose(a.predict_proba(guest), b.predict_proba(guest), atol=1e-12)
+
+
+def test_host_prepares_at_most_two_keys_at_a_time():
+    import threading
+
+    from fedsk.ensemble import _host
+
+    release = threading.Event()
+    started = []
+
+    class SlowKey:
+        def prepare_obfuscation(self):
+            started.append(1)
+            release.wait(10)
+
+    for _ in range(5):
+        _host._prepare_in_background(SlowKey())
+    release.set()
+    _host._PREPARE.submit(lambda: None).result(10)  # the queue has drained
+    assert len(started) == 2
+    assert _host._PREPARE_SLOTS.acquire(blocking=False)  # slots are given back
+    _host._PREPARE_SLOTS.release()

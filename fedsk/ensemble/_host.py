@@ -12,6 +12,7 @@ labels, gradients, the guest's features or its splits' values.
 """
 
 import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,8 +29,17 @@ KIND = "secureboost"
 MAX_SLOTS = 256
 
 # builds a new guest key's re-randomisation table while the guest encrypts its first
-# gradients, so that the first histogram answer does not wait for it
+# gradients, so that the first histogram answer does not wait for it. At most two keys
+# wait at a time: a peer opening fits in a loop cannot queue up work (beyond that, the
+# first histogram request builds the table, as it would without this).
 _PREPARE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsk-prepare")
+_PREPARE_SLOTS = threading.BoundedSemaphore(2)
+
+
+def _prepare_in_background(public_key):
+    if _PREPARE_SLOTS.acquire(blocking=False):
+        future = _PREPARE.submit(public_key.prepare_obfuscation)
+        future.add_done_callback(lambda _: _PREPARE_SLOTS.release())
 
 
 def _state(ctx):
@@ -68,7 +78,7 @@ def setup(ctx, msg):
     records = _load_records(ctx, model_id) if model_id else _empty_records()
     if model_id is None:
         model_id = ctx.models.create(ctx.session.peer, KIND)
-    _PREPARE.submit(pub.prepare_obfuscation)
+    _prepare_in_background(pub)
     ctx.session.state["sb"] = {
         "public_key": pub,
         "mapper": mapper,
