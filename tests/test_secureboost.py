@@ -7,7 +7,7 @@ from sklearn.datasets import make_classification, make_regression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fedsk import SecureBoostClassifier, SecureBoostRegressor
-from fedsk.ensemble._gh import sent_bins
+from fedsk.ensemble._gh import G_MAX_VALUES, GH_MAX_VALUES, sent_bins
 from fedsk.exceptions import ProtocolError
 from fedsk.federation import InProcessFederation
 from party_server import create_app
@@ -249,3 +249,30 @@ def test_host_prepares_at_most_two_keys_at_a_time():
     assert len(started) == 2
     assert _host._PREPARE_SLOTS.acquire(blocking=False)  # slots are given back
     _host._PREPARE_SLOTS.release()
+
+
+@pytest.mark.parametrize("task", ["clf", "reg"])
+def test_only_g_is_packed_when_every_h_is_equal_and_that_is_public(tmp_path, task):
+    """A fresh fit's first round starts from one baseline (every h equal) and half squared
+    error has h = 1: then only g is encrypted, and the trees stay the centralised ones."""
+    from fedsk.federation import message_from_wire
+
+    joined, guest, y, _, apps = make_parties(tmp_path, task=task)
+    rec = RecordingFederation(InProcessFederation(apps))
+    Est = SecureBoostRegressor if task == "reg" else SecureBoostClassifier
+    kw = dict(n_estimators=3, max_depth=3, random_state=0, key_length=KEY)
+    fed = Est(federation=rec, warm_start=True, **kw).fit(guest, y)
+    fed.set_params(n_estimators=4).fit(guest, y)  # warm start: not a fresh first round
+    layouts = [
+        message_from_wire(sent).meta["max_values"]
+        for _, path, sent, _ in rec.records
+        if path.endswith("/gradients")
+    ]
+    full, g_only = list(GH_MAX_VALUES), list(G_MAX_VALUES)
+    if task == "reg":
+        assert layouts == [g_only] * 4
+    else:
+        assert layouts == [g_only, full, full, full]
+    local = Est(**kw | {"n_estimators": 4}).fit(joined.to_numpy(), y.to_numpy())
+    offsets = np.cumsum([guest.shape[1], 4])[:-1]
+    assert_same_trees(fed, local, apps, guest.shape[1], offsets)

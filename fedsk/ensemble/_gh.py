@@ -9,30 +9,35 @@ import numpy as np
 from ..crypto import RecordLayout
 from ..tree._histogram import GH_BITS, H_BITS
 
-__all__ = ["GH_MAX_VALUES", "GH_PACKING", "gh_layout", "node_layout", "sent_bins"]
+__all__ = ["GH_MAX_VALUES", "GH_PACKING", "G_MAX_VALUES", "gh_layout", "node_layout", "sent_bins"]
 
 # per sample: g + 2**GH_BITS in [0, 2**(GH_BITS+1)] and h in [0, 2**H_BITS]. Counts are
 # not encrypted: the host knows how many of a node's rows fall in each of its bins and
 # sends that number in the clear (the guest would learn it from a decrypted count slot
 # anyway), which saves a slot's width of squarings per packed bin and some decryptions.
 GH_MAX_VALUES = (1 << (GH_BITS + 1), 1 << H_BITS)
+# When every sample of a round has the same h, and that is public (the first round of a
+# fresh fit starts from one baseline score; half squared error has h = 1), only g is
+# packed: a bin's h sum is its count times that h, and counts travel in the clear.
+G_MAX_VALUES = GH_MAX_VALUES[:1]
 
 # Version of the histogram packing (record layout per node, bins left out); both parties
 # must agree on it, so the guest sends it with every round's gradients.
 GH_PACKING = 2
 
 
-def gh_layout(n_terms, key_length):
+def gh_layout(n_terms, key_length, max_values=GH_MAX_VALUES):
     """Record layout for sums over ``n_terms`` samples, and records per plaintext.
 
-    A sample's (g + offset, h) is packed with these slot widths when it is encrypted, so
-    ``n_terms`` is the number of rows of the round (the largest possible node).
+    A sample's (g + offset, h) (or g + offset alone, with ``G_MAX_VALUES``) is packed
+    with these slot widths when it is encrypted, so ``n_terms`` is the number of rows of
+    the round (the largest possible node).
     """
-    layout = RecordLayout.for_sums(GH_MAX_VALUES, n_terms)
+    layout = RecordLayout.for_sums(max_values, n_terms)
     return layout, layout.records_per_plaintext(key_length)
 
 
-def node_layout(n_terms, n_rows, key_length):
+def node_layout(n_terms, n_rows, key_length, max_values=GH_MAX_VALUES):
     """Layout of one node's bin sums, and records per plaintext.
 
     The node holds ``n_rows`` of the round's ``n_terms`` rows. Its h slot keeps the width
@@ -41,8 +46,8 @@ def node_layout(n_terms, n_rows, key_length):
     fewer squarings for the host and fewer decryptions for the guest. Both parties know
     ``n_rows``, so nothing new is revealed.
     """
-    encrypted = RecordLayout.for_sums(GH_MAX_VALUES, n_terms)
-    layout = RecordLayout(GH_MAX_VALUES, n_rows, widths=(None, encrypted.slot_bits[1]))
+    encrypted = RecordLayout.for_sums(max_values, n_terms)
+    layout = RecordLayout(max_values, n_rows, widths=(None, *encrypted.slot_bits[1:]))
     return layout, layout.records_per_plaintext(key_length)
 
 

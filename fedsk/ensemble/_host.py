@@ -21,7 +21,7 @@ from ..crypto import EncryptedArray, packed_histograms
 from ..exceptions import BadMessageError, ConflictError
 from ..federation import Message, aligned_rows, public_key_from_wire
 from ..tree import BinMapper
-from ._gh import GH_MAX_VALUES, GH_PACKING, node_layout, sent_bins
+from ._gh import G_MAX_VALUES, GH_MAX_VALUES, GH_PACKING, node_layout, sent_bins
 
 __all__ = ["decisions", "gradients", "histograms", "setup", "splits", "trees"]
 
@@ -102,7 +102,8 @@ def gradients(ctx, msg):
     st = _state(ctx)
     n_rows = st["binned"].shape[0]
     n_slots = msg.field("n_slots", int, minimum=1, maximum=MAX_SLOTS)
-    if list(msg.field("max_values", list)) != list(GH_MAX_VALUES):
+    max_values = msg.field("max_values", list)
+    if max_values not in (list(GH_MAX_VALUES), list(G_MAX_VALUES)):
         raise BadMessageError("field 'max_values' does not match this version's packing")
     packing = msg.field("packing", int, default=1)
     if packing != GH_PACKING:
@@ -118,6 +119,7 @@ def gradients(ctx, msg):
     st["gh"] = {
         "index": index,
         "n_terms": len(positions),
+        "max_values": tuple(max_values),
         "slots": [
             msg.encrypted(f"gh{k}", st["public_key"], length=len(positions)) for k in range(n_slots)
         ],
@@ -172,7 +174,7 @@ def histograms(ctx, msg):
         keep = bin_counts > 0
         kept.append(keep)
         counts.append(bin_counts[keep])
-        layout, per = node_layout(gh["n_terms"], len(rows), key_length)
+        layout, per = node_layout(gh["n_terms"], len(rows), key_length, gh["max_values"])
         strides.append(layout.record_bits)
         spec = (idx, node_bins, layout.record_bits, per, sent_bins(keep, len(feats)))
         by_slot.setdefault(slot, []).append((k, spec))

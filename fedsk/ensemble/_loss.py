@@ -10,6 +10,7 @@ class LogLoss:
     """Binary logistic loss; one raw score per sample."""
 
     n_trees_per_round = 1
+    constant_hessian = False
 
     def baseline(self, y):
         p = np.clip(np.mean(y), 1e-12, 1 - 1e-12)
@@ -30,6 +31,8 @@ class LogLoss:
 
 class MultinomialLoss:
     """Softmax cross-entropy; one tree (and raw score) per class per round."""
+
+    constant_hessian = False
 
     def __init__(self, n_classes):
         self.n_trees_per_round = n_classes
@@ -58,6 +61,7 @@ class HalfSquaredError:
     """0.5 * (y - raw)**2; one raw score per sample."""
 
     n_trees_per_round = 1
+    constant_hessian = True  # h = 1 for every sample
 
     def baseline(self, y):
         return np.array([float(np.mean(y))])

@@ -24,7 +24,7 @@ from ..exceptions import ProtocolError
 from ..federation import Message, public_key_to_wire
 from ..tree import BinMapper, LocalSource, build_histograms
 from ..tree._histogram import GH_BITS
-from ._gh import GH_MAX_VALUES, GH_PACKING, gh_layout, node_layout, sent_bins
+from ._gh import G_MAX_VALUES, GH_MAX_VALUES, GH_PACKING, gh_layout, node_layout, sent_bins
 
 __all__ = ["FederatedEngine", "LocalEngine", "host_decisions"]
 
@@ -42,7 +42,7 @@ class LocalEngine:
     def threshold_of(self, feature, bin_index):
         return self.mapper.threshold(feature, bin_index)
 
-    def start_round(self, specs, active):
+    def start_round(self, specs, active, *, same_h_is_public=False):
         pass
 
     def finish_round(self, n_rounds):
@@ -151,7 +151,10 @@ class FederatedSource(LocalSource):
     def _decode(self, plaintexts, qg, rows, n_features, kept, counts, host):
         """One node's histogram (n_features, n_bins, 3) from the host's packed answer."""
         eng = self.engine
-        layout, per = node_layout(eng.n_active, len(rows), eng.public_key.key_length)
+        n_slots = len(eng.max_values)  # 1: only g was packed, every h of the round is equal
+        layout, per = node_layout(
+            eng.n_active, len(rows), eng.public_key.key_length, eng.max_values
+        )
         sent = sent_bins(kept, n_features)
         n_sent = int(sent.sum())
         if len(plaintexts) != -(-n_sent // per):
@@ -166,20 +169,22 @@ class FederatedSource(LocalSource):
             raise ProtocolError(f"{host} sent a histogram that does not decode: {exc}") from None
         flat = np.zeros((n_features * self.n_bins_total, 3), dtype=np.int64)
         if n_sent:
-            flat[sent, :2] = slots
+            flat[sent, :n_slots] = slots
         flat[kept, 2] = counts
+        if n_slots == 1 and len(rows):
+            flat[kept, 1] = counts * qg.h[rows[0]]
         hist = flat.reshape(n_features, self.n_bins_total, 3)
         # each feature's last non-empty bin: the node's totals minus the feature's others
         f, b = np.nonzero((kept & ~sent).reshape(n_features, self.n_bins_total))
         offset = 1 << GH_BITS
-        totals = np.array([qg.g[rows].sum() + offset * len(rows), qg.h[rows].sum()])
-        rest = totals[None, :] - hist[f, :, :2].sum(axis=1)
-        if ((rest < 0) | (rest > np.outer(hist[f, b, 2], GH_MAX_VALUES))).any():
+        totals = np.array([qg.g[rows].sum() + offset * len(rows), qg.h[rows].sum()])[:n_slots]
+        rest = totals[None, :] - hist[f, :, :n_slots].sum(axis=1)
+        if ((rest < 0) | (rest > np.outer(hist[f, b, 2], eng.max_values))).any():
             raise ProtocolError(
                 f"{host} sent histograms that do not add up to the node's "
                 "totals: refusing to build a wrong model"
             )
-        hist[f, b, :2] = rest
+        hist[f, b, :n_slots] = rest
         hist[..., 0] -= hist[..., 2] << GH_BITS  # remove the offset that kept g >= 0
         return hist
 
@@ -308,22 +313,27 @@ class FederatedEngine:
     def threshold_of(self, feature, bin_index):
         return self.mapper.threshold(feature, bin_index)
 
-    def start_round(self, specs, active):
-        """Encrypt every tree's packed (g + offset, h) once and send it to every host."""
+    def start_round(self, specs, active, *, same_h_is_public=False):
+        """Encrypt every tree's packed (g + offset, h) once and send it to every host.
+
+        With ``same_h_is_public`` (the loss's hessian is constant, or this is the first
+        round of a fresh fit) and every sample's h equal, only g + offset is packed.
+        """
         positions = np.flatnonzero(active)
         self.n_active = len(positions)
-        layout, _ = gh_layout(len(positions), self.public_key.key_length)
+        same_h = same_h_is_public and all(
+            len(np.unique(spec.qg.h[positions])) == 1 for spec in specs
+        )
+        self.max_values = G_MAX_VALUES if same_h else GH_MAX_VALUES
+        layout, _ = gh_layout(len(positions), self.public_key.key_length, self.max_values)
         msg = Message(
-            {"n_slots": len(specs), "max_values": list(GH_MAX_VALUES), "packing": GH_PACKING},
+            {"n_slots": len(specs), "max_values": list(self.max_values), "packing": GH_PACKING},
             arrays={"positions": positions.astype(np.int64)},
         )
         offset = 1 << GH_BITS
         for spec in specs:
             cols = np.column_stack(
-                [
-                    spec.qg.g[positions] + offset,
-                    spec.qg.h[positions],
-                ]
+                [spec.qg.g[positions] + offset, spec.qg.h[positions]][: len(self.max_values)]
             )
             enc = encrypt_integers(self.private_key, layout.pack(cols), n_jobs=self.n_jobs)
             self.counts["encryptions"] += len(enc)

@@ -267,7 +267,13 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     g = np.where(active, g, 0.0)
                     h = np.where(active, h, 0.0)
                     specs.append(TreeSpec(quantize(g, h), features, slot=k))
-                engine.start_round(specs, active)
+                # every h equal is public knowledge in a fresh fit's first round (one
+                # baseline score) and for a loss with a constant hessian
+                engine.start_round(
+                    specs,
+                    active,
+                    same_h_is_public=loss.constant_hessian or not self._predictors,
+                )
                 trees = grow_trees(
                     engine.source,
                     specs,
@@ -433,7 +439,9 @@ _NOTES = """
     aggregated (g, h, count) sums per (feature, bin) of each host column for each node,
     and which host (feature, bin) won. It never sees a host's feature values or
     thresholds. What a host learns: the guest's public key, ciphertexts, which rows are
-    in each node (the instance space of every split) and its own winning candidates. It
+    in each node (the instance space of every split) and its own winning candidates, and
+    from the record layout whether only g is encrypted (a fresh fit's first round, where
+    every h is equal by construction, and every round of the regressor, whose h is 1). It
     never sees labels, gradients, the guest's features or its splits.
 
     Losslessness: gradients are quantised on the local path too, so a fit with
