@@ -84,6 +84,17 @@ def reference(bits, jobs, trees, repeat):
     print("  counts              " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"  crypto floor        {floor:8.2f} s")
     print(f"  fit / floor         {fit / floor:8.2f}")
+    # the machine's speed drifts within minutes: also price each fit with the costs
+    # measured just before and just after it
+    paired = [
+        f / floor_seconds(counts, {k: (a[k] + b[k]) / 2 for k in a}, jobs)
+        for f, a, b in zip(fits, samples, samples[1:])
+    ]
+    print(
+        "  fit / floor, each fit against the costs measured next to it: "
+        + ", ".join(f"{r:.2f}" for r in paired)
+        + f" (median {statistics.median(paired):.2f})"
+    )
     if jobs > 1:
         speedup = statistics.median(speedups)
         print(
