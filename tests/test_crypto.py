@@ -360,3 +360,11 @@ def test_prepare_encryption_builds_the_tables_encryption_uses(n_jobs):
         assert all(k in K._TABLES for k in keys)
     enc = encrypt_integers(fresh_priv, [5, 7], n_jobs=n_jobs)
     assert decrypt_integers(fresh_priv, enc) == [5, 7]
+
+
+def test_keypair_made_in_a_worker_process_works_with_phe():
+    pub, priv = generate_keypair(1024, n_jobs=2)
+    assert pub.key_length == 1024 and priv.p * priv.q == pub.n
+    phe_pub = pub.to_phe()
+    assert priv.to_phe().decrypt(phe_pub.encrypt(41)) == 41
+    assert decrypt_integers(priv, encrypt_integers(priv, [7, 8])) == [7, 8]

@@ -13,6 +13,7 @@ import gmpy2
 from phe import paillier
 
 from ._kernels import cached_table, owner_decrypt, owner_encrypt, public_encrypt
+from ._parallel import resolve_n_jobs, run_tasks
 
 __all__ = [
     "DEFAULT_KEY_LENGTH",
@@ -225,7 +226,13 @@ class PaillierPrivateKey:
         return owner_decrypt(cts, self._crt_dec())
 
 
-def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast"):
+def _phe_factors(key_length):
+    """The primes of a fresh phe key pair (module level, so a worker process can run it)."""
+    phe_pub, phe_priv = paillier.generate_paillier_keypair(n_length=key_length)
+    return int(phe_priv.p), int(phe_priv.q)
+
+
+def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast", n_jobs=None):
     """Generate a Paillier key pair with phe.
 
     Parameters
@@ -239,6 +246,11 @@ def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast"):
         SecretFlow HEU). It adds the assumption that such short-exponent powers are
         indistinguishable from uniform n-th residues. ``"standard"`` draws a uniform
         n-th residue ``r ** n`` exactly as phe does.
+    n_jobs : int, default=None
+        With more than one worker, phe's prime search runs in a worker process (the
+        party's own, as every parallel step): it holds the GIL for tens of milliseconds
+        at a time, which would stall this process's other threads (an estimator
+        aligning samples while its key pair is made, a server answering requests).
 
     Returns
     -------
@@ -247,10 +259,10 @@ def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast"):
     """
     if not isinstance(key_length, int) or key_length < MIN_KEY_LENGTH:
         raise ValueError(f"key_length must be an int >= {MIN_KEY_LENGTH}, got {key_length!r}")
-    # phe's prime search runs in gmpy2.next_prime; letting gmpy2 drop the GIL there means a
-    # key pair made in a background thread does not stall the thread that serves or
-    # aligns meanwhile (the context is this thread's only)
-    with gmpy2.context(gmpy2.get_context(), allow_release_gil=True):
-        phe_pub, phe_priv = paillier.generate_paillier_keypair(n_length=key_length)
-    pub = PaillierPublicKey(phe_pub.n, obfuscation=obfuscation)
-    return pub, PaillierPrivateKey(pub, phe_priv.p, phe_priv.q)
+    workers = resolve_n_jobs(n_jobs)
+    if workers > 1:
+        ((p, q),) = run_tasks([(_phe_factors, (key_length,))], workers=workers)
+    else:
+        p, q = _phe_factors(key_length)
+    pub = PaillierPublicKey(gmpy2.mpz(p) * q, obfuscation=obfuscation)
+    return pub, PaillierPrivateKey(pub, p, q)

@@ -124,13 +124,14 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
 def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None):
     """:func:`aligned_sessions` plus the fit's fresh Paillier key pair.
 
-    The key pair's prime search, and then getting every worker ready to encrypt under
-    it, run in a background thread while PSI aligns the samples (mostly waiting on the
-    hosts). Yields ``(sessions, (public_key, private_key))``.
+    The key pair's prime search (in a worker process when there are several: it holds
+    the GIL) and then getting every worker ready to encrypt under the key run in the
+    background while PSI aligns the samples. Yields ``(sessions, (public_key,
+    private_key))``.
     """
 
     def keypair():
-        pair = generate_keypair(key_length)
+        pair = generate_keypair(key_length, n_jobs=n_jobs)
         prepare_encryption(pair[1], n_jobs=n_jobs)
         return pair
 
