@@ -1,6 +1,6 @@
 """The guest's side of a federated fit or predict: open sessions and align samples."""
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
@@ -125,17 +125,23 @@ def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None):
     """:func:`aligned_sessions` plus the fit's fresh Paillier key pair.
 
     The key pair's prime search (in a worker process when there are several: it holds
-    the GIL) and then getting every worker ready to encrypt under the key run in the
-    background while PSI aligns the samples. Yields ``(sessions, (public_key,
-    private_key))``.
+    the GIL) runs in the background while PSI aligns the samples; once the key exists,
+    the same background thread gets every worker ready to encrypt under it, which the
+    fit does not wait for (its first encryptions queue behind). Yields ``(sessions,
+    (public_key, private_key))``.
     """
+    key = Future()
 
-    def keypair():
-        pair = generate_keypair(key_length, n_jobs=n_jobs)
+    def keypair_then_prepare():
+        try:
+            pair = generate_keypair(key_length, n_jobs=n_jobs)
+        except BaseException as exc:
+            key.set_exception(exc)
+            return
+        key.set_result(pair)
         prepare_encryption(pair[1], n_jobs=n_jobs)
-        return pair
 
     with ThreadPoolExecutor(max_workers=1) as background:
-        keygen = background.submit(keypair)
+        background.submit(keypair_then_prepare)
         with aligned_sessions(federation, ids, protocol=protocol, n_jobs=n_jobs) as sessions:
-            yield sessions, keygen.result()
+            yield sessions, key.result()
