@@ -159,7 +159,7 @@ def histograms(ctx, msg):
     )
     features = msg.array("features", kind="b", shape=(len(node_rows), binned.shape[1]))
     key_length = st["public_key"].key_length
-    by_slot, kept, counts, strides = {}, [], [], []
+    by_slot, kept, counts = {}, [], []
     for k, (rows, slot) in enumerate(zip(node_rows, slots.tolist())):
         idx = gh["index"][rows]
         if len(rows) == 0 or np.any(idx < 0) or len(np.unique(rows)) != len(rows):
@@ -175,7 +175,6 @@ def histograms(ctx, msg):
         kept.append(keep)
         counts.append(bin_counts[keep])
         layout, per = node_layout(gh["n_terms"], len(rows), key_length, gh["max_values"])
-        strides.append(layout.record_bits)
         spec = (idx, node_bins, layout.record_bits, per, sent_bins(keep, len(feats)))
         by_slot.setdefault(slot, []).append((k, spec))
     packed = [None] * len(node_rows)
@@ -195,7 +194,7 @@ def histograms(ctx, msg):
         ),
         "shifts": int(
             sum(
-                (int(spec[4].sum()) - len(packed[k])) * strides[k]
+                (int(spec[4].sum()) - len(packed[k])) * spec[2]  # sent - packed, x stride
                 for items in by_slot.values()
                 for k, spec in items
             )
