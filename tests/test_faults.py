@@ -108,7 +108,7 @@ def test_slow_host_within_the_timeout_gives_the_same_model(server, data, referen
     np.testing.assert_array_equal(clf.predict_proba(guest), expected)
 
 
-@pytest.mark.parametrize("route", ["/psi", "/boosting", "/histograms", "/splits"])
+@pytest.mark.parametrize("route", ["/psi", "/boosting", "/gradients", "/splits"])
 def test_host_slower_than_the_timeout_is_unavailable_in_bounded_time(server, data, route):
     guest, _, y = data
     with FaultProxy(server.url) as proxy:
@@ -168,7 +168,7 @@ def test_malformed_answer_is_a_clear_error(server, data, kind):
     guest, _, y = data
     change, exc_type, text = MALFORMED[kind]
     with FaultProxy(server.url) as proxy:
-        proxy.fault = on("/histograms", change)
+        proxy.fault = on("/gradients", change)  # the answer carries the roots' histograms
         clf = make_clf(via(proxy, retries=1))
         with pytest.raises(exc_type, match=text) as err:
             clf.fit(guest, y)
@@ -177,7 +177,8 @@ def test_malformed_answer_is_a_clear_error(server, data, kind):
 
 
 @pytest.mark.parametrize(
-    "route", ["/sessions", "/psi", "/intersection", "/boosting", "/gradients", "/splits", "/trees"]
+    "route",
+    ["/sessions", "/psi", "/intersection", "/boosting", "/gradients", "/histograms", "/splits"],
 )
 def test_truncated_answer_on_every_fit_route_is_a_protocol_error(server, data, route):
     guest, _, y = data
@@ -191,9 +192,11 @@ def test_truncated_answer_on_every_fit_route_is_a_protocol_error(server, data, r
 # -- corrupted answers: detected, or harmless; never a silently wrong model ----------------------
 # Which arrays carry the numbers a model is built from, per answer (a flipped bit there
 # must be detected by the guest's consistency checks).
+HISTOGRAMS = ["packed", "kept", "n_packed"]
 TARGETS = {
-    "/histograms": ["packed", "kept", "n_packed"],
-    "/splits": ["go_left", "records"],
+    "/gradients": HISTOGRAMS,  # the roots' histograms come with a round's gradients
+    "/histograms": HISTOGRAMS,
+    "/splits": ["go_left", "records", *HISTOGRAMS],  # and the next layer's with the splits
     "/psi": ["double", "host"],
 }
 
@@ -281,8 +284,9 @@ def test_corrupted_answers_never_give_a_silently_wrong_model(server, data, refer
         ("/splits", "go_left"),
         ("/splits", "records"),
         ("/histograms", "packed"),
-        ("/histograms", "kept"),
-        ("/histograms", "counts"),
+        ("/gradients", "packed"),
+        ("/gradients", "kept"),
+        ("/gradients", "counts"),
     ],
 )
 def test_corrupted_model_numbers_are_always_detected(server, data, route, array):
@@ -291,7 +295,12 @@ def test_corrupted_model_numbers_are_always_detected(server, data, route, array)
     for bit in (0, 7):
 
         def change(r, bit=bit):
-            start, end = array_span(r.body, array)
+            try:
+                start, end = array_span(r.body, array)
+            except KeyError:  # e.g. a round's last /splits answer has no histograms
+                return r
+            if end == start:  # e.g. no split directions when the host won no split
+                return r
             return Reply(r.status, r.headers, _flip(r.body, (start + end) // 2, bit))
 
         with FaultProxy(server.url) as proxy:
@@ -311,7 +320,7 @@ def test_setup_answer_that_disagrees_with_the_session_is_refused(server, data, f
         msg.meta[field] = value
         return Reply(r.status, r.headers, message_to_wire(msg))
 
-    route = "/boosting" if field == "n_features" else "/trees"
+    route = "/boosting" if field == "n_features" else "/splits"  # where a round is persisted
     with FaultProxy(server.url) as proxy:
         proxy.fault = on(route, change)
         with pytest.raises(ProtocolError, match=field):
@@ -448,7 +457,7 @@ def _models_ok(root):
 
 def test_disk_full_at_run_time_refuses_cleanly_and_loses_nothing(tmp_path, data):
     guest, host, y = data
-    srv = PartyServer(tmp_path, host, max_file_bytes=14_000)
+    srv = PartyServer(tmp_path, host, max_file_bytes=9_000)
     with srv:
         fed = Federation({"insurer": srv.host_spec()}, retries=0)
         clf = make_clf(fed, n_estimators=8, warm_start=True)
@@ -468,7 +477,7 @@ def test_disk_full_at_run_time_refuses_cleanly_and_loses_nothing(tmp_path, data)
         )
         assert r.status_code == 409 and r.json()["error"]["code"] == "insufficient_storage"
         audit = srv.state_dir / "audit.log"
-        assert audit.stat().st_size <= 14_000
+        assert audit.stat().st_size <= 9_000
         _audit_ok(audit)
         _models_ok(srv.state_dir / "models")
         # the operator frees space: the fit continues from the last round both sides kept

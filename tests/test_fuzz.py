@@ -438,7 +438,6 @@ def test_recorded_traffic_reaches_every_protocol(fuzz_env):
         "secureboost.gradients",
         "secureboost.histograms",
         "secureboost.splits",
-        "secureboost.trees",
         "secureboost.decisions",
         "pearson.products",
         "logistic.setup",

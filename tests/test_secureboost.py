@@ -276,3 +276,83 @@ def test_only_g_is_packed_when_every_h_is_equal_and_that_is_public(tmp_path, tas
     local = Est(**kw | {"n_estimators": 4}).fit(joined.to_numpy(), y.to_numpy())
     offsets = np.cumsum([guest.shape[1], 4])[:-1]
     assert_same_trees(fed, local, apps, guest.shape[1], offsets)
+
+
+def _boosting_requests(rec, party):
+    """(route, request, answer) of ``party``'s boosting requests, in order."""
+    from fedsk.federation import message_from_wire
+
+    routes = ("/gradients", "/histograms", "/splits")
+    return [
+        (path.rsplit("/", 1)[1], message_from_wire(sent), message_from_wire(answer))
+        for who, path, sent, answer in rec.records
+        if who == party and path.endswith(routes)
+    ]
+
+
+def test_one_request_per_layer_with_children_named_by_reference(tmp_path):
+    """A layer's splits travel with the next layer's histograms (a host's own split's
+    child by reference), a round's gradients with the roots' and its end with the order
+    to persist: at most max_depth + 1 requests per round, and the same trees."""
+    joined, guest, y, _, apps = make_parties(tmp_path, host_cols=(4,))
+    rec = RecordingFederation(InProcessFederation(apps))
+    kw = dict(n_estimators=4, max_depth=3, random_state=0, key_length=KEY)
+    fed = SecureBoostClassifier(federation=rec, **kw).fit(guest, y)
+    rounds = []
+    for route, sent, answer in _boosting_requests(rec, "host0"):
+        if route == "gradients":
+            rounds.append([])
+            assert sent.arrays["features"].shape[0] == 1  # the root's histogram request
+            assert "packed" in answer.arrays
+        rounds[-1].append((route, sent, answer))
+    assert len(rounds) == 4
+    persisted = []
+    for r, steps in enumerate(rounds):
+        assert len(steps) <= kw["max_depth"] + 1
+        route, sent, answer = steps[-1]
+        assert route == "splits" and sent.meta["n_rounds"] == r + 1
+        assert answer.meta["model_id"] == fed._host_model_ids[0]
+        persisted.append(answer.meta["n_records"])
+        assert all("n_rounds" not in s.meta for _, s, _ in steps[:-1])
+    assert persisted == sorted(persisted)
+    assert persisted[-1] == len(host_records(apps, fed, 0)["feature"]) > 0
+    by_reference = [s for steps in rounds for route, s, _ in steps if "child_of" in s.arrays]
+    assert by_reference, "the host never won a split whose child needed a histogram"
+    for sent in by_reference:
+        refs = sent.arrays["child_of"]
+        offsets = sent.arrays["offsets"]
+        assert (np.diff(offsets)[refs >= 0] == 0).all()  # no rows sent for those nodes
+    local = SecureBoostClassifier(**kw).fit(joined.to_numpy(), y.to_numpy())
+    assert_same_trees(fed, local, apps, guest.shape[1], [guest.shape[1]])
+
+
+def test_child_of_one_hosts_split_is_asked_of_the_others_once_known(tmp_path):
+    """Host 0 wins the root: host 1 builds the smaller child's histogram in a second
+    request, with the rows host 0's answer gave."""
+    rng = np.random.default_rng(3)
+    n = 200
+    ids = [f"id{i:04d}" for i in range(n)]
+    y = pd.Series((rng.random(n) < 0.5).astype(int), index=ids)
+    strong = y.to_numpy() + rng.normal(scale=0.3, size=n)
+    guest = pd.DataFrame({"g0": rng.normal(size=n)}, index=ids)
+    h0 = pd.DataFrame({"a": strong}, index=ids)
+    h1 = pd.DataFrame({"b": rng.normal(size=n), "c": rng.normal(size=n)}, index=ids)
+    apps = {
+        name: (create_app(write_host(tmp_path / name, df, name=name)), "customers", TOKEN)
+        for name, df in (("host0", h0), ("host1", h1))
+    }
+    rec = RecordingFederation(InProcessFederation(apps))
+    kw = dict(n_estimators=1, max_depth=2, random_state=0, key_length=KEY)
+    fed = SecureBoostClassifier(federation=rec, **kw).fit(guest, y)
+    first = _boosting_requests(rec, "host0")[1]
+    assert first[0] == "splits" and (first[1].arrays["child_of"] >= 0).all()
+    later = _boosting_requests(rec, "host1")[1]
+    assert later[0] == "histograms" and "child_of" not in later[1].arrays
+    parent = first[1].arrays["parent_rows"]
+    go = np.unpackbits(first[2].arrays["go_left"], count=len(parent)).astype(bool)
+    (ref,) = first[1].arrays["child_of"]
+    child = parent[go] if ref % 2 == 0 else parent[~go]
+    np.testing.assert_array_equal(later[1].arrays["rows"], child)
+    joined = pd.concat([guest, h0, h1], axis=1).to_numpy()
+    local = SecureBoostClassifier(**kw).fit(joined, y.to_numpy())
+    assert_same_trees(fed, local, apps, 1, [1, 2])

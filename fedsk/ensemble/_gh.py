@@ -21,9 +21,11 @@ GH_MAX_VALUES = (1 << (GH_BITS + 1), 1 << H_BITS)
 # packed: a bin's h sum is its count times that h, and counts travel in the clear.
 G_MAX_VALUES = GH_MAX_VALUES[:1]
 
-# Version of the histogram packing (record layout per node, bins left out); both parties
-# must agree on it, so the guest sends it with every round's gradients.
-GH_PACKING = 2
+# Version of the SecureBoost exchange: the histogram packing (2: record layout per node,
+# bins left out) and, since 3, one request per layer (splits and the next layer's
+# histograms together). Both parties must agree on it, so the guest sends it with every
+# round's gradients.
+GH_PACKING = 3
 
 
 def gh_layout(n_terms, key_length, max_values=GH_MAX_VALUES):

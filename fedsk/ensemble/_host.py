@@ -6,6 +6,11 @@ the split records made so far. What a trained model needs (one record per host s
 feature, threshold, missing side) is written to the model store after every boosting
 round, so a finished round survives a crash and ``warm_start`` can continue from it.
 
+One request per layer of the trees: a round's gradients come with its roots' histogram
+request, and a layer's chosen splits with the next layer's histogram request (whose
+nodes may be children of those splits, the rows of which only this party knows yet) or,
+for the round's last layer, with the order to persist the round.
+
 What the host sees: the guest's public key, ciphertexts, which rows are in each node
 (the instance space), and which of its own (feature, bin) candidates won. It never sees
 labels, gradients, the guest's features or its splits' values.
@@ -23,7 +28,7 @@ from ..federation import Message, aligned_rows, public_key_from_wire
 from ..tree import BinMapper
 from ._gh import G_MAX_VALUES, GH_MAX_VALUES, GH_PACKING, node_layout, sent_bins
 
-__all__ = ["decisions", "gradients", "histograms", "setup", "splits", "trees"]
+__all__ = ["decisions", "gradients", "histograms", "setup", "splits"]
 
 KIND = "secureboost"
 MAX_SLOTS = 256
@@ -98,25 +103,29 @@ def setup(ctx, msg):
 
 
 def gradients(ctx, msg):
-    """Receive the encrypted (g, h) records of one boosting round."""
+    """Receive the encrypted (g, h) records of one boosting round.
+
+    With a histogram request (the fields of :func:`histograms`), the round's roots, the
+    answer carries their histograms too.
+    """
     st = _state(ctx)
     n_rows = st["binned"].shape[0]
     n_slots = msg.field("n_slots", int, minimum=1, maximum=MAX_SLOTS)
-    max_values = msg.field("max_values", list)
-    if max_values not in (list(GH_MAX_VALUES), list(G_MAX_VALUES)):
-        raise BadMessageError("field 'max_values' does not match this version's packing")
     packing = msg.field("packing", int, default=1)
     if packing != GH_PACKING:
         raise BadMessageError(
-            f"the guest packs histograms the way of version {packing}, this host the way "
-            f"of version {GH_PACKING}: run the same fedsk version on every party"
+            f"the guest runs version {packing} of the SecureBoost exchange, this host "
+            f"version {GH_PACKING}: run the same fedsk version on every party"
         )
+    max_values = msg.field("max_values", list)
+    if max_values not in (list(GH_MAX_VALUES), list(G_MAX_VALUES)):
+        raise BadMessageError("field 'max_values' does not match this version's packing")
     positions = msg.array("positions", kind="iu", ndim=1, low=0, high=n_rows).astype(np.int64)
     if len(positions) == 0 or np.any(np.diff(positions) <= 0):  # int64: uint64 diffs wrap
         raise BadMessageError("array 'positions' must be strictly increasing and non-empty")
     index = np.full(n_rows, -1, dtype=np.int64)
     index[positions] = np.arange(len(positions))
-    st["gh"] = {
+    gh = {
         "index": index,
         "n_terms": len(positions),
         "max_values": tuple(max_values),
@@ -124,20 +133,58 @@ def gradients(ctx, msg):
             msg.encrypted(f"gh{k}", st["public_key"], length=len(positions)) for k in range(n_slots)
         ],
     }
-    return Message({"received": len(positions) * n_slots})
+    st["gh"] = gh
+    reply = Message({"received": len(positions) * n_slots})
+    if "features" in msg.arrays:  # the round's roots, in the same exchange
+        _add_histograms(ctx, st, _requested_nodes(msg, st), msg, reply)
+    return reply
 
 
-def _nodes(msg, n_rows):
-    rows = msg.array("rows", kind="iu", ndim=1, low=0, high=n_rows).astype(np.int64)
-    offsets = msg.array("offsets", kind="iu", ndim=1, low=0, high=len(rows) + 1)
+def _nodes(msg, n_rows, rows_name="rows", offsets_name="offsets"):
+    rows = msg.array(rows_name, kind="iu", ndim=1, low=0, high=n_rows).astype(np.int64)
+    offsets = msg.array(offsets_name, kind="iu", ndim=1, low=0, high=len(rows) + 1)
     if (
         len(offsets) < 2
         or offsets[0] != 0
         or offsets[-1] != len(rows)
         or np.any(np.diff(offsets) < 0)
     ):
-        raise BadMessageError("array 'offsets' must go from 0 to len(rows), non-decreasing")
+        raise BadMessageError(
+            f"array {offsets_name!r} must go from 0 to len({rows_name}), non-decreasing"
+        )
     return [rows[a:b] for a, b in itertools.pairwise(offsets)]
+
+
+def _requested_nodes(msg, st, children=()):
+    """The rows of every node of a histogram request (only rows of this round count).
+
+    A node is given by its rows, or, with ``child_of[k] = 2 * s + side`` (side 0: left),
+    as a child of split ``s`` of the same request: ``children[s]`` is that split's
+    ``(parent rows, go_left)``, known only here until this answer reaches the guest.
+    """
+    if not st["gh"]:
+        raise ConflictError("send the round's gradients before asking for histograms")
+    node_rows = _nodes(msg, st["binned"].shape[0])
+    child_of = msg.array(
+        "child_of",
+        kind="i",
+        shape=(len(node_rows),),
+        low=-1,
+        high=2 * len(children),
+        optional=True,
+    )
+    if child_of is None:
+        return node_rows
+    index = st["gh"]["index"]
+    for k, ref in enumerate(child_of.tolist()):
+        if ref < 0:
+            continue
+        if len(node_rows[k]):
+            raise BadMessageError(f"node {k} is a split's child: send no rows for it")
+        parent, go = children[ref // 2]
+        side = parent[go] if ref % 2 == 0 else parent[~go]
+        node_rows[k] = side[index[side] >= 0]
+    return node_rows
 
 
 def histograms(ctx, msg):
@@ -146,14 +193,20 @@ def histograms(ctx, msg):
     Answer: which (feature, bin) of each node are non-empty (``kept``, bits), how many of
     the node's rows each holds (``counts``, in the clear), and the packed (g, h) sums of
     all of them but each feature's last (``packed``, ``n_packed`` per node; the guest gets
-    that one from the node's totals, see :func:`sent_bins`).
+    that one from the node's totals, see :func:`sent_bins`). Most histograms come with
+    :func:`gradients` or :func:`splits` instead; this asks for the rest (children of
+    another party's splits, known once its answer has reached the guest).
     """
     st = _state(ctx)
+    reply = Message()
+    _add_histograms(ctx, st, _requested_nodes(msg, st), msg, reply)
+    return reply
+
+
+def _add_histograms(ctx, st, node_rows, msg, reply):
+    """Put the histograms of ``node_rows`` (see :func:`histograms`) into ``reply``."""
     gh = st["gh"]
-    if not gh:
-        raise ConflictError("send the round's gradients before asking for histograms")
     binned, mapper = st["binned"], st["mapper"]
-    node_rows = _nodes(msg, binned.shape[0])
     slots = msg.array(
         "slots", kind="iu", ndim=1, shape=(len(node_rows),), low=0, high=len(gh["slots"])
     )
@@ -201,47 +254,58 @@ def histograms(ctx, msg):
         ),
         "rerandomisations": int(sum(len(p) for p in packed)),
     }
-    reply = Message(
-        {"ops": ops},
-        arrays={
-            "n_packed": np.array([len(p) for p in packed], dtype=np.int64),
-            "kept": np.packbits(np.concatenate(kept).astype(np.uint8)),
-            "counts": np.concatenate(counts).astype(np.uint32),  # at most n rows
-        },
-    )
+    reply.meta["ops"] = ops
+    reply.add_array("n_packed", np.array([len(p) for p in packed], dtype=np.int64))
+    reply.add_array("kept", np.packbits(np.concatenate(kept).astype(np.uint8)))
+    reply.add_array("counts", np.concatenate(counts).astype(np.uint32))  # at most n rows
     reply.add_encrypted("packed", EncryptedArray.concat(packed))
-    return reply
 
 
 def splits(ctx, msg):
-    """Record the guest's chosen candidates as our splits; say which rows go left."""
+    """Record the guest's chosen candidates as our splits; say which rows go left.
+
+    The same request may ask for the next layer's histograms (nodes may be children of
+    these splits, see :func:`_requested_nodes`) or, at the round's end, carry
+    ``n_rounds``: every record made so far is then persisted (the round is complete on
+    both sides). Without split arrays it only does those.
+    """
     st = _state(ctx)
     binned, mapper = st["binned"], st["mapper"]
-    node_rows = _nodes(msg, binned.shape[0])
-    n = len(node_rows)
-    feature = msg.array("feature", kind="iu", shape=(n,), low=0, high=binned.shape[1])
-    bins = msg.array("bin", kind="iu", shape=(n,), low=0, high=mapper.max_bins)
-    missing_left = msg.array("missing_left", kind="b", shape=(n,))
+    if "parent_offsets" in msg.arrays:
+        parents = _nodes(msg, binned.shape[0], "parent_rows", "parent_offsets")
+        n = len(parents)
+        feature = msg.array("feature", kind="iu", shape=(n,), low=0, high=binned.shape[1])
+        bins = msg.array("bin", kind="iu", shape=(n,), low=0, high=mapper.max_bins)
+        missing_left = msg.array("missing_left", kind="b", shape=(n,))
+    else:
+        n, parents = 0, []
+        feature, bins, missing_left = np.empty((3, 0), np.int64)
+    n_rounds = msg.field("n_rounds", int, minimum=1, default=None)
     recs = st["records"]
     first = len(recs["feature"])
     new_thr, go = [], []
-    for rows, f, b, ml in zip(node_rows, feature.tolist(), bins.tolist(), missing_left.tolist()):
+    for rows, f, b, ml in zip(parents, feature.tolist(), bins.tolist(), missing_left.tolist()):
         col = binned[rows, f]
         go.append(np.where(col == mapper.missing_bin, ml, col <= b))
         new_thr.append(mapper.threshold(f, b))
+    bits = np.packbits(np.concatenate(go).astype(np.uint8)) if go else np.empty(0, np.uint8)
+    reply = Message(arrays={"go_left": bits, "records": np.arange(first, first + n)})
+    if "features" in msg.arrays:
+        _add_histograms(ctx, st, _requested_nodes(msg, st, list(zip(parents, go))), msg, reply)
+    # the records change only once the whole request has been answered
     st["records"] = {
         "feature": np.concatenate([recs["feature"], feature.astype(np.int32)]),
         "threshold": np.concatenate([recs["threshold"], np.asarray(new_thr, dtype=np.float64)]),
         "missing_left": np.concatenate([recs["missing_left"], missing_left.astype(bool)]),
     }
-    bits = np.packbits(np.concatenate(go).astype(np.uint8)) if go else np.empty(0, np.uint8)
-    return Message(arrays={"go_left": bits, "records": np.arange(first, first + n, dtype=np.int64)})
+    if n_rounds is not None:
+        _persist(ctx, st, n_rounds)
+        reply.meta.update(model_id=st["model_id"], n_records=st["n_committed"])
+    return reply
 
 
-def trees(ctx, msg):
-    """Persist every record made so far: the round is complete on both sides."""
-    st = _state(ctx)
-    n_rounds = msg.field("n_rounds", int, minimum=1)
+def _persist(ctx, st, n_rounds):
+    """Write every record made so far to the model store."""
     recs = st["records"]
     ctx.models.save(
         st["model_id"],
@@ -256,7 +320,6 @@ def trees(ctx, msg):
         recs,
     )
     st["n_committed"] = len(recs["feature"])
-    return Message({"model_id": st["model_id"], "n_records": st["n_committed"]})
 
 
 def decisions(ctx, msg):

@@ -1,14 +1,17 @@
 """The guest half of SecureBoost: who sends what, per boosting round and per layer.
 
 Per round the guest quantises each tree's (g, h), packs (g + offset, h) of a sample
-into one plaintext and encrypts it once (CRT fast path), and sends the ciphertexts to
-every host. Per layer of the trees it sends one histogram request per host (the
-smaller child of every split node, all trees of the round together), decrypts the
-packed answers, checks them against the node totals it knows, and picks the best split
-over all parties. When a host's candidate wins, the host is told only "rows of node k,
-your candidate (feature j, bin b, missing side)"; it records the real threshold in its
-own table and answers which rows go left. After each round the hosts persist their
-records. Prediction asks each host once for its decisions on the requested rows.
+into one plaintext and encrypts it once (CRT fast path). Per layer of the trees it sends
+each host one request: the previous layer's splits that host won, and the histogram
+request of this layer (the smaller child of every split node, all trees of the round
+together). When a host's candidate wins, the host is told only "rows of node k, your
+candidate (feature j, bin b, missing side)"; it records the real threshold in its own
+table and answers which rows go left, with the histograms of the children it was asked
+for (named by reference, since only it knows their rows yet). The round's ciphertexts
+travel with the roots' histogram request, and the last layer's splits with the order to
+persist the round's records. The guest decrypts the packed answers, checks them against
+the node totals it knows, and picks the best split over all parties. Prediction asks
+each host once for its decisions on the requested rows.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +25,7 @@ from ..crypto import (
 )
 from ..exceptions import ProtocolError
 from ..federation import Message, public_key_to_wire
-from ..tree import BinMapper, LocalSource, build_histograms
+from ..tree import BinMapper, ChildRows, LocalSource, build_histograms, child_rows
 from ..tree._histogram import GH_BITS
 from ._gh import G_MAX_VALUES, GH_MAX_VALUES, GH_PACKING, gh_layout, node_layout, sent_bins
 
@@ -42,10 +45,7 @@ class LocalEngine:
     def threshold_of(self, feature, bin_index):
         return self.mapper.threshold(feature, bin_index)
 
-    def start_round(self, specs, active, *, same_h_is_public=False):
-        pass
-
-    def finish_round(self, n_rounds):
+    def start_round(self, specs, active, *, n_rounds, same_h_is_public=False):
         pass
 
 
@@ -70,7 +70,147 @@ class FederatedSource(LocalSource):
         super().__init__(engine.binned, engine.mapper.n_bins_total, engine.mapper.missing_bin)
         self.engine = engine
 
-    def histograms(self, requests):
+    def step(self, splits, requests, active):
+        """One request per host per layer (see :meth:`LocalSource.step`).
+
+        A host gets the previous layer's splits it won, and this layer's histogram
+        requests; a child of its own split is named by reference, since only the host
+        knows its rows until it answers. The first step of a round carries the round's
+        gradients; the last (no requests) orders every host to persist the round. Only
+        with several hosts, a child of one host's split needs a second request to the
+        others, once the first answers have said which rows it holds.
+        """
+        eng = self.engine
+        owner = [eng.host_of(split.feature) for _, split in splits]
+        parts = [None] * len(splits)
+        local = [k for k, h in enumerate(owner) if h is None]
+        for k, res in zip(local, super().partition([splits[k] for k in local])):
+            parts[k] = res
+
+        def waits(rows, h):  # a child of another host's split: rows unknown to h for now
+            return isinstance(rows, ChildRows) and owner[rows.split] not in (None, h)
+
+        first = [[j for j, (_, r) in enumerate(requests) if not waits(r, h)] for h in eng.hosts]
+        gradients, eng.pending_gradients = eng.pending_gradients, None
+        if not requests:  # the round's last step: its gradients were never needed
+            gradients = None
+
+        def ask(h):
+            mine = [k for k, o in enumerate(owner) if o == h]
+            if requests and not (mine or first[h]):
+                return [], None  # all it has to do waits for another host's answer
+            msg = Message()
+            if mine:
+                self._add_splits(msg, h, [splits[k] for k in mine])
+            if first[h]:
+                own = {k: pos for pos, k in enumerate(mine)}
+                self._add_requests(msg, h, requests, first[h], splits, parts, active, own)
+            if gradients is not None:
+                route = "secureboost.gradients"
+                msg.meta.update(gradients.meta)
+                for name, arr in gradients.arrays.items():
+                    msg.arrays[name] = arr
+                msg.exponents.update(gradients.exponents)
+            elif mine or not requests:
+                route = "secureboost.splits"
+                if not requests:
+                    msg.meta["n_rounds"] = eng.n_rounds
+            else:
+                route = "secureboost.histograms"
+            answer = eng.sessions[h].call(route, msg)
+            done = self._read_splits(answer, h, mine, splits) if mine else []
+            if not requests:
+                eng.check_persisted(h, answer)
+            hist = self._read_histograms(answer, h, len(first[h])) if first[h] else None
+            return done, hist
+
+        answers = _parallel_hosts(ask, eng.hosts)
+        for done, _ in answers:
+            for k, res in done:
+                parts[k] = res
+        hists = {h: [(first[h], hist)] for h, (_, hist) in zip(eng.hosts, answers) if hist}
+        # several hosts: children of one host's splits, asked of the others now
+        later = {h: [j for j, (_, r) in enumerate(requests) if waits(r, h)] for h in eng.hosts}
+        todo = [h for h in eng.hosts if later[h]]
+
+        def ask_later(h):
+            msg = Message()
+            self._add_requests(msg, h, requests, later[h], splits, parts, active, {})
+            answer = eng.sessions[h].call("secureboost.histograms", msg)
+            return self._read_histograms(answer, h, len(later[h]))
+
+        for h, hist in zip(todo, _parallel_hosts(ask_later, todo) if todo else []):
+            hists.setdefault(h, []).append((later[h], hist))
+        resolved = [(spec, child_rows(r, splits, parts, active)) for spec, r in requests]
+        return parts, self._histograms(resolved, hists) if requests else []
+
+    def _add_splits(self, msg, h, splits):
+        off = self.engine.offsets[h]
+        rows = [r for r, _ in splits]
+        msg.add_array("parent_rows", np.concatenate(rows).astype(np.int64))
+        msg.add_array("parent_offsets", _offsets(rows))
+        msg.add_array("feature", np.array([s.feature - off for _, s in splits], dtype=np.int64))
+        msg.add_array("bin", np.array([s.bin for _, s in splits], dtype=np.int64))
+        msg.add_array("missing_left", np.array([s.missing_left for _, s in splits], dtype=bool))
+
+    def _add_requests(self, msg, h, requests, which, splits, parts, active, own):
+        """Histogram request fields for ``requests[which]``; ``own``: host h's splits."""
+        eng = self.engine
+        off, nf = eng.offsets[h], eng.host_n_features[h]
+        feats = np.zeros((len(which), nf), dtype=bool)
+        rows, child_of = [], np.full(len(which), -1, dtype=np.int64)
+        for pos, j in enumerate(which):
+            spec, r = requests[j]
+            feats[pos, self._host_features(spec, off, nf)] = True
+            if isinstance(r, ChildRows) and r.split in own:
+                child_of[pos] = 2 * own[r.split] + (0 if r.left else 1)
+                rows.append(np.empty(0, np.int64))
+            else:
+                rows.append(child_rows(r, splits, parts, active))
+        msg.add_array("rows", np.concatenate(rows).astype(np.int64))
+        msg.add_array("offsets", _offsets(rows))
+        msg.add_array("slots", np.array([requests[j][0].slot for j in which], dtype=np.int64))
+        msg.add_array("features", feats)
+        if (child_of >= 0).any():
+            msg.add_array("child_of", child_of)
+
+    def _read_splits(self, answer, h, mine, splits):
+        eng = self.engine
+        name = eng.sessions[h].name
+        sizes = [len(splits[k][0]) for k in mine]
+        go = _unpack_bits(
+            answer.array("go_left", kind="u", ndim=1), sum(sizes), "split directions", name
+        )
+        recs = answer.array("records", kind="iu", shape=(len(mine),), low=0)
+        # the host numbers its records 0, 1, 2, ... in the order it made them
+        start = eng.host_n_records[h]
+        if recs.tolist() != list(range(start, start + len(mine))):
+            raise ProtocolError(
+                f"{name} numbered its new split records {recs.tolist()[:5]}, expected "
+                f"{start}..{start + len(mine) - 1}"
+            )
+        eng.host_n_records[h] += len(mine)
+        out, pos = [], 0
+        for k, size, rec in zip(mine, sizes, recs.tolist()):
+            out.append((k, (go[pos : pos + size], (h, rec))))
+            pos += size
+        return out
+
+    def _read_histograms(self, answer, h, n_nodes):
+        """The parts of a host's histogram answer, still encrypted."""
+        eng = self.engine
+        ops = answer.field("ops", dict, default={})
+        for key in ("additions", "shifts", "rerandomisations"):
+            if isinstance(ops.get(key), int):
+                eng.counts["host_" + key] += ops[key]
+        n_packed = answer.array("n_packed", kind="iu", shape=(n_nodes,), low=0)
+        packed = answer.encrypted("packed", eng.public_key, length=int(n_packed.sum()))
+        kept = answer.array("kept", kind="u", ndim=1)
+        counts = answer.array("counts", kind="iu", ndim=1, low=1, high=eng.n_active + 1)
+        return n_packed, packed, kept, counts.astype(np.int64)
+
+    def _histograms(self, requests, answers):
+        """Every request's histogram: the guest's columns here, the hosts' decrypted."""
         eng = self.engine
         n_guest = eng.n_local_features
         out = []
@@ -81,54 +221,21 @@ class FederatedSource(LocalSource):
             local = build_histograms(eng.binned, rows, spec.qg, self.n_bins_total, guest_feats)
             out.append(np.zeros((eng.n_features_total, self.n_bins_total, 3), np.int64))
             out[-1][:n_guest] = local
-
-        def ask(h):
-            sess, off, nf = eng.sessions[h], eng.offsets[h], eng.host_n_features[h]
-            feats = np.zeros((len(requests), nf), dtype=bool)
-            for k, (spec, _) in enumerate(requests):
-                if spec.features is None:
-                    feats[k] = True
-                else:
-                    sel = spec.features[(spec.features >= off) & (spec.features < off + nf)]
-                    feats[k, sel - off] = True
-            rows = [r for _, r in requests]
-            msg = Message(
-                arrays={
-                    "rows": np.concatenate(rows).astype(np.int64),
-                    "offsets": np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(
-                        np.int64
-                    ),
-                    "slots": np.array([spec.slot for spec, _ in requests], dtype=np.int64),
-                    "features": feats,
-                }
-            )
-            answer = sess.call("secureboost.histograms", msg)
-            ops = answer.field("ops", dict, default={})
-            for key in ("additions", "shifts", "rerandomisations"):
-                if isinstance(ops.get(key), int):
-                    eng.counts["host_" + key] += ops[key]
-            n_packed = answer.array("n_packed", kind="iu", shape=(len(requests),), low=0)
-            packed = answer.encrypted("packed", eng.public_key, length=int(n_packed.sum()))
-            n_records = int(feats.sum()) * self.n_bins_total
-            kept = _unpack_bits(
-                answer.array("kept", kind="u", ndim=1), n_records, "kept bins", sess.name
-            )
-            counts = answer.array(
-                "counts", kind="iu", shape=(int(kept.sum()),), low=1, high=eng.n_active + 1
-            ).astype(np.int64)
-            return feats, n_packed, packed, kept, counts
-
-        answers = _parallel_hosts(ask, list(range(len(eng.sessions))))
-        all_packed = EncryptedArray.concat([a[2] for a in answers]) if answers else None
-        plains = decrypt_raw(eng.private_key, all_packed, n_jobs=eng.n_jobs) if answers else []
+        items = [(h, which, a) for h, parts in answers.items() for which, a in parts]
+        all_packed = EncryptedArray.concat([a[1] for _, _, a in items]) if items else None
+        plains = decrypt_raw(eng.private_key, all_packed, n_jobs=eng.n_jobs) if items else []
         eng.counts["decryptions"] += len(plains)
         pos = 0
-        for h, (feats, n_packed, _, kept, counts) in enumerate(answers):
-            off, name = eng.offsets[h], eng.sessions[h].name
+        for h, which, (n_packed, _, kept_bits, counts) in items:
+            off, nf, name = eng.offsets[h], eng.host_n_features[h], eng.sessions[h].name
+            sels = [self._host_features(requests[j][0], off, nf) for j in which]
+            n_records = sum(len(sel) for sel in sels) * self.n_bins_total
+            kept = _unpack_bits(kept_bits, n_records, "kept bins", name)
+            if len(counts) != int(kept.sum()):
+                raise ProtocolError(f"{name} sent {len(counts)} bin counts, expected {kept.sum()}")
             kpos = cpos = 0
-            for k, (spec, rows) in enumerate(requests):
-                sel = np.flatnonzero(feats[k])
-                count = int(n_packed[k])
+            for j, sel, count in zip(which, sels, n_packed.tolist()):
+                spec, rows = requests[j]
                 n_rec = len(sel) * self.n_bins_total
                 node_kept = kept[kpos : kpos + n_rec]
                 n_kept = int(node_kept.sum())
@@ -145,8 +252,15 @@ class FederatedSource(LocalSource):
                 kpos += n_rec
                 cpos += n_kept
                 self._check(hist, spec.qg, rows, name)
-                out[k][off + sel] = hist
+                out[j][off + sel] = hist
         return out
+
+    @staticmethod
+    def _host_features(spec, off, nf):
+        """Host columns (host-local indices) a request covers."""
+        if spec.features is None:
+            return np.arange(nf)
+        return spec.features[(spec.features >= off) & (spec.features < off + nf)] - off
 
     def _decode(self, plaintexts, qg, rows, n_features, kept, counts, host):
         """One node's histogram (n_features, n_bins, 3) from the host's packed answer."""
@@ -203,58 +317,9 @@ class FederatedSource(LocalSource):
     def party_of(self, record):
         return "the guest" if record is None else f"host {self.engine.sessions[record[0]].name!r}"
 
-    def partition(self, splits):
-        eng = self.engine
-        results = [None] * len(splits)
-        per_host = {h: [] for h in range(len(eng.sessions))}
-        local = []
-        for k, (_rows, split) in enumerate(splits):
-            h = eng.host_of(split.feature)
-            (local if h is None else per_host[h]).append(k)
-        for k, res in zip(local, super().partition([splits[k] for k in local])):
-            results[k] = res
 
-        def ask(h):
-            ks = per_host[h]
-            if not ks:
-                return h, None
-            off = eng.offsets[h]
-            rows = [splits[k][0] for k in ks]
-            msg = Message(
-                arrays={
-                    "rows": np.concatenate(rows).astype(np.int64),
-                    "offsets": np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(
-                        np.int64
-                    ),
-                    "feature": np.array([splits[k][1].feature - off for k in ks], dtype=np.int64),
-                    "bin": np.array([splits[k][1].bin for k in ks], dtype=np.int64),
-                    "missing_left": np.array([splits[k][1].missing_left for k in ks], dtype=bool),
-                }
-            )
-            return h, eng.sessions[h].call("secureboost.splits", msg)
-
-        for h, answer in _parallel_hosts(ask, list(per_host)):
-            if answer is None:
-                continue
-            ks, name = per_host[h], eng.sessions[h].name
-            sizes = [len(splits[k][0]) for k in ks]
-            go = _unpack_bits(
-                answer.array("go_left", kind="u", ndim=1), sum(sizes), "split directions", name
-            )
-            recs = answer.array("records", kind="iu", shape=(len(ks),), low=0)
-            # the host numbers its records 0, 1, 2, ... in the order it made them
-            first = eng.host_n_records[h]
-            if recs.tolist() != list(range(first, first + len(ks))):
-                raise ProtocolError(
-                    f"{name} numbered its new split records {recs.tolist()[:5]}, expected "
-                    f"{first}..{first + len(ks) - 1}"
-                )
-            eng.host_n_records[h] += len(ks)
-            pos = 0
-            for k, size, rec in zip(ks, sizes, recs.tolist()):
-                results[k] = (go[pos : pos + size], (h, rec))
-                pos += size
-        return results
+def _offsets(rows):
+    return np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
 
 
 class FederatedEngine:
@@ -302,6 +367,8 @@ class FederatedEngine:
             self.offsets.append(off)
             off += nf
         self.n_features_total = off
+        self.hosts = list(range(len(sessions)))
+        self.pending_gradients = None
         self.source = FederatedSource(self)
 
     def host_of(self, feature):
@@ -313,14 +380,17 @@ class FederatedEngine:
     def threshold_of(self, feature, bin_index):
         return self.mapper.threshold(feature, bin_index)
 
-    def start_round(self, specs, active, *, same_h_is_public=False):
-        """Encrypt every tree's packed (g + offset, h) once and send it to every host.
+    def start_round(self, specs, active, *, n_rounds, same_h_is_public=False):
+        """Encrypt every tree's packed (g + offset, h) once, for every host.
 
-        With ``same_h_is_public`` (the loss's hessian is constant, or this is the first
-        round of a fresh fit) and every sample's h equal, only g + offset is packed.
+        The ciphertexts go with the round's first request (the roots' histograms). With
+        ``same_h_is_public`` (the loss's hessian is constant, or this is the first round
+        of a fresh fit) and every sample's h equal, only g + offset is packed. The
+        round's last request tells the hosts to persist it as round ``n_rounds``.
         """
         positions = np.flatnonzero(active)
         self.n_active = len(positions)
+        self.n_rounds = n_rounds
         same_h = same_h_is_public and all(
             len(np.unique(spec.qg.h[positions])) == 1 for spec in specs
         )
@@ -338,21 +408,16 @@ class FederatedEngine:
             enc = encrypt_integers(self.private_key, layout.pack(cols), n_jobs=self.n_jobs)
             self.counts["encryptions"] += len(enc)
             msg.add_encrypted(f"gh{spec.slot}", enc)
-        _parallel_hosts(lambda s: s.call("secureboost.gradients", msg), self.sessions)
+        self.pending_gradients = msg
 
-    def finish_round(self, n_rounds):
-        """Ask every host to persist its records: the round is complete."""
-        answers = _parallel_hosts(
-            lambda s: s.call("secureboost.trees", Message({"n_rounds": n_rounds})), self.sessions
-        )
-        for sess, mid, n_rec, answer in zip(
-            self.sessions, self.model_ids, self.host_n_records, answers
-        ):
-            if answer.field("model_id", str) != mid or answer.field("n_records", int) != n_rec:
-                raise ProtocolError(
-                    f"{sess.name} persisted model_id={answer.meta.get('model_id')!r} with "
-                    f"n_records={answer.meta.get('n_records')!r}, expected {mid!r} with {n_rec}"
-                )
+    def check_persisted(self, h, answer):
+        """Host ``h`` must have persisted every record it made: the round is complete."""
+        sess, mid, n_rec = self.sessions[h], self.model_ids[h], self.host_n_records[h]
+        if answer.field("model_id", str) != mid or answer.field("n_records", int) != n_rec:
+            raise ProtocolError(
+                f"{sess.name} persisted model_id={answer.meta.get('model_id')!r} with "
+                f"n_records={answer.meta.get('n_records')!r}, expected {mid!r} with {n_rec}"
+            )
 
     def existing_decisions(self, n_rows):
         """Decisions of the hosts' existing records (for ``warm_start``)."""

@@ -269,9 +269,12 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     specs.append(TreeSpec(quantize(g, h), features, slot=k))
                 # every h equal is public knowledge in a fresh fit's first round (one
                 # baseline score) and for a loss with a constant hessian
+                # the hosts persist their half of the round with its last request: the
+                # round counts once grow_trees has returned
                 engine.start_round(
                     specs,
                     active,
+                    n_rounds=len(self._predictors) + 1,
                     same_h_is_public=loss.constant_hessian or not self._predictors,
                 )
                 trees = grow_trees(
@@ -287,8 +290,6 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     TreePredictor.from_grower(t, engine.threshold_of, engine.n_local_features)
                     for t in trees
                 ]
-                # the round counts once every host has persisted its half of it
-                engine.finish_round(len(self._predictors) + 1)
                 self._predictors.append(predictors)
                 for k, t in enumerate(trees):
                     raw[:, k] += t.leaf_values_of_rows(n)
@@ -432,8 +433,11 @@ _NOTES = """
     re-randomises and returns them with each bin's number of rows (in the clear); the
     guest decrypts and picks the best split over all parties. A winning host split is
     sent back as "node k, your candidate (feature, bin)"; the host keeps the real
-    threshold in its own table. Prediction asks each host once for its left/right
-    decisions on the requested rows.
+    threshold in its own table and answers which rows go left. Each layer is one
+    request per host: the chosen splits travel with the next layer's histogram request
+    (the round's gradients with the roots', the last layer's splits with the order to
+    persist the round). Prediction asks each host once for its left/right decisions on
+    the requested rows.
 
     What the guest learns: the hosts' numbers of columns (and names if published),
     aggregated (g, h, count) sums per (feature, bin) of each host column for each node,

@@ -67,9 +67,6 @@ ROUTES = (
         "fedsk.ensemble._host:splits",
     ),
     Route(
-        "secureboost.trees", "POST", "/v1/sessions/<session_id>/trees", "fedsk.ensemble._host:trees"
-    ),
-    Route(
         "secureboost.decisions",
         "POST",
         "/v1/sessions/<session_id>/decisions",

@@ -5,7 +5,7 @@ swaps only who computes a histogram and who applies a split (the grower's *sourc
 """
 
 from ._binning import BinMapper, find_thresholds
-from ._grower import GrowerTree, LocalSource, Node, TreeSpec, grow_trees
+from ._grower import ChildRows, GrowerTree, LocalSource, Node, TreeSpec, child_rows, grow_trees
 from ._histogram import GH_BITS, QuantizedGradients, build_histograms, quantize
 from ._predictor import TreePredictor
 from ._splitting import SplitInfo, SplitParams, find_best_split, leaf_value
@@ -13,6 +13,7 @@ from ._splitting import SplitInfo, SplitParams, find_best_split, leaf_value
 __all__ = [
     "GH_BITS",
     "BinMapper",
+    "ChildRows",
     "GrowerTree",
     "LocalSource",
     "Node",
@@ -22,6 +23,7 @@ __all__ = [
     "TreePredictor",
     "TreeSpec",
     "build_histograms",
+    "child_rows",
     "find_best_split",
     "find_thresholds",
     "grow_trees",
