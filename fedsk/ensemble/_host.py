@@ -83,7 +83,6 @@ def setup(ctx, msg):
     records = _load_records(ctx, model_id) if model_id else _empty_records()
     if model_id is None:
         model_id = ctx.models.create(ctx.session.peer, KIND)
-    _prepare_in_background(pub)
     ctx.session.state["sb"] = {
         "public_key": pub,
         "mapper": mapper,
@@ -93,6 +92,7 @@ def setup(ctx, msg):
         "n_committed": len(records["feature"]),
         "gh": {},
     }
+    _prepare_in_background(pub)  # last: it competes for the CPU with what is above
     return Message(
         {
             "model_id": model_id,
