@@ -221,29 +221,41 @@ def test_layout_with_a_fixed_lower_slot_decodes_sums_of_fewer_records():
         RecordLayout([1000, 500], 10, widths=(None, 3))
 
 
-def test_packed_histograms_of_nodes_with_different_record_widths(keypair):
+def test_packed_histograms_with_a_width_per_record(keypair):
     pub, priv = keypair
     layout = RecordLayout.for_sums([300, 7], n_terms=60)
     values = rng.integers(0, [301, 8], size=(60, 2))
     enc = encrypt_integers(priv, layout.pack(values))
+    low = layout.slot_bits[1]
     nodes = []
-    for n_rows, bits_extra in ((60, 0), (9, 3), (25, 1)):
+    for n_rows in (60, 9, 25):
         rows = np.sort(rng.choice(60, n_rows, replace=False))
         bins = rng.integers(0, 5, size=(n_rows, 3))
-        keep = np.bincount((bins + 5 * np.arange(3)).ravel(), minlength=15) > 0
+        counts = np.bincount((bins + 5 * np.arange(3)).ravel(), minlength=15)
+        keep = counts > 0
         keep[np.flatnonzero(keep)[0]] = False  # a non-empty bin left out on purpose
-        nodes.append((rows, bins, layout.record_bits + bits_extra, 4, keep))
+        widths = [(300 * int(c)).bit_length() + low for c in counts[keep]]
+        sizes, left = [], len(widths)
+        while left:  # uneven groups, one of a single record
+            sizes.append(min(left, [3, 1, 4][len(sizes) % 3]))
+            left -= sizes[-1]
+        nodes.append((rows, bins, keep, widths, sizes))
     for n_jobs in (1, 2):
         out = packed_histograms(enc, nodes, 5, n_jobs=n_jobs)
-        for (rows, bins, record_bits, per, keep), packed in zip(nodes, out):
-            ids = np.flatnonzero(keep)
-            assert len(packed) == -(-len(ids) // per)
-            low = layout.slot_bits[1]
-            node_layout = RecordLayout([300, 7], len(rows), widths=(record_bits - low, low))
-            records = node_layout.split_plaintexts(decrypt_raw(priv, packed), len(ids), per)
+        for (rows, bins, keep, widths, sizes), packed in zip(nodes, out):
+            assert len(packed) == len(sizes)
+            records, pos = [], 0
+            for m, size in zip(decrypt_raw(priv, packed), sizes):
+                group = []
+                for w in reversed(widths[pos : pos + size]):  # last record least significant
+                    group.append(m & ((1 << w) - 1))
+                    m >>= w
+                assert m == 0
+                records += group[::-1]
+                pos += size
             want = np.zeros((15, 2), dtype=np.int64)  # plaintext sums, feature-major buckets
             np.add.at(want, (bins + 5 * np.arange(3)).T.ravel(), np.tile(values[rows], (3, 1)))
-            np.testing.assert_array_equal(node_layout.unpack(records).astype(np.int64), want[ids])
+            assert records == [(int(g) << low) + int(h) for g, h in want[keep]]
 
 
 def test_ciphertext_bytes_roundtrip_and_range(keypair):

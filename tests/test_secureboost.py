@@ -7,8 +7,16 @@ from sklearn.datasets import make_classification, make_regression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fedsk import SecureBoostClassifier, SecureBoostRegressor
-from fedsk.ensemble._gh import G_MAX_VALUES, GH_MAX_VALUES, sent_bins
-from fedsk.exceptions import ProtocolError
+from fedsk.crypto import RecordLayout
+from fedsk.ensemble._gh import (
+    G_MAX_VALUES,
+    GH_MAX_VALUES,
+    plaintext_groups,
+    record_widths,
+    sent_bins,
+    unpack_records,
+)
+from fedsk.exceptions import PackingOverflowError, ProtocolError
 from fedsk.federation import InProcessFederation
 from party_server import create_app
 
@@ -356,3 +364,42 @@ def test_child_of_one_hosts_split_is_asked_of_the_others_once_known(tmp_path):
     joined = pd.concat([guest, h0, h1], axis=1).to_numpy()
     local = SecureBoostClassifier(**kw).fit(joined, y.to_numpy())
     assert_same_trees(fed, local, apps, 1, [1, 2])
+
+
+@pytest.mark.parametrize("max_values", [GH_MAX_VALUES, G_MAX_VALUES])
+def test_records_are_as_wide_as_their_bins_rows_need(max_values):
+    """A bin of c rows packs its g sum in the bits c values need; the h slot keeps the
+    width of the round's encryption. Sums of real samples decode exactly, and a slot
+    above its bin's bound is refused."""
+    rng = np.random.default_rng(0)
+    n_terms, key_length = 300, 512
+    counts = rng.integers(1, 40, size=50)
+    top = np.asarray(max_values) + 1
+    samples = [rng.integers(0, top, size=(c, len(max_values))) for c in counts]
+    sums = np.array([s.sum(axis=0) for s in samples])
+    encrypted = RecordLayout.for_sums(max_values, n_terms)  # how each sample was packed
+    records = [sum(encrypted.pack(s)) for s in samples]  # what a bin's sum decrypts to
+    widths = record_widths(counts, n_terms, max_values)
+    low = sum(encrypted.slot_bits[1:])
+    assert (widths == [(max_values[0] * int(c)).bit_length() + low for c in counts]).all()
+    assert (widths < encrypted.record_bits).all()  # narrower than the round's layout
+    sizes = plaintext_groups(widths, key_length)
+    assert sum(sizes) == len(counts) and len(sizes) > 1
+    plaintexts, pos = [], 0
+    for size in sizes:
+        assert widths[pos : pos + size].sum() < key_length
+        m = 0
+        for r, w in zip(records[pos : pos + size], widths[pos : pos + size]):
+            m = (m << int(w)) + r
+        plaintexts.append(m)
+        pos += size
+    got = unpack_records(plaintexts, widths, sizes, counts, n_terms, max_values)
+    np.testing.assert_array_equal(got, sums)
+    # the first plaintext's last record (least significant) with g one above its bound
+    last = sizes[0] - 1
+    too_big = list(plaintexts)
+    too_big[0] += (int(max_values[0]) * int(counts[last]) + 1 - int(sums[last, 0])) << low
+    with pytest.raises(PackingOverflowError):
+        unpack_records(too_big, widths, sizes, counts, n_terms, max_values)
+    with pytest.raises(ValueError, match="does not fit"):
+        plaintext_groups([600], 512)

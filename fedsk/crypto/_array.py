@@ -549,22 +549,25 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     """Encrypted histograms of several nodes, packed for decryption and re-randomised.
 
     The host's step of SecureBoost in one call. Node ``k`` is given as
-    ``(rows, bins, record_bits, per, keep)``: the ciphertexts ``enc[rows]`` are summed
+    ``(rows, bins, keep, widths, sizes)``: the ciphertexts ``enc[rows]`` are summed
     into ``bins.shape[1] * n_bins`` buckets by ``bins`` (shape (len(rows), n_features),
-    values in ``[0, n_bins)``; feature-major), the buckets where ``keep`` is true (all if
-    ``keep`` is None) are packed ``per`` to a ciphertext (``record_bits`` apart, the first
-    most significant; nodes may differ in ``record_bits``), and every packed ciphertext is
-    re-randomised with this party's own obfuscator. The bucket sums are split over worker
-    processes by feature when they are large; the packing (GIL-free squarings) over
-    threads. Returns one :class:`EncryptedArray` per node.
+    values in ``[0, n_bins)``; feature-major); the buckets where ``keep`` is true are
+    packed in order, ``sizes[i]`` to the ``i``-th ciphertext, bucket ``j`` of them
+    ``widths[j]`` bits wide (the first most significant); and every packed ciphertext
+    is re-randomised with this party's own obfuscator. The bucket sums are split over
+    worker processes by feature when they are large; the packing (GIL-free squarings)
+    over threads. Returns one :class:`EncryptedArray` per node.
     """
     pub = enc.public_key
     pub_args, nsq = pub._public_args(), pub.nsquare
     cts = enc.ciphertexts
-    all_groups, owners, shifts = [], [], []
-    for k, (rows, bins, record_bits, per, keep) in enumerate(nodes):
+    all_groups, all_widths, owners = [], [], []
+    for k, (rows, bins, keep, widths, sizes) in enumerate(nodes):
         if bins.shape[0] != len(rows):
             raise ValueError("bins must have one row per ciphertext row")
+        ids = np.flatnonzero(keep)
+        if len(widths) != len(ids) or sum(sizes) != len(ids):
+            raise ValueError("widths and sizes must cover the kept buckets")
         node_cts = [cts[i] for i in rows]
         parts = parallel_chunks(
             K.histogram_products,
@@ -575,18 +578,19 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
             min_ops=HISTOGRAM_MIN_OPS * (2048 / pub.key_length) ** 1.6,
         )
         flat = _concat(parts)
-        ids = range(len(flat)) if keep is None else np.flatnonzero(keep).tolist()
-        records = [flat[i] for i in ids]
-        n_groups = -(-len(records) // per)
-        all_groups += [records[i : i + per] for i in range(0, len(records), per)]
-        owners += [k] * n_groups
-        shifts += [record_bits] * n_groups
+        records, widths = [flat[i] for i in ids.tolist()], np.asarray(widths).tolist()
+        start = 0
+        for size in sizes:
+            all_groups.append(records[start : start + size])
+            all_widths.append(widths[start : start + size])
+            owners.append(k)
+            start += size
     parts = parallel_chunks(
         K.pack_and_rerandomise,
         len(all_groups),
-        lambda a, b: (all_groups[a:b], shifts[a:b], pub_args),
+        lambda a, b: (all_groups[a:b], all_widths[a:b], pub_args),
         n_jobs=n_jobs,
-        ops_per_item=max(shifts, default=1) * 8,
+        ops_per_item=max((sum(w) for w in all_widths), default=1),
         prefer="threads",
     )
     out = [[] for _ in nodes]

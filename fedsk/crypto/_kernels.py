@@ -174,30 +174,39 @@ def horner_pack(groups, shift_bits, mod):
     """For each group ``[c_0, ..., c_{k-1}]`` return ``prod c_j ** 2**(shift*(k-1-j))``.
 
     The plaintext of the result is ``sum m_j << shift*(k-1-j)``: ``c_0`` lands in the
-    most significant record. Costs ``shift`` squarings per packed record, done for all
-    groups in lockstep with ``gmpy2.powmod_base_list``, which releases the GIL, so
+    most significant record. Costs ``shift`` squarings per packed record (see
+    :func:`horner_pack_widths`).
+    """
+    return horner_pack_widths(groups, [[shift_bits] * len(g) for g in groups], mod)
+
+
+def horner_pack_widths(groups, widths, mod):
+    """Pack each group ``[c_0, ..., c_{k-1}]`` with record ``j`` ``widths[i][j]`` bits wide.
+
+    The plaintext of the result is ``m_0`` followed by ``m_1``, ... (``m_0`` most
+    significant): ``acc = c_0``, then ``acc = acc ** 2**w_j * c_j`` for each next record,
+    ``w_j`` squarings each. All groups advance in lockstep, the squarings of equally
+    wide records through one ``gmpy2.powmod_base_list``, which releases the GIL, so
     threads run this in parallel.
     """
     if not groups:
         return []
-    factor = mpz(1) << shift_bits
     accs = [g[0] for g in groups]
     for s in range(1, max(len(g) for g in groups)):
-        live = [i for i, g in enumerate(groups) if len(g) > s]
-        squared = gmpy2.powmod_base_list([accs[i] for i in live], factor, mod)
-        for i, a in zip(live, squared):
-            accs[i] = a * groups[i][s] % mod
+        by_width = {}
+        for i, g in enumerate(groups):
+            if len(g) > s:
+                by_width.setdefault(widths[i][s], []).append(i)
+        for w, ids in by_width.items():
+            squared = gmpy2.powmod_base_list([accs[i] for i in ids], mpz(1) << w, mod)
+            for i, a in zip(ids, squared):
+                accs[i] = a * groups[i][s] % mod
     return accs
 
 
-def pack_and_rerandomise(groups, shifts, pub_args):
-    """:func:`horner_pack` (group ``i`` with ``shifts[i]``) then :func:`rerandomise`."""
-    packed = [None] * len(groups)
-    for shift in sorted(set(shifts)):
-        ids = [i for i, s in enumerate(shifts) if s == shift]
-        for i, c in zip(ids, horner_pack([groups[i] for i in ids], shift, pub_args[1])):
-            packed[i] = c
-    return rerandomise(packed, *pub_args)
+def pack_and_rerandomise(groups, widths, pub_args):
+    """:func:`horner_pack_widths` then :func:`rerandomise`."""
+    return rerandomise(horner_pack_widths(groups, widths, pub_args[1]), *pub_args)
 
 
 # -- obfuscators r**n (the cost of every encryption) -----------------------------------

@@ -26,7 +26,14 @@ from ..crypto import EncryptedArray, packed_histograms
 from ..exceptions import BadMessageError, ConflictError
 from ..federation import Message, aligned_rows, public_key_from_wire
 from ..tree import BinMapper
-from ._gh import G_MAX_VALUES, GH_MAX_VALUES, GH_PACKING, node_layout, sent_bins
+from ._gh import (
+    G_MAX_VALUES,
+    GH_MAX_VALUES,
+    GH_PACKING,
+    plaintext_groups,
+    record_widths,
+    sent_bins,
+)
 
 __all__ = ["decisions", "gradients", "histograms", "setup", "splits"]
 
@@ -227,8 +234,9 @@ def _add_histograms(ctx, st, node_rows, msg, reply):
         keep = bin_counts > 0
         kept.append(keep)
         counts.append(bin_counts[keep])
-        layout, per = node_layout(gh["n_terms"], len(rows), key_length, gh["max_values"])
-        spec = (idx, node_bins, layout.record_bits, per, sent_bins(keep, len(feats)))
+        sent = sent_bins(keep, len(feats))
+        widths = record_widths(bin_counts[sent], gh["n_terms"], gh["max_values"])
+        spec = (idx, node_bins, sent, widths, plaintext_groups(widths, key_length))
         by_slot.setdefault(slot, []).append((k, spec))
     packed = [None] * len(node_rows)
     for slot, items in by_slot.items():
@@ -245,11 +253,12 @@ def _add_histograms(ctx, st, node_rows, msg, reply):
         "additions": int(
             sum(len(spec[0]) * spec[1].shape[1] for items in by_slot.values() for _, spec in items)
         ),
-        "shifts": int(
+        "shifts": int(  # every record but the first of each plaintext: its width
             sum(
-                (int(spec[4].sum()) - len(packed[k])) * spec[2]  # sent - packed, x stride
+                int(spec[3].sum()) - int(spec[3][np.cumsum([0, *spec[4][:-1]])].sum())
                 for items in by_slot.values()
-                for k, spec in items
+                for _, spec in items
+                if len(spec[3])
             )
         ),
         "rerandomisations": int(sum(len(p) for p in packed)),

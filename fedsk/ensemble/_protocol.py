@@ -27,7 +27,16 @@ from ..exceptions import ProtocolError
 from ..federation import Message, public_key_to_wire
 from ..tree import BinMapper, ChildRows, LocalSource, build_histograms, child_rows
 from ..tree._histogram import GH_BITS
-from ._gh import G_MAX_VALUES, GH_MAX_VALUES, GH_PACKING, gh_layout, node_layout, sent_bins
+from ._gh import (
+    G_MAX_VALUES,
+    GH_MAX_VALUES,
+    GH_PACKING,
+    gh_layout,
+    plaintext_groups,
+    record_widths,
+    sent_bins,
+    unpack_records,
+)
 
 __all__ = ["FederatedEngine", "LocalEngine", "host_decisions"]
 
@@ -266,19 +275,23 @@ class FederatedSource(LocalSource):
         """One node's histogram (n_features, n_bins, 3) from the host's packed answer."""
         eng = self.engine
         n_slots = len(eng.max_values)  # 1: only g was packed, every h of the round is equal
-        layout, per = node_layout(
-            eng.n_active, len(rows), eng.public_key.key_length, eng.max_values
-        )
         sent = sent_bins(kept, n_features)
         n_sent = int(sent.sum())
-        if len(plaintexts) != -(-n_sent // per):
+        all_counts = np.zeros(len(kept), dtype=np.int64)
+        all_counts[kept] = counts
+        try:
+            widths = record_widths(all_counts[sent], eng.n_active, eng.max_values)
+            sizes = plaintext_groups(widths, eng.public_key.key_length)
+        except ValueError as exc:
+            raise ProtocolError(f"{host} sent bin counts that cannot be packed: {exc}") from None
+        if len(plaintexts) != len(sizes):
             raise ProtocolError(
-                f"{host} sent {len(plaintexts)} packed histogram ciphertexts, "
-                f"expected {-(-n_sent // per)}"
+                f"{host} sent {len(plaintexts)} packed histogram ciphertexts, expected {len(sizes)}"
             )
         try:
-            records = layout.split_plaintexts(plaintexts, n_sent, per)
-            slots = layout.unpack(records).astype(np.int64) if n_sent else None
+            slots = unpack_records(
+                plaintexts, widths, sizes, all_counts[sent], eng.n_active, eng.max_values
+            )
         except ValueError as exc:
             raise ProtocolError(f"{host} sent a histogram that does not decode: {exc}") from None
         flat = np.zeros((n_features * self.n_bins_total, 3), dtype=np.int64)
