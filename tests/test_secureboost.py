@@ -322,6 +322,7 @@ def test_one_request_per_layer_with_children_named_by_reference(tmp_path):
         assert answer.meta["model_id"] == fed._host_model_ids[0]
         persisted.append(answer.meta["n_records"])
         assert all("n_rounds" not in s.meta for _, s, _ in steps[:-1])
+    assert fed._crypto_counts["requests"] == 1 + sum(map(len, rounds))  # setup + layers
     assert persisted == sorted(persisted)
     assert persisted[-1] == len(host_records(apps, fed, 0)["feature"]) > 0
     by_reference = [s for steps in rounds for route, s, _ in steps if "child_of" in s.arrays]

@@ -14,6 +14,7 @@ the node totals it knows, and picks the best split over all parties. Prediction 
 each host once for its decisions on the requested rows.
 """
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -126,7 +127,7 @@ class FederatedSource(LocalSource):
                     msg.meta["n_rounds"] = eng.n_rounds
             else:
                 route = "secureboost.histograms"
-            answer = eng.sessions[h].call(route, msg)
+            answer = eng.call(h, route, msg)
             done = self._read_splits(answer, h, mine, splits) if mine else []
             if not requests:
                 eng.check_persisted(h, answer)
@@ -145,7 +146,7 @@ class FederatedSource(LocalSource):
         def ask_later(h):
             msg = Message()
             self._add_requests(msg, h, requests, later[h], splits, parts, active, {})
-            answer = eng.sessions[h].call("secureboost.histograms", msg)
+            answer = eng.call(h, "secureboost.histograms", msg)
             return self._read_histograms(answer, h, len(later[h]))
 
         for h, hist in zip(todo, _parallel_hosts(ask_later, todo) if todo else []):
@@ -351,12 +352,15 @@ class FederatedEngine:
             "host_additions": 0,
             "host_shifts": 0,
             "host_rerandomisations": 0,
+            "requests": 0,  # to the hosts while boosting (each a round trip)
         }
+        self._requests_lock = threading.Lock()
         self.model_ids, self.host_n_features, self.offsets = [], [], []
         self.host_n_records = []  # split records each host holds for this model
         off = X.shape[1]
         model_ids = model_ids or [None] * len(sessions)
         for sess, mid in zip(sessions, model_ids):
+            self.counts["requests"] += 1
             answer = sess.call(
                 "secureboost.setup",
                 Message(
@@ -383,6 +387,12 @@ class FederatedEngine:
         self.hosts = list(range(len(sessions)))
         self.pending_gradients = None
         self.source = FederatedSource(self)
+
+    def call(self, h, route, msg):
+        """Send ``msg`` to host ``h`` (counted in ``counts["requests"]``)."""
+        with self._requests_lock:
+            self.counts["requests"] += 1
+        return self.sessions[h].call(route, msg)
 
     def host_of(self, feature):
         for h, (off, nf) in enumerate(zip(self.offsets, self.host_n_features)):

@@ -428,8 +428,8 @@ _NOTES = """
     packs (g, h) of a sample into one plaintext and encrypts it once. Per layer
     each host sums those ciphertexts into (feature, bin) histograms for the smaller
     child of every split (the sibling is parent minus child), packs many bins into one
-    ciphertext (as close as the node's number of rows allows; each column's last
-    non-empty bin is left out, since the guest gets it from the node's totals),
+    ciphertext (each bin's record as wide as its number of rows needs; each column's
+    last non-empty bin is left out, since the guest gets it from the node's totals),
     re-randomises and returns them with each bin's number of rows (in the clear); the
     guest decrypts and picks the best split over all parties. A winning host split is
     sent back as "node k, your candidate (feature, bin)"; the host keeps the real
