@@ -117,10 +117,7 @@ class FederatedSource(LocalSource):
                 self._add_requests(msg, h, requests, first[h], splits, parts, active, own)
             if gradients is not None:
                 route = "secureboost.gradients"
-                msg.meta.update(gradients.meta)
-                for name, arr in gradients.arrays.items():
-                    msg.arrays[name] = arr
-                msg.exponents.update(gradients.exponents)
+                msg.update(gradients)
             elif mine or not requests:
                 route = "secureboost.splits"
                 if not requests:

@@ -101,6 +101,13 @@ class Message:
         self.exponents[name] = enc.exponent
         return self
 
+    def update(self, other):
+        """Add ``other``'s meta fields, arrays and ciphertexts to this message."""
+        self.meta.update(other.meta)
+        self.arrays.update(other.arrays)
+        self.exponents.update(other.exponents)
+        return self
+
     # reading -------------------------------------------------------------------------------
     def field(self, name, kind=None, *, default=..., choices=None, minimum=None, maximum=None):
         """A validated meta field. ``kind`` is a type or tuple of types."""
