@@ -380,3 +380,19 @@ def test_keypair_made_in_a_worker_process_works_with_phe():
     phe_pub = pub.to_phe()
     assert priv.to_phe().decrypt(phe_pub.encrypt(41)) == 41
     assert decrypt_integers(priv, encrypt_integers(priv, [7, 8])) == [7, 8]
+
+
+def test_chunk_bounds_balance_weights_and_cover_every_item():
+    from fedsk.crypto._parallel import chunk_bounds
+
+    assert chunk_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    weights = [1900, 1900, 1900, 700, 300, 1900, 1900, 400]  # e.g. groups of two nodes
+    (a, cut), (cut2, b) = chunk_bounds(len(weights), 2, weights)
+    assert (a, cut2, b) == (0, cut, len(weights))
+    halves = sum(weights[:cut]), sum(weights[cut:])
+    assert abs(halves[0] - halves[1]) <= max(weights)  # by count: 6400 vs 4500
+    for n, k in ((5, 4), (3, 3), (2, 5)):
+        bounds = chunk_bounds(n, k, [100] + [1] * (n - 1))
+        assert [s for s, _ in bounds][1:] == [e for _, e in bounds][:-1]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(e > s for s, e in bounds) and len(bounds) == min(n, k)

@@ -592,6 +592,7 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
         n_jobs=n_jobs,
         ops_per_item=max((sum(w) for w in all_widths), default=1),
         prefer="threads",
+        weights=[sum(w) - w[0] for w in all_widths],  # a group's squarings
     )
     out = [[] for _ in nodes]
     for k, c in zip(owners, _concat(parts)):

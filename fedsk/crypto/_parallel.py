@@ -7,11 +7,13 @@ processes (or threads for the gmpy2 calls that release the GIL), and a party tha
 a cluster swaps in dask or ray with ``joblib.parallel_config(backend="dask")``.
 """
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
+import numpy as np
 from joblib.parallel import get_active_backend
 
 __all__ = ["chunk_bounds", "parallel_chunks", "resolve_n_jobs", "run_tasks"]
@@ -62,33 +64,52 @@ def resolve_n_jobs(n_jobs):
     return max(1, joblib.effective_n_jobs(n_jobs))
 
 
-def chunk_bounds(n_items, n_chunks):
-    """Split ``range(n_items)`` into ``n_chunks`` contiguous, near-equal ``(start, stop)``."""
+def chunk_bounds(n_items, n_chunks, weights=None):
+    """Split ``range(n_items)`` into ``n_chunks`` contiguous, non-empty ``(start, stop)``.
+
+    Near-equal in length, or, with ``weights`` (one per item), in total weight: each cut
+    goes where the running weight comes closest to its share.
+    """
     n_chunks = max(1, min(n_chunks, n_items))
-    step, extra = divmod(n_items, n_chunks)
-    bounds, start = [], 0
-    for k in range(n_chunks):
-        stop = start + step + (1 if k < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+    if weights is None:
+        step, extra = divmod(n_items, n_chunks)
+        cuts = [k * step + min(k, extra) for k in range(1, n_chunks)]
+    else:
+        running = np.cumsum(np.asarray(weights, dtype=np.float64))
+        cuts, last = [], 0
+        for k in range(1, n_chunks):
+            cut = int(np.argmin(np.abs(running - running[-1] * k / n_chunks))) + 1
+            cut = min(max(cut, last + 1), n_items - (n_chunks - k))  # keep chunks non-empty
+            cuts.append(cut)
+            last = cut
+    edges = [0, *cuts, n_items]
+    return list(itertools.pairwise(edges))
 
 
 def parallel_chunks(
-    func, n_items, args_for_chunk, *, n_jobs, ops_per_item=1, prefer=None, min_ops=MIN_PARALLEL_OPS
+    func,
+    n_items,
+    args_for_chunk,
+    *,
+    n_jobs,
+    ops_per_item=1,
+    prefer=None,
+    min_ops=MIN_PARALLEL_OPS,
+    weights=None,
 ):
     """Run ``func(*args_for_chunk(start, stop))`` over chunks of ``range(n_items)``.
 
     Returns the list of per-chunk results in order. Runs inline when ``n_jobs``
     resolves to one worker or the work (``n_items * ops_per_item`` modular
-    multiplications) is below ``min_ops``, too small to be worth shipping.
+    multiplications) is below ``min_ops``, too small to be worth shipping. Items of
+    unequal cost give ``weights``, so that every worker gets the same share of work.
     """
     workers = resolve_n_jobs(n_jobs)
     # threads cost far less to start than worker processes: split smaller work for them
     minimum = min_ops // 8 if prefer == "threads" else min_ops
     if workers == 1 or n_items * ops_per_item < minimum or n_items < 2:
         return [func(*args_for_chunk(0, n_items))]
-    bounds = chunk_bounds(n_items, workers)
+    bounds = chunk_bounds(n_items, workers, weights)
     return run_tasks(
         [(func, args_for_chunk(start, stop)) for start, stop in bounds],
         workers=workers,
