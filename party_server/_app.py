@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 from fedsk.exceptions import NotFoundError, RequestError
 from fedsk.federation import (
     CONTENT_TYPE,
+    ON_SESSION_OPEN,
     ROUTES,
     HostContext,
     Message,
@@ -83,13 +84,14 @@ class State:
             if route.handler:
                 with contextlib.suppress(NotFoundError):  # not shipped here: logged, then 404
                     self.handler(route)
+        self.on_session_open = [_resolve(path) for path in ON_SESSION_OPEN]
 
     def handler(self, route):
         fn = self.handlers.get(route.name)
         if fn is None:
-            module, _, name = route.handler.partition(":")
+            module = route.handler.partition(":")[0]
             try:
-                fn = getattr(importlib.import_module(module), name)
+                fn = _resolve(route.handler)
             except (ModuleNotFoundError, AttributeError) as exc:
                 missing = getattr(exc, "name", None)
                 if isinstance(exc, ModuleNotFoundError) and not module.startswith(missing or "?"):
@@ -200,21 +202,29 @@ def _make_view(route):
             cached = entry.replay(g.request_id)
             if cached is not None:
                 return _from_replay(cached, fingerprint)
-            session = entry.session
-            ctx = HostContext(
-                party=state.config.party,
-                session=session,
-                dataset=state.datasets[session.dataset],
-                models=state.models,
-                n_jobs=state.config.n_jobs,
-                min_key_length=state.config.min_key_length,
-            )
-            resp = _reply(state.handler(route)(ctx, msg))
+            resp = _reply(state.handler(route)(_context(state, entry.session), msg))
             entry.remember(g.request_id, _replayable(resp, fingerprint))
             return resp
 
     view.__name__ = "view_" + route.name.replace(".", "_")
     return view
+
+
+def _resolve(path):
+    """The function ``"module:name"`` names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _context(state, session):
+    return HostContext(
+        party=state.config.party,
+        session=session,
+        dataset=state.datasets[session.dataset],
+        models=state.models,
+        n_jobs=state.config.n_jobs,
+        min_key_length=state.config.min_key_length,
+    )
 
 
 def _create_session(state, msg):
@@ -230,6 +240,9 @@ def _create_session(state, msg):
         raise NotFoundError(f"unknown dataset {name!r}")
     entry = state.sessions.create(g.peer, name)
     g.session = entry.session.id
+    with entry.lock:
+        for hook in state.on_session_open:
+            hook(_context(state, entry.session))
     info = state.datasets[name].describe()
     resp = _reply(
         Message(

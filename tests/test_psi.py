@@ -107,3 +107,60 @@ def test_federation_intersect_reports_the_overlap(inproc, host_df):
     masks = inproc.intersect(ids)
     assert list(masks) == ["insurer"]
     assert masks["insurer"].tolist() == [True] * 10 + [False, False]
+
+
+def test_host_starts_its_half_when_the_session_opens(tmp_path, monkeypatch):
+    """The host's own points are computed in the background from the session's opening;
+    the exchange uses them (a second exchange of the session starts afresh)."""
+    from fedsk.federation import _psi
+
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"x": rng.normal(size=50)}, index=[f"id-{i}" for i in range(50)])
+    app = create_app(write_host(tmp_path, df))
+    [client] = InProcessFederation({"h": (app, "customers", TOKEN)}).connect()
+    sid, _ = client.open_session("psi-test")
+    state = app.extensions["fedsk"].sessions.get(sid, "bank").session.state
+    key, perm, ours = state["psi_own"].result(10)
+    assert sorted(perm) == list(range(50)) and ours.shape == (50, 32)
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the exchange computed the host's points again")
+
+    monkeypatch.setattr(_psi, "_own_points", not_again)
+    guest = [f"id-{i}" for i in range(20, 80)]
+    assert align(client, sid, guest).tolist() == list(range(30))
+    monkeypatch.undo()
+    assert "psi_own" not in state
+    assert align(client, sid, guest).tolist() == list(range(30))  # computed in the exchange
+
+
+def test_host_prepares_at_most_two_psi_halves_at_a_time(monkeypatch):
+    import threading
+
+    from fedsk.federation import _psi
+
+    started, release = [], threading.Event()
+
+    def slow(*args, **kwargs):
+        started.append(1)
+        release.wait(10)
+
+    class Ctx:  # what host_open reads
+        dataset, n_jobs = None, 1
+
+        def __init__(self, k):
+            self.session = type("S", (), {"id": f"s{k}", "state": {}})()
+
+    _psi._OWN.submit(lambda: None).result(10)  # earlier sessions' halves are done
+    monkeypatch.setattr(_psi, "_own_points", slow)
+    contexts = [Ctx(k) for k in range(5)]
+    for ctx in contexts:
+        _psi.host_open(ctx)
+    assert [("psi_own" in c.session.state) for c in contexts] == [True, True] + [False] * 3
+    release.set()
+    for ctx in contexts[:2]:
+        ctx.session.state["psi_own"].result(10)
+    _psi._OWN.submit(lambda: None).result(10)  # the queue has drained
+    assert len(started) == 2
+    assert _psi._OWN_SLOTS.acquire(blocking=False)  # slots are given back
+    _psi._OWN_SLOTS.release()

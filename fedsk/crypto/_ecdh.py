@@ -37,10 +37,13 @@ def _multiply_chunk(points, private_raw):
     return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 32)
 
 
-def multiply_points(points, private_key, *, n_jobs=None):
+def multiply_points(points, private_key, *, n_jobs=None, min_points=20_000):
     """Multiply every 32-byte u-coordinate by the secret scalar of ``private_key``.
 
-    Raises ValueError for a low-order point (a peer's malformed input).
+    Below ``min_points`` points the work stays in this process (worker processes cost
+    more than they save); work done in the background passes 0, since the scalar
+    multiplications hold the GIL. Raises ValueError for a low-order point (a peer's
+    malformed input).
     """
     raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     points = np.ascontiguousarray(points, dtype=np.uint8).reshape(-1, 32)
@@ -50,6 +53,6 @@ def multiply_points(points, private_key, *, n_jobs=None):
         lambda a, b: (points[a:b], raw),
         n_jobs=n_jobs,
         ops_per_item=6,
-        min_ops=120_000,
+        min_ops=6 * min_points,
     )
     return np.concatenate(parts) if parts else np.empty((0, 32), np.uint8)

@@ -4,7 +4,7 @@ from ._federation import Federation, HostClient, InProcessFederation
 from ._guest import GuestSession, aligned_sessions, check_federated_X, keyed_sessions, sample_ids
 from ._hostapi import HostContext, HostDataset, HostSession, ModelStoreAPI, aligned_rows
 from ._local import LocalFederation
-from ._routes import ROUTES, Route, route, url_for
+from ._routes import ON_SESSION_OPEN, ROUTES, Route, route, url_for
 from ._transport import HttpTransport, InProcessTransport, Transport
 from ._wire import (
     CONTENT_TYPE,
@@ -17,6 +17,7 @@ from ._wire import (
 
 __all__ = [
     "CONTENT_TYPE",
+    "ON_SESSION_OPEN",
     "ROUTES",
     "Federation",
     "GuestSession",

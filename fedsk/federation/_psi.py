@@ -18,6 +18,8 @@ the agreed intersection, never by ID.
 """
 
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -25,7 +27,14 @@ from ..crypto._ecdh import ecdh_key, hash_to_points, multiply_points
 from ..exceptions import BadMessageError, ConflictError, ProtocolError
 from ._wire import Message
 
-__all__ = ["align", "canonical_id", "hash_ids", "host_exchange", "host_intersection"]
+__all__ = [
+    "align",
+    "canonical_id",
+    "hash_ids",
+    "host_exchange",
+    "host_intersection",
+    "host_open",
+]
 
 DOMAIN = b"fedsk-psi-v1\x00"
 MAX_IDS = 50_000_000
@@ -55,9 +64,9 @@ def hash_ids(ids, salt):
     return hash_to_points((canonical_id(v) for v in ids), prefix)
 
 
-def multiply(points, private_key, *, n_jobs=None):
+def multiply(points, private_key, *, n_jobs=None, **kw):
     """Scalar-multiply every 32-byte u-coordinate by ``private_key``."""
-    return multiply_points(points, private_key, n_jobs=n_jobs)
+    return multiply_points(points, private_key, n_jobs=n_jobs, **kw)
 
 
 # -- guest half ---------------------------------------------------------------------------
@@ -98,18 +107,50 @@ def align(client, session_id, ids, *, n_jobs=None):
 # -- host half ----------------------------------------------------------------------------
 
 
+# The host's own half of the exchange (its IDs hashed under the session, in a secret
+# order, times a fresh secret scalar) depends only on the session: it starts when the
+# session opens, while the guest computes its half, instead of after the guest's points
+# arrive. One at a time, at most two waiting: a peer opening sessions in a loop cannot
+# queue up work (beyond that, the exchange computes it, as it would without this).
+_OWN = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsk-psi")
+_OWN_SLOTS = threading.BoundedSemaphore(2)
+
+
+def _own_points(dataset, session_id, n_jobs, *, background=False):
+    """A fresh secret key, a secret order of our rows, and our IDs' points under it.
+
+    In the background the multiplications go to worker processes however few there are:
+    they hold the GIL, and would slow the threads answering requests.
+    """
+    key = ecdh_key()
+    perm = np.random.default_rng(secrets.randbits(128)).permutation(dataset.n_rows)
+    points = hash_ids(dataset.ids[perm], session_id)
+    kw = {"min_points": 0} if background else {}
+    return key, perm, multiply(points, key, n_jobs=n_jobs, **kw)
+
+
+def host_open(ctx):
+    """Start our half of the exchange for a session that just opened (in the background)."""
+    if _OWN_SLOTS.acquire(blocking=False):
+        future = _OWN.submit(_own_points, ctx.dataset, ctx.session.id, ctx.n_jobs, background=True)
+        future.add_done_callback(lambda _: _OWN_SLOTS.release())
+        ctx.session.state["psi_own"] = future
+
+
 def host_exchange(ctx, msg):
     """Answer the guest's encoded IDs with theirs re-encoded and ours, shuffled."""
     points = msg.array("points", kind="u", ndim=2)
     if points.dtype != np.uint8 or points.shape[1] != 32 or len(points) > MAX_IDS:
         raise BadMessageError("array 'points' must be uint8 of shape (n, 32)")
-    key = ecdh_key()
+    own = ctx.session.state.pop("psi_own", None)  # a second exchange starts afresh
+    if own is not None:
+        key, perm, ours = own.result()
+    else:
+        key, perm, ours = _own_points(ctx.dataset, ctx.session.id, ctx.n_jobs)
     try:
         double = multiply(points, key, n_jobs=ctx.n_jobs)
     except ValueError as exc:
         raise BadMessageError(f"array 'points': {exc}") from None
-    perm = np.random.default_rng(secrets.randbits(128)).permutation(ctx.dataset.n_rows)
-    ours = multiply(hash_ids(ctx.dataset.ids[perm], ctx.session.id), key, n_jobs=ctx.n_jobs)
     ctx.session.state.clear()
     ctx.session.state["psi_perm"] = perm
     return Message({"n_host": len(perm)}, arrays={"double": double, "host": ours})

@@ -7,7 +7,7 @@ resolves the dotted path, so it holds no algorithm code itself.
 
 from dataclasses import dataclass
 
-__all__ = ["ROUTES", "Route", "route", "url_for"]
+__all__ = ["ON_SESSION_OPEN", "ROUTES", "Route", "route", "url_for"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,10 @@ ROUTES = (
         "fedsk.stats._host:result",
     ),
 )
+
+# Host halves the party server calls, with the new session's context, as soon as a session
+# opens (before answering): work that depends only on the session starts there.
+ON_SESSION_OPEN = ("fedsk.federation._psi:host_open",)
 
 _BY_NAME = {r.name: r for r in ROUTES}
 
