@@ -37,13 +37,13 @@ def _multiply_chunk(points, private_raw):
     return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 32)
 
 
-def multiply_points(points, private_key, *, n_jobs=None, min_points=20_000):
+def multiply_points(points, private_key, *, n_jobs=None, min_points=256):
     """Multiply every 32-byte u-coordinate by the secret scalar of ``private_key``.
 
     Below ``min_points`` points the work stays in this process (worker processes cost
-    more than they save); work done in the background passes 0, since the scalar
-    multiplications hold the GIL. Raises ValueError for a low-order point (a peer's
-    malformed input).
+    more than they save: about 100 points break even on the persistent workers); work
+    done in the background passes 0, since the scalar multiplications hold the GIL.
+    Raises ValueError for a low-order point (a peer's malformed input).
     """
     raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     points = np.ascontiguousarray(points, dtype=np.uint8).reshape(-1, 32)
