@@ -126,6 +126,12 @@ def record_flows(federation):
     clf.fit(guest, y)
     clf.set_params(n_estimators=3).fit(guest, y)  # warm start: setup with a model ID
     clf.predict_proba(guest)
+    # labels only the host's column explains: it wins the root, and the child of its
+    # split is asked for by reference in the same request as the split
+    host_driven = (host["a"] > 0).astype(int)
+    SecureBoostClassifier(
+        federation=federation, n_estimators=1, max_depth=2, key_length=1024, random_state=0
+    ).fit(guest, host_driven)
     federated_pearson(guest, federation, key_length=1024)
     with warnings.catch_warnings():  # two iterations on purpose: enough for templates
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -742,3 +748,52 @@ def test_http_level_refusals_are_json_4xx(tmp_path):
             assert set(err) == {"code", "message", "request_id"}, (name, err)
         assert requests.get(srv.url + "/v1/health", timeout=10).status_code == 200
         assert verify(srv.state_dir / "audit.log")[0]
+
+
+def test_bad_child_references_are_refused(fuzz_env):
+    """A histogram node named as a child of a split: only of a split of the same request,
+    and with no rows of its own; anything else is a JSON 400 naming the problem."""
+    env = fuzz_env
+    with_refs = [t for t in env.templates["secureboost.splits"] if "child_of" in t.message.arrays]
+    assert with_refs, "the flows never asked for a host split's child by reference"
+    tpl = with_refs[0]
+    n_splits = len(tpl.message.arrays["parent_offsets"]) - 1
+    n_nodes = len(tpl.message.arrays["offsets"]) - 1
+
+    def send(change, rid):
+        env.restore(tpl.snapshot)
+        msg = Message(dict(tpl.message.meta))
+        for k, v in tpl.message.arrays.items():
+            msg.add_array(k, v.copy())
+        msg.exponents.update(tpl.message.exponents)
+        change(msg)
+        return _post(env, f"/v1/sessions/{env.bank_sid}/splits", message_to_wire(msg), rid)
+
+    def out_of_range(msg):
+        msg.arrays["child_of"][:] = 2 * n_splits
+
+    def rows_too(msg):
+        k = int(np.flatnonzero(msg.arrays["child_of"] >= 0)[0])
+        msg.arrays["rows"] = np.concatenate([msg.arrays["rows"], [0]])
+        msg.arrays["offsets"] = msg.arrays["offsets"].copy()
+        msg.arrays["offsets"][k + 1 :] += 1
+
+    def no_splits(msg):
+        for name in ("parent_rows", "parent_offsets", "feature", "bin", "missing_left"):
+            del msg.arrays[name]
+
+    def wrong_shape(msg):
+        msg.arrays["child_of"] = np.full(n_nodes + 1, -1, dtype=np.int64)
+
+    for change, text in (
+        (out_of_range, "child_of"),
+        (rows_too, "send no rows"),
+        (no_splits, "child_of"),
+        (wrong_shape, "child_of"),
+    ):
+        rid = f"r-child-{change.__name__}"
+        resp = send(change, rid)
+        assert resp.status_code == 400, (change.__name__, resp.status_code)
+        assert text in check_error_answer(resp, rid, [])["message"], change.__name__
+    ok = send(lambda msg: None, "r-child-ok")  # the untouched request is still served
+    assert ok.status_code == 200
