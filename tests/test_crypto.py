@@ -210,17 +210,6 @@ def test_packing_overflow_raises():
         layout.unpack([1 << layout.record_bits])
 
 
-def test_layout_with_a_fixed_lower_slot_decodes_sums_of_fewer_records():
-    wide = RecordLayout.for_sums([1000, 500], n_terms=400)
-    narrow = RecordLayout([1000, 500], 10, widths=(None, wide.slot_bits[1]))
-    assert narrow.slot_bits == ((1000 * 10).bit_length(), wide.slot_bits[1])
-    rows = rng.integers(0, [1001, 501], size=(10, 2))
-    total = sum(wide.pack(rows))  # what a sum of 10 encrypted records decrypts to
-    np.testing.assert_array_equal(narrow.unpack([total])[0], rows.sum(axis=0))
-    with pytest.raises(ValueError, match="needs"):
-        RecordLayout([1000, 500], 10, widths=(None, 3))
-
-
 def test_packed_histograms_with_a_width_per_record(keypair):
     pub, priv = keypair
     layout = RecordLayout.for_sums([300, 7], n_terms=60)

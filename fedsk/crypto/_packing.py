@@ -32,29 +32,16 @@ class RecordLayout:
     n_terms : int, default=1
         How many records may be summed before decoding; each slot is wide enough for
         ``max_values[k] * n_terms``.
-    widths : tuple of (int or None), default=None
-        Fixed bit widths for some slots (``None`` entries: the width the bound needs).
-        A sum of fewer records than a layout was encrypted with keeps the lower slots'
-        positions, so it decodes with those slots' original widths and a narrower top.
     """
 
     max_values: tuple
     n_terms: int = 1
-    widths: tuple = None
 
     def __post_init__(self):
         object.__setattr__(self, "max_values", tuple(int(m) for m in self.max_values))
         object.__setattr__(self, "n_terms", max(int(self.n_terms), 1))
         if not self.max_values or min(self.max_values) < 0:
             raise ValueError("packed values must be non-negative")
-        if self.widths is not None:
-            widths = tuple(None if w is None else int(w) for w in self.widths)
-            if len(widths) != len(self.max_values):
-                raise ValueError("widths must have one entry per slot")
-            for k, (w, b) in enumerate(zip(widths, self.slot_bounds)):
-                if w is not None and w < max(b.bit_length(), 1):
-                    raise ValueError(f"slot {k} needs {b.bit_length()} bits, got width {w}")
-            object.__setattr__(self, "widths", widths)
 
     @classmethod
     def for_sums(cls, max_values, n_terms):
@@ -68,10 +55,7 @@ class RecordLayout:
 
     @property
     def slot_bits(self):
-        widths = self.widths or (None,) * len(self.max_values)
-        return tuple(
-            max(b.bit_length(), 1) if w is None else w for b, w in zip(self.slot_bounds, widths)
-        )
+        return tuple(max(b.bit_length(), 1) for b in self.slot_bounds)
 
     @property
     def record_bits(self):

@@ -38,15 +38,11 @@ G_MAX_VALUES = GH_MAX_VALUES[:1]
 GH_PACKING = 4
 
 
-def gh_layout(n_terms, key_length, max_values=GH_MAX_VALUES):
-    """Record layout for sums over ``n_terms`` samples, and records per plaintext.
-
-    A sample's (g + offset, h) (or g + offset alone, with ``G_MAX_VALUES``) is packed
-    with these slot widths when it is encrypted, so ``n_terms`` is the number of rows of
-    the round (the largest possible node).
-    """
-    layout = RecordLayout.for_sums(max_values, n_terms)
-    return layout, layout.records_per_plaintext(key_length)
+def gh_layout(n_terms, max_values=GH_MAX_VALUES):
+    """Record layout a sample's (g + offset, h) is encrypted with (g + offset alone, with
+    ``G_MAX_VALUES``): slots wide enough for sums over ``n_terms`` samples, the number of
+    rows of the round (the largest possible node)."""
+    return RecordLayout.for_sums(max_values, n_terms)
 
 
 def record_widths(counts, n_terms, max_values=GH_MAX_VALUES):
@@ -59,7 +55,7 @@ def record_widths(counts, n_terms, max_values=GH_MAX_VALUES):
     Both parties know every bin's count (it travels in the clear), so nothing new is
     revealed.
     """
-    low = sum(RecordLayout.for_sums(max_values, n_terms).slot_bits[1:])
+    low = sum(gh_layout(n_terms, max_values).slot_bits[1:])
     counts = np.asarray(counts, dtype=np.int64)
     if counts.size and counts.min() < 1:
         raise ValueError("a packed bin holds at least one row")
@@ -95,7 +91,7 @@ def unpack_records(plaintexts, widths, sizes, counts, n_terms, max_values=GH_MAX
     ``widths[j]`` bits wide. Every slot is checked against its bin's bound (``count``
     times the slot's largest value); raises :class:`PackingOverflowError`.
     """
-    low_bits = RecordLayout.for_sums(max_values, n_terms).slot_bits[1:]
+    low_bits = gh_layout(n_terms, max_values).slot_bits[1:]
     widths = np.asarray(widths).tolist()
     out = np.zeros((len(widths), len(max_values)), dtype=object)
     if len(plaintexts) != len(sizes) or sum(sizes) != len(widths):

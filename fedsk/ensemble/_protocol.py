@@ -356,9 +356,9 @@ class FederatedEngine:
         self.host_n_records = []  # split records each host holds for this model
         off = X.shape[1]
         model_ids = model_ids or [None] * len(sessions)
-        for sess, mid in zip(sessions, model_ids):
-            self.counts["requests"] += 1
-            answer = sess.call(
+        for h, (sess, mid) in enumerate(zip(sessions, model_ids)):
+            answer = self.call(
+                h,
                 "secureboost.setup",
                 Message(
                     {
@@ -415,7 +415,7 @@ class FederatedEngine:
             len(np.unique(spec.qg.h[positions])) == 1 for spec in specs
         )
         self.max_values = G_MAX_VALUES if same_h else GH_MAX_VALUES
-        layout, _ = gh_layout(len(positions), self.public_key.key_length, self.max_values)
+        layout = gh_layout(len(positions), self.max_values)
         msg = Message(
             {"n_slots": len(specs), "max_values": list(self.max_values), "packing": GH_PACKING},
             arrays={"positions": positions.astype(np.int64)},

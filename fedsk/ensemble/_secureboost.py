@@ -267,10 +267,10 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     g = np.where(active, g, 0.0)
                     h = np.where(active, h, 0.0)
                     specs.append(TreeSpec(quantize(g, h), features, slot=k))
-                # every h equal is public knowledge in a fresh fit's first round (one
-                # baseline score) and for a loss with a constant hessian
-                # the hosts persist their half of the round with its last request: the
-                # round counts once grow_trees has returned
+                # The hosts persist their half of the round with its last request, so the
+                # round counts once grow_trees has returned. Every h equal is public in a
+                # fresh fit's first round (one baseline score) and for a loss with a
+                # constant hessian.
                 engine.start_round(
                     specs,
                     active,
