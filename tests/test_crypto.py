@@ -7,6 +7,7 @@ from phe import paillier
 
 from fedsk.crypto import (
     EncryptedArray,
+    ObfuscatorStock,
     RecordLayout,
     decrypt,
     decrypt_integers,
@@ -385,3 +386,75 @@ def test_chunk_bounds_balance_weights_and_cover_every_item():
         assert [s for s, _ in bounds][1:] == [e for _, e in bounds][:-1]
         assert bounds[0][0] == 0 and bounds[-1][1] == n
         assert all(e > s for s, e in bounds) and len(bounds) == min(n, k)
+
+
+def _wait_for(stock, timeout=60.0):
+    """Block until every obfuscator the stock started is made (tests only)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with stock._lock:
+            if all(f.done() for f, _ in stock._pending):
+                return
+        time.sleep(0.02)
+    raise AssertionError("the stock's background work did not finish")
+
+
+@pytest.mark.parametrize("owner", [True, False])
+def test_encryptions_from_the_stock_decrypt_with_phe_and_are_used_once(keys, owner):
+    pub, priv = keys
+    with ObfuscatorStock(priv if owner else pub, n_jobs=2) as stock:
+        stock.fill(70)  # two background tasks (64 + 6)
+        _wait_for(stock)
+        x = rng.integers(-(2**40), 2**40, size=100).tolist()
+        enc = encrypt_integers(priv if owner else pub, x, stock=stock)
+        assert stock.take(1) == []  # all 70 went into the first 70 encryptions
+    phe_priv = priv.to_phe()
+    got = [phe_priv.decrypt(v) for v in enc.to_phe()]
+    assert [v - pub.n if v > pub.n // 2 else v for v in got] == x
+    # no randomness used twice: the ciphertexts of equal plaintexts all differ
+    same = encrypt_integers(priv, [3] * 70, stock=None)
+    with ObfuscatorStock(priv, n_jobs=2) as stock:
+        stock.fill(70)
+        _wait_for(stock)
+        first, second = stock.take(35), stock.take(35)
+        assert not {int(r) for r in first} & {int(r) for r in second}
+    assert len({int(c) for c in same.ciphertexts}) == 70
+
+
+def test_stock_fill_tops_up_and_take_never_waits(keypair):
+    pub, priv = keypair
+    with ObfuscatorStock(priv, n_jobs=2) as stock:
+        stock.fill(100)
+        stock.fill(100)  # already in the making: nothing more starts
+        assert sum(k for _, k in stock._pending) == 100
+        _wait_for(stock)
+        assert len(stock.take(60)) == 60
+        stock.fill(130)  # 40 ready: 90 more start
+        assert sum(k for _, k in stock._pending) == 90
+        assert len(stock.take(500)) >= 40  # what is ready, at once
+        stock.close()
+        stock.fill(10)
+        assert stock.take(10) == []
+
+
+def test_stock_workers_run_at_idle_priority_and_respect_n_jobs(keypair):
+    import os
+
+    import joblib
+
+    from fedsk.crypto._parallel import submit_idle
+
+    pub, priv = keypair
+    if hasattr(os, "SCHED_IDLE"):
+        future = submit_idle(os.sched_getscheduler, (0,), workers=2)
+        assert future.result(timeout=60) == os.SCHED_IDLE
+    with joblib.parallel_config(backend="threading"):  # work belongs on that backend
+        threaded = ObfuscatorStock(priv, n_jobs=2)
+    for stock in (ObfuscatorStock(priv, n_jobs=1), threaded):  # n_jobs=1: one core
+        stock.fill(10)
+        assert stock.take(10) == [] and not stock._pending
+    other_pub, other_priv = generate_keypair(1024)
+    with pytest.raises(ValueError, match="another key"):
+        encrypt_integers(priv, [1], stock=ObfuscatorStock(other_priv, n_jobs=2))

@@ -12,6 +12,7 @@ The only package in fedsk that imports ``phe`` or ``gmpy2``.
 [-2.0, 1.75]
 """
 
+from ._ahead import ObfuscatorStock
 from ._array import (
     EncryptedArray,
     decrypt,
@@ -44,6 +45,7 @@ __all__ = [
     "MIN_KEY_LENGTH",
     "EncryptedArray",
     "Masks",
+    "ObfuscatorStock",
     "PaillierPrivateKey",
     "PaillierPublicKey",
     "RecordLayout",

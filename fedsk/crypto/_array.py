@@ -36,16 +36,25 @@ def _public_key(key):
     return key.public_key if isinstance(key, PaillierPrivateKey) else key
 
 
-def encrypt_integers(key, ints, *, exponent=0, n_jobs=None):
+def encrypt_integers(key, ints, *, exponent=0, n_jobs=None, stock=None):
     """Encrypt Python/numpy integers as they are (already fixed-point at ``exponent``).
 
     With a :class:`PaillierPrivateKey` the CRT shortcut is used; with a public key, the
-    public path.
+    public path. An :class:`ObfuscatorStock` of the same key supplies the randomness it
+    has ready (one multiplication per encryption); the rest is made now.
     """
     pub = _public_key(key)
     n = pub.n
     plains = [gmpy2.mpz(int(m)) % n for m in ints]
     _count("encrypt", len(plains))
+    if stock is not None:
+        if stock.public_key != pub:
+            raise ValueError("the obfuscator stock belongs to another key")
+        ready = stock.take(len(plains))
+        head = K.apply_obfuscators(plains, ready, n, pub.nsquare)
+        plains = plains[len(ready) :]
+    else:
+        head = []
     if isinstance(key, PaillierPrivateKey):
         ops = pub.alpha_bits // 4 if pub.obfuscation == "fast" else pub.key_length
         prefer = None if pub.obfuscation == "fast" else "threads"
@@ -68,7 +77,7 @@ def encrypt_integers(key, ints, *, exponent=0, n_jobs=None):
             n_jobs=n_jobs,
             ops_per_item=ops,
         )
-    return EncryptedArray(pub, _concat(parts), exponent)
+    return EncryptedArray(pub, head + _concat(parts), exponent)
 
 
 def prepare_encryption(private_key, *, n_jobs=None):

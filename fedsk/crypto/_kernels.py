@@ -285,31 +285,40 @@ def crt_combine(xp, xq, psquare, qsquare, qsquare_inv):
 def owner_encrypt(plains, crt, obfuscation, alpha_bits):
     """Encrypt integers (already reduced mod n) with the private factors (CRT).
 
-    ``crt`` is the tuple ``(n, p, q, psquare, qsquare, qsquare_inv, hp_s, hq_s)``.
-    ``"fast"``: obfuscator ``h_s ** alpha`` with a fresh ``alpha_bits``-bit alpha,
-    through fixed-base tables modulo p**2 and q**2. ``"standard"``: a uniform n-th
-    residue ``x**p mod p**2`` and ``y**q mod q**2`` (the CRT image of ``r**n``).
+    ``crt`` is the tuple ``(n, p, q, psquare, qsquare, qsquare_inv, hp_s, hq_s)``; the
+    obfuscators are :func:`owner_obfuscators`.
     """
-    n, p, q, psquare, qsquare, qsquare_inv, hp_s, hq_s = crt
-    out = []
+    n = crt[0]
+    obf = owner_obfuscators(len(plains), crt, obfuscation, alpha_bits)
+    return apply_obfuscators(plains, obf, n, n * n)
+
+
+def owner_obfuscators(count, crt, obfuscation, alpha_bits):
+    """``count`` fresh encryptions of zero made with the private factors (CRT).
+
+    ``"fast"``: ``h_s ** alpha`` with a fresh ``alpha_bits``-bit alpha, through fixed-base
+    tables modulo p**2 and q**2. ``"standard"``: a uniform n-th residue, ``x**p mod p**2``
+    and ``y**q mod q**2`` (the CRT image of ``r**n``).
+    """
+    _n, p, q, psquare, qsquare, qsquare_inv, hp_s, hq_s = crt
     if obfuscation == "fast":
         tp = cached_table(hp_s, psquare, alpha_bits)
         tq = cached_table(hq_s, qsquare, alpha_bits)
-        for m in plains:
+        out = []
+        for _ in range(count):
             alpha = secrets.randbits(alpha_bits)
-            cp = (1 + m * n) % psquare * tp.pow(alpha) % psquare
-            cq = (1 + m * n) % qsquare * tq.pow(alpha) % qsquare
-            out.append(crt_combine(cp, cq, psquare, qsquare, qsquare_inv))
-    else:
-        xs = [mpz(secrets.randbelow(int(psquare) - 2) + 2) for _ in plains]
-        ys = [mpz(secrets.randbelow(int(qsquare) - 2) + 2) for _ in plains]
-        rp = gmpy2.powmod_base_list(xs, p, psquare)
-        rq = gmpy2.powmod_base_list(ys, q, qsquare)
-        for m, a, b in zip(plains, rp, rq):
-            cp = (1 + m * n) % psquare * a % psquare
-            cq = (1 + m * n) % qsquare * b % qsquare
-            out.append(crt_combine(cp, cq, psquare, qsquare, qsquare_inv))
-    return out
+            out.append(crt_combine(tp.pow(alpha), tq.pow(alpha), psquare, qsquare, qsquare_inv))
+        return out
+    xs = [mpz(secrets.randbelow(int(psquare) - 2) + 2) for _ in range(count)]
+    ys = [mpz(secrets.randbelow(int(qsquare) - 2) + 2) for _ in range(count)]
+    rp = gmpy2.powmod_base_list(xs, p, psquare)
+    rq = gmpy2.powmod_base_list(ys, q, qsquare)
+    return [crt_combine(a, b, psquare, qsquare, qsquare_inv) for a, b in zip(rp, rq)]
+
+
+def apply_obfuscators(plains, obfuscators, n, nsquare):
+    """Encryptions ``(1 + m n) r mod n**2`` of ``plains`` (reduced mod n), one ``r`` each."""
+    return [(1 + m * n) % nsquare * r % nsquare for m, r in zip(plains, obfuscators)]
 
 
 def public_obfuscators(count, n, nsquare, base, obfuscation, alpha_bits):
@@ -328,7 +337,7 @@ def public_obfuscators(count, n, nsquare, base, obfuscation, alpha_bits):
 def public_encrypt(plains, n, nsquare, base, obfuscation, alpha_bits):
     """Encrypt integers (reduced mod n) under the public key alone."""
     obf = public_obfuscators(len(plains), n, nsquare, base, obfuscation, alpha_bits)
-    return [(1 + m * n) % nsquare * r % nsquare for m, r in zip(plains, obf)]
+    return apply_obfuscators(plains, obf, n, nsquare)
 
 
 def rerandomise(cts, n, nsquare, base, obfuscation, alpha_bits):

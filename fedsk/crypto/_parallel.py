@@ -7,6 +7,7 @@ calls that release the GIL), and a party that runs a cluster swaps in dask or ra
 ``joblib.parallel_config(backend="dask")``.
 """
 
+import contextlib
 import itertools
 import os
 import threading
@@ -18,7 +19,14 @@ from joblib.externals.loky import ProcessPoolExecutor as LokyExecutor
 from joblib.externals.loky.process_executor import BrokenProcessPool
 from joblib.parallel import get_active_backend
 
-__all__ = ["chunk_bounds", "parallel_chunks", "resolve_n_jobs", "run_tasks"]
+__all__ = [
+    "chunk_bounds",
+    "idle_workers",
+    "parallel_chunks",
+    "resolve_n_jobs",
+    "run_tasks",
+    "submit_idle",
+]
 
 # joblib's threading backend starts a new thread pool for every call (~5-10 ms here): more
 # than a 2048-bit decryption. Under joblib's default backends the GIL-free kernels
@@ -34,6 +42,9 @@ _pools, _pools_lock = {}, threading.Lock()
 # five minutes as joblib's do.
 _process_pools = {}
 _IDLE_SECONDS = 300
+# Work done ahead (encryptions' randomness for the next round) goes to worker processes
+# that the kernel runs only when a core would otherwise sit idle.
+_idle_pools = {}
 
 
 def _thread_pool(workers):
@@ -54,6 +65,56 @@ def _process_pool(workers):
     return key, pool
 
 
+def _lower_priority():
+    """Worker initialiser: run only on CPU time nothing else wants."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # Linux
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.nice(19)
+
+
+def _default_processes():
+    """Whether joblib's default process backend is active (not nested in its workers)."""
+    backend = get_active_backend()[0]
+    return type(backend).__name__ == "LokyBackend" and getattr(backend, "nesting_level", 0) == 0
+
+
+def idle_workers(n_jobs):
+    """Worker processes of idle priority ``n_jobs`` allows here (0: none).
+
+    None when ``n_jobs`` means one worker (the party asked for one core) or a joblib
+    backend other than the default is configured (work belongs on that backend). Call
+    it in the thread that got the configuration: joblib's is per thread.
+    """
+    workers = resolve_n_jobs(n_jobs)
+    return workers if workers > 1 and _default_processes() else 0
+
+
+def submit_idle(func, args, *, workers):
+    """Start ``func(*args)`` in one of ``workers`` processes of idle priority.
+
+    For work done ahead of need: the processes run only when a core would otherwise
+    idle (``SCHED_IDLE`` on Linux, else the lowest nice level), so they never slow the
+    party's own work. Returns a future, or ``None`` if the pool broke (a worker was
+    killed); the next call starts a new one.
+    """
+    key = (os.getpid(), workers)
+    with _pools_lock:
+        pool = _idle_pools.get(key)
+        if pool is None:
+            pool = _idle_pools[key] = LokyExecutor(
+                workers, timeout=_IDLE_SECONDS, initializer=_lower_priority
+            )
+    try:
+        return pool.submit(func, *args)
+    except (BrokenProcessPool, RuntimeError):
+        with _pools_lock:
+            if _idle_pools.get(key) is pool:
+                del _idle_pools[key]
+        return None
+
+
 def run_tasks(calls, *, workers, prefer=None):
     """Run ``[(func, args), ...]`` on ``workers`` workers; results in order.
 
@@ -70,7 +131,7 @@ def run_tasks(calls, *, workers, prefer=None):
         pool = _thread_pool(workers)
         futures = [pool.submit(func, *args) for func, args in calls]
         return [f.result() for f in futures]
-    if prefer is None and kind == "LokyBackend" and getattr(backend, "nesting_level", 0) == 0:
+    if prefer is None and _default_processes():
         key, pool = _process_pool(workers)
         try:
             futures = [pool.submit(func, *args) for func, args in calls]

@@ -55,7 +55,7 @@ class LocalEngine:
     def threshold_of(self, feature, bin_index):
         return self.mapper.threshold(feature, bin_index)
 
-    def start_round(self, specs, active, *, n_rounds, same_h_is_public=False):
+    def start_round(self, specs, active, *, n_rounds, same_h_is_public=False, next_round=False):
         pass
 
 
@@ -336,15 +336,19 @@ def _offsets(rows):
 class FederatedEngine:
     """Guest side of one federated fit: key, binning, the hosts' sessions, counters."""
 
-    def __init__(self, sessions, X, train_positions, *, max_bins, keypair, n_jobs, model_ids=None):
+    def __init__(
+        self, sessions, X, train_positions, *, max_bins, keypair, n_jobs, model_ids=None, stock=None
+    ):
         self.sessions = sessions
         self.n_jobs = n_jobs
         self.public_key, self.private_key = keypair  # fresh for this fit
+        self.stock = stock  # the next round's encryptions' randomness, made on idle CPU
         self.mapper = BinMapper(max_bins).fit(X[train_positions])
         self.binned = self.mapper.transform(X)
         self.n_local_features = X.shape[1]
         self.counts = {
             "encryptions": 0,
+            "encryptions_ahead": 0,  # of them, with randomness made ahead on idle CPU
             "decryptions": 0,
             "host_additions": 0,
             "host_shifts": 0,
@@ -400,13 +404,15 @@ class FederatedEngine:
     def threshold_of(self, feature, bin_index):
         return self.mapper.threshold(feature, bin_index)
 
-    def start_round(self, specs, active, *, n_rounds, same_h_is_public=False):
+    def start_round(self, specs, active, *, n_rounds, same_h_is_public=False, next_round=False):
         """Encrypt every tree's packed (g + offset, h) once, for every host.
 
         The ciphertexts go with the round's first request (the roots' histograms). With
         ``same_h_is_public`` (the loss's hessian is constant, or this is the first round
         of a fresh fit) and every sample's h equal, only g + offset is packed. The
-        round's last request tells the hosts to persist it as round ``n_rounds``.
+        round's last request tells the hosts to persist it as round ``n_rounds``. With
+        ``next_round``, the stock starts on the next round's randomness, which idle CPU
+        makes while this round waits for the hosts.
         """
         positions = np.flatnonzero(active)
         self.n_active = len(positions)
@@ -425,9 +431,15 @@ class FederatedEngine:
             cols = np.column_stack(
                 [spec.qg.g[positions] + offset, spec.qg.h[positions]][: len(self.max_values)]
             )
-            enc = encrypt_integers(self.private_key, layout.pack(cols), n_jobs=self.n_jobs)
+            enc = encrypt_integers(
+                self.private_key, layout.pack(cols), n_jobs=self.n_jobs, stock=self.stock
+            )
             self.counts["encryptions"] += len(enc)
             msg.add_encrypted(f"gh{spec.slot}", enc)
+        if self.stock is not None:
+            self.counts["encryptions_ahead"] = self.stock.taken
+            if next_round:
+                self.stock.fill(len(positions) * len(specs))
         self.pending_gradients = msg
 
     def check_persisted(self, h, answer):

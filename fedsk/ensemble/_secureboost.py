@@ -198,8 +198,13 @@ class BaseSecureBoost(BaseEstimator, ABC):
         else:
             model_ids = self._host_model_ids if self._is_fitted() else None
             with keyed_sessions(
-                fed, ids, protocol="secureboost", key_length=self.key_length, n_jobs=self.n_jobs
-            ) as (sess, keypair):
+                fed,
+                ids,
+                protocol="secureboost",
+                key_length=self.key_length,
+                n_jobs=self.n_jobs,
+                ahead=self._round_encryptions(len(train_pos), loss),
+            ) as (sess, keypair, stock):
                 engine = FederatedEngine(
                     sess,
                     X_arr,
@@ -208,6 +213,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     keypair=keypair,
                     n_jobs=self.n_jobs,
                     model_ids=model_ids,
+                    stock=stock,
                 )
                 self._host_names = [s.name for s in sess]
                 self._host_model_ids = list(engine.model_ids)
@@ -222,6 +228,11 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     self._crypto_counts = dict(engine.counts)
         self.fit_time_ = perf_counter() - started
         return self
+
+    def _round_encryptions(self, n_train, loss):
+        """Encryptions a boosting round makes: one per active sample and tree."""
+        active = max(1, round(self.subsample * n_train)) if self.subsample < 1.0 else n_train
+        return active * loss.n_trees_per_round
 
     def _boost(self, engine, X, y, loss, train_pos, val_pos, decisions):
         n = X.shape[0]
@@ -276,6 +287,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     active,
                     n_rounds=len(self._predictors) + 1,
                     same_h_is_public=loss.constant_hessian or not self._predictors,
+                    next_round=it + 1 < self.n_estimators,
                 )
                 trees = grow_trees(
                     engine.source,

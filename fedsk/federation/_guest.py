@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..crypto import generate_keypair, prepare_encryption
+from ..crypto import ObfuscatorStock, generate_keypair, prepare_encryption
+from ..crypto._parallel import idle_workers
 from ..exceptions import FedskError
 from ._federation import Federation, HostClient
 from ._psi import align
@@ -121,27 +122,38 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
 
 
 @contextmanager
-def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None):
+def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None, ahead=0):
     """:func:`aligned_sessions` plus the fit's fresh Paillier key pair.
 
     The key pair's prime search (in a worker process when there are several: it holds
     the GIL) runs in the background while PSI aligns the samples; once the key exists,
     the same background thread gets every worker ready to encrypt under it, which the
-    fit does not wait for (its first encryptions queue behind). Yields ``(sessions,
-    (public_key, private_key))``.
+    fit does not wait for (its first encryptions queue behind), and starts making the
+    randomness of the fit's first ``ahead`` encryptions on idle CPU. Yields ``(sessions,
+    (public_key, private_key), stock)``, the :class:`~fedsk.crypto.ObfuscatorStock`
+    the fit's encryptions take from (closed on exit).
     """
-    key = Future()
+    keys = Future()  # (public_key, private_key, stock)
+    # the stock's workers follow joblib's configuration, which is per thread: read it here
+    workers = idle_workers(n_jobs) or 1
 
     def keypair_then_prepare():
         try:
-            pair = generate_keypair(key_length, n_jobs=n_jobs)
+            pub, priv = generate_keypair(key_length, n_jobs=n_jobs)
+            stock = ObfuscatorStock(priv, n_jobs=workers)
         except BaseException as exc:
-            key.set_exception(exc)
+            keys.set_exception(exc)
             return
-        key.set_result(pair)
-        prepare_encryption(pair[1], n_jobs=n_jobs)
+        keys.set_result((pub, priv, stock))
+        stock.fill(ahead)
+        prepare_encryption(priv, n_jobs=n_jobs)
 
     with ThreadPoolExecutor(max_workers=1) as background:
         background.submit(keypair_then_prepare)
-        with aligned_sessions(federation, ids, protocol=protocol, n_jobs=n_jobs) as sessions:
-            yield sessions, key.result()
+        try:
+            with aligned_sessions(federation, ids, protocol=protocol, n_jobs=n_jobs) as sessions:
+                pub, priv, stock = keys.result()
+                yield sessions, (pub, priv), stock
+        finally:
+            if keys.done() and keys.exception() is None:
+                keys.result()[2].close()

@@ -525,7 +525,7 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
         count_ops() as guest_ops,
         keyed_sessions(
             federation, ids, protocol="logistic", key_length=key_length, n_jobs=n_jobs
-        ) as (sessions, keys),
+        ) as (sessions, keys, _stock),
     ):
         peers = [HostPeer(s) for s in sessions]
         for peer in peers:
