@@ -284,6 +284,8 @@ def test_security_levels_and_alpha_lengths():
     assert short_exponent_bits(3072) == 256
     with pytest.raises(ValueError, match="key_length"):
         generate_keypair(512)
+    with pytest.raises(ValueError, match="even int"):  # phe would search forever
+        generate_keypair(1025)
 
 
 def test_batch_invert(keypair):

@@ -166,6 +166,31 @@ def test_local_federation_rejects_duplicate_ids():
         LocalFederation(hosts={"h": df})
 
 
+@pytest.mark.parametrize(
+    "df,match",
+    [
+        (
+            pd.DataFrame({"x": [1.0, 2.0], "s": ["u", "v"]}, index=["a", "b"]),
+            r"column\(s\) \['s'\]",
+        ),
+        (pd.DataFrame({"x": [1.0, 2.0]}, index=["a", 5]), r"types \['int', 'str'\]"),
+    ],
+)
+def test_local_federation_names_the_host_frame_it_cannot_serve(df, match):
+    with pytest.raises(ValueError, match=r"hosts\['h'\] .*" + match):
+        LocalFederation(hosts={"h": df})
+
+
+def test_a_closed_local_federation_says_so():
+    df = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "b"])
+    with LocalFederation(hosts={"h": df}) as fed:
+        assert fed.connect()
+    t = time.monotonic()
+    with pytest.raises(PartyUnavailableError, match="LocalFederation is closed"):
+        fed.connect()
+    assert time.monotonic() - t < 1  # no retries against servers known to be gone
+
+
 def test_stopping_a_server_stops_its_worker_processes():
     psutil = pytest.importorskip("psutil")
     ids = [f"u{i}" for i in range(21_000)]

@@ -219,6 +219,8 @@ def test_warm_start_continues(cancer):
         ({"protocol": "arbiter"}, InvalidParameterError, "protocol"),
         ({"penalty": "elasticnet"}, InvalidParameterError, "penalty"),
         ({"key_length": 512}, InvalidParameterError, "key_length"),
+        ({"key_length": 2049}, InvalidParameterError, "an even number of bits"),
+        ({"n_jobs": 0}, InvalidParameterError, "'n_jobs' parameter .* cannot be 0"),
         ({"batch_size": 0}, InvalidParameterError, "batch_size"),
         ({"federation": "http://host"}, InvalidParameterError, "federation"),
         ({"penalty": "l1", "solver": "pcg"}, ValueError, "supports only 'l2' or None"),

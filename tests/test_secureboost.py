@@ -237,6 +237,74 @@ def test_warm_start_adds_rounds_and_matches_one_long_fit(tmp_path):
     np.testing.assert_allclose(a.predict_proba(guest), b.predict_proba(guest), atol=1e-12)
 
 
+def test_guest_with_labels_only_splits_on_host_columns(tmp_path):
+    joined, guest, y, _, apps = make_parties(tmp_path, n_guest=0, host_cols=(5,))
+    assert guest.shape[1] == 0
+    kw = dict(n_estimators=3, random_state=0, key_length=KEY)
+    fed = SecureBoostClassifier(federation=InProcessFederation(apps), **kw).fit(guest, y)
+    local = SecureBoostClassifier(**kw).fit(joined.to_numpy(), y.to_numpy())
+    assert fed.n_features_in_ == 0 and fed.feature_importances_.shape == (0,)
+    np.testing.assert_allclose(
+        fed.predict_proba(guest.iloc[:50]), local.predict_proba(joined.to_numpy()[:50]), atol=1e-6
+    )
+
+
+def test_hosts_are_matched_by_name_not_by_order(tmp_path):
+    _, guest, y, _, apps = make_parties(tmp_path, host_cols=(2, 2))
+    kw = dict(n_estimators=2, random_state=0, key_length=KEY, warm_start=True)
+    clf = SecureBoostClassifier(federation=InProcessFederation(apps), **kw).fit(guest, y)
+    before = clf.predict_proba(guest)
+    swapped = InProcessFederation(dict(reversed(list(apps.items()))))
+    assert list(swapped.hosts) == ["host1", "host0"]
+    clf.set_params(federation=swapped)
+    np.testing.assert_array_equal(clf.predict_proba(guest), before)
+    clf.set_params(n_estimators=3).fit(guest, y)  # continued across the reordered hosts
+    again = SecureBoostClassifier(
+        federation=InProcessFederation(apps), **(kw | {"n_estimators": 3})
+    ).fit(guest, y)
+    np.testing.assert_allclose(clf.predict_proba(guest), again.predict_proba(guest), atol=1e-12)
+    with pytest.raises(ValueError, match=r"same hosts \(this one has \['host0'\]\)"):
+        clf.set_params(federation=InProcessFederation({"host0": apps["host0"]})).predict(guest)
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"key_length": 1025}, "must be an even number of bits"),
+        ({"n_jobs": 0}, "cannot be 0"),
+    ],
+)
+@pytest.mark.parametrize("federated", [False, True])
+def test_key_length_and_n_jobs_are_checked_before_any_work(tmp_path, params, match, federated):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    _, guest, y, _, apps = make_parties(tmp_path, n=60)
+    fed = InProcessFederation(apps) if federated else None
+    with pytest.raises(InvalidParameterError, match=match):
+        SecureBoostClassifier(federation=fed, **params).fit(guest, y)
+
+
+def test_warm_start_with_other_columns_is_refused_and_keeps_the_model():
+    X = pd.DataFrame(np.random.default_rng(0).normal(size=(120, 3)), columns=["a", "b", "c"])
+    y = (X.c > 0).astype(int)
+    clf = SecureBoostClassifier(n_estimators=2, warm_start=True).fit(X, y)
+    before = clf.predict_proba(X)
+    clf.set_params(n_estimators=4)
+    with pytest.raises(ValueError, match="yet now missing:\n- c"):
+        clf.fit(X[["a", "b"]], y)
+    with pytest.raises(ValueError, match="feature names should match"):
+        clf.fit(X.rename(columns={"a": "z"}), y)
+    assert list(clf.feature_names_in_) == ["a", "b", "c"] and clf.n_estimators_ == 2
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+    assert isinstance(clf.train_score_, np.ndarray) and clf.train_score_.shape == (3,)
+
+
+def test_labels_of_mixed_types_say_what_to_do():
+    X = pd.DataFrame({"a": np.arange(10.0)})
+    with pytest.raises(ValueError, match=r"mixes labels of types \['int', 'str'\]"):
+        SecureBoostClassifier(n_estimators=2).fit(X, np.array(["a", 1] * 5, dtype=object))
+
+
 def test_host_prepares_at_most_two_keys_at_a_time():
     import threading
 

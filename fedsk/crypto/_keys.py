@@ -257,8 +257,10 @@ def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast", n_job
     public_key : PaillierPublicKey
     private_key : PaillierPrivateKey
     """
-    if not isinstance(key_length, int) or key_length < MIN_KEY_LENGTH:
-        raise ValueError(f"key_length must be an int >= {MIN_KEY_LENGTH}, got {key_length!r}")
+    if not isinstance(key_length, int) or key_length < MIN_KEY_LENGTH or key_length % 2:
+        # (phe draws two primes of half the length until n has exactly key_length bits,
+        # which never happens for an odd length)
+        raise ValueError(f"key_length must be an even int >= {MIN_KEY_LENGTH}, got {key_length!r}")
     workers = resolve_n_jobs(n_jobs)
     if workers > 1:
         ((p, q),) = run_tasks([(_phe_factors, (key_length,))], workers=workers)

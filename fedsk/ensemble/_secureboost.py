@@ -20,7 +20,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._progress import progress_bar
-from ..federation import Federation, aligned_sessions, check_federated_X, keyed_sessions
+from ..federation import (
+    Federation,
+    aligned_sessions,
+    check_federated_X,
+    check_key_and_workers,
+    in_model_order,
+    keyed_sessions,
+)
 from ..tree import SplitParams, TreePredictor, TreeSpec, grow_trees, quantize
 from ._loss import HalfSquaredError, LogLoss, MultinomialLoss
 from ._protocol import FederatedEngine, LocalEngine, host_decisions
@@ -146,16 +153,22 @@ class BaseSecureBoost(BaseEstimator, ABC):
         self
         """
         fed = self.federation
+        check_key_and_workers(self)
         if fed is not None:
             check_federated_X(X, self)
             ids = X.index.to_numpy()
         _check_labels(y, X)
+        if fed is not None and X.shape[1] == 0:  # a guest holding labels only
+            X = np.empty((len(X), 0))  # (sklearn's checks need a dtype, which no column has)
+        # a continued fit must see the columns of the first (reset=False checks them)
         X_arr, y = validate_data(
             self,
             X,
             y,
+            reset=not (self.warm_start and self._is_fitted()),
             dtype=np.float64,
             ensure_all_finite="allow-nan",
+            ensure_min_features=0 if fed is not None else 1,  # a guest may hold labels only
             y_numeric=not isinstance(self, ClassifierMixin),
         )
         y, loss = self._encode_y(y)
@@ -169,8 +182,11 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 )
             if (fed is None) != (not self._host_names):
                 raise ValueError("warm_start cannot switch between local and federated fits")
-            if fed is not None and list(fed.hosts) != self._host_names:
-                raise ValueError(f"warm_start needs the same hosts {self._host_names}")
+            if fed is not None and sorted(fed.hosts) != sorted(self._host_names):
+                raise ValueError(
+                    f"warm_start needs a federation with the hosts of the first fit "
+                    f"{self._host_names}; this one has {list(fed.hosts)}"
+                )
             if self.n_estimators == self.n_estimators_:
                 return self
         else:
@@ -205,6 +221,8 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 n_jobs=self.n_jobs,
                 ahead=self._round_encryptions(len(train_pos), loss),
             ) as (sess, keypair, stock):
+                if self._is_fitted():
+                    sess = in_model_order(sess, self._host_names)
                 engine = FederatedEngine(
                     sess,
                     X_arr,
@@ -239,13 +257,13 @@ class BaseSecureBoost(BaseEstimator, ABC):
         if not self._is_fitted():
             self._baseline = loss.baseline(y[train_pos])
             self._predictors = []
-            self.train_score_, self.validation_score_ = [], []
+            self.train_score_, self.validation_score_ = np.empty(0), np.empty(0)
             self._n_features_total = engine.n_features_total
         raw = np.tile(self._baseline, (n, 1)).astype(np.float64)
         for round_trees in self._predictors:
             for k, tree in enumerate(round_trees):
                 raw[:, k] += tree.predict(X, decisions)
-        if not self.train_score_:
+        if not len(self.train_score_):
             self._record_scores(loss, y, raw, train_pos, val_pos)
         params = SplitParams(
             self.l2_regularization,
@@ -313,11 +331,11 @@ class BaseSecureBoost(BaseEstimator, ABC):
             progress.close()
 
     def _record_scores(self, loss, y, raw, train_pos, val_pos):
-        self.train_score_ = list(self.train_score_) + [-loss.loss(y[train_pos], raw[train_pos])]
+        self.train_score_ = np.append(self.train_score_, -loss.loss(y[train_pos], raw[train_pos]))
         if len(val_pos):
-            self.validation_score_ = list(self.validation_score_) + [
-                -loss.loss(y[val_pos], raw[val_pos])
-            ]
+            self.validation_score_ = np.append(
+                self.validation_score_, -loss.loss(y[val_pos], raw[val_pos])
+            )
 
     def _should_stop(self, scores):
         ref = self.n_iter_no_change + 1
@@ -387,18 +405,25 @@ class BaseSecureBoost(BaseEstimator, ABC):
         decisions = None
         if self._host_names:
             fed = self.federation
-            if fed is None or list(fed.hosts) != self._host_names:
+            if fed is None or sorted(fed.hosts) != sorted(self._host_names):
                 raise ValueError(
                     f"this model was fitted with hosts {self._host_names}; predict "
                     "needs a federation with the same hosts"
+                    + ("" if fed is None else f" (this one has {list(fed.hosts)})")
                 )
             check_federated_X(X, self)
             X_arr = validate_data(
-                self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False
+                self,
+                X if X.shape[1] else np.empty((len(X), 0)),
+                dtype=np.float64,
+                ensure_all_finite="allow-nan",
+                ensure_min_features=0,
+                reset=False,
             )
             with aligned_sessions(
                 fed, X.index.to_numpy(), protocol="secureboost-predict", n_jobs=self.n_jobs
             ) as sessions:
+                sessions = in_model_order(sessions, self._host_names)
                 decisions = host_decisions(sessions, X_arr.shape[0], self._host_model_ids)
         else:
             X_arr = validate_data(
@@ -559,9 +584,16 @@ class SecureBoostClassifier(ClassifierMixin, BaseSecureBoost):
     )
 
     def _encode_y(self, y):
-        check_classification_targets(y)
         encoder = LabelEncoder()
-        encoded = encoder.fit_transform(y)
+        try:
+            check_classification_targets(y)
+            encoded = encoder.fit_transform(y)
+        except TypeError as exc:  # labels that cannot be ordered, e.g. 1 and "a"
+            kinds = sorted({type(v).__name__ for v in np.asarray(y, dtype=object).tolist()})
+            raise ValueError(
+                f"y mixes labels of types {kinds}, which cannot be sorted into classes; "
+                "give every label the same type (e.g. y.astype(str))"
+            ) from exc
         if (
             self._is_fitted()
             and self.warm_start

@@ -1,7 +1,15 @@
 """Federation handles, transports, the wire format and private set intersection."""
 
 from ._federation import Federation, HostClient, InProcessFederation
-from ._guest import GuestSession, aligned_sessions, check_federated_X, keyed_sessions, sample_ids
+from ._guest import (
+    GuestSession,
+    aligned_sessions,
+    check_federated_X,
+    check_key_and_workers,
+    in_model_order,
+    keyed_sessions,
+    sample_ids,
+)
 from ._hostapi import HostContext, HostDataset, HostSession, ModelStoreAPI, aligned_rows
 from ._local import LocalFederation
 from ._routes import ON_SESSION_OPEN, ROUTES, Route, route, url_for
@@ -36,6 +44,8 @@ __all__ = [
     "aligned_rows",
     "aligned_sessions",
     "check_federated_X",
+    "check_key_and_workers",
+    "in_model_order",
     "keyed_sessions",
     "message_from_wire",
     "message_to_wire",

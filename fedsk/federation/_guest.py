@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.utils._param_validation import InvalidParameterError
 
 from ..crypto import ObfuscatorStock, generate_keypair, prepare_encryption
 from ..crypto._parallel import idle_workers
@@ -14,7 +15,40 @@ from ._federation import Federation, HostClient
 from ._psi import align
 from ._wire import Message
 
-__all__ = ["GuestSession", "aligned_sessions", "check_federated_X", "sample_ids"]
+__all__ = [
+    "GuestSession",
+    "aligned_sessions",
+    "check_federated_X",
+    "check_key_and_workers",
+    "in_model_order",
+    "sample_ids",
+]
+
+
+def check_key_and_workers(estimator):
+    """``key_length`` and ``n_jobs`` beyond what the parameter constraints can say."""
+    name = type(estimator).__name__
+    if estimator.key_length % 2:
+        raise InvalidParameterError(
+            f"The 'key_length' parameter of {name} must be an even number of bits (a "
+            f"Paillier modulus is the product of two primes of half its length); got "
+            f"{estimator.key_length}. Use 2048 (the default) or 3072."
+        )
+    if estimator.n_jobs == 0:
+        raise InvalidParameterError(
+            f"The 'n_jobs' parameter of {name} cannot be 0: use None (joblib's default), a "
+            "positive number of workers, or -1 for every core."
+        )
+
+
+def in_model_order(sessions, host_names):
+    """The sessions of a federation reordered to a fitted model's hosts (matched by name).
+
+    A model remembers its hosts by name, so a federation that lists the same hosts in
+    another order can still predict with it or continue it.
+    """
+    by_name = {s.name: s for s in sessions}
+    return [by_name[h] for h in host_names]
 
 
 def check_federated_X(X, estimator):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..exceptions import PartyUnavailableError
 from ._federation import Federation
 from ._transport import ping
 
@@ -123,8 +124,7 @@ class LocalFederation(Federation):
                     raise TypeError(
                         f"hosts[{name!r}] must be a pandas DataFrame indexed by sample ID"
                     )
-                if df.index.has_duplicates:
-                    raise ValueError(f"hosts[{name!r}] has duplicate sample IDs in its index")
+                _check_host_frame(name, df)
                 token = secrets.token_urlsafe(24)
                 home = self._tmp / name
                 home.mkdir(exist_ok=workdir is not None)
@@ -238,6 +238,18 @@ class LocalFederation(Federation):
         """Stop every server and remove the temporary files."""
         self._finalizer()
 
+    def connect(self):
+        if not self._finalizer.alive:
+            name = next(iter(self.hosts))
+            raise PartyUnavailableError(
+                name,
+                self.hosts[name]["url"],
+                "this LocalFederation is closed (its party servers stopped when its "
+                "with-block ended, or close() was called); fit and predict inside the "
+                "with-block, or start a new LocalFederation",
+            )
+        return super().connect()
+
     def __enter__(self):
         return self
 
@@ -250,6 +262,30 @@ class LocalFederation(Federation):
 
     def __deepcopy__(self, memo):
         return _plain_federation(self.hosts, self.timeout, self.retries)
+
+
+def _check_host_frame(name, df):
+    """What a party server would refuse in a host's DataFrame, said in this API's terms."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"hosts[{name!r}] must be a pandas DataFrame indexed by sample ID")
+    if df.index.has_duplicates:
+        raise ValueError(f"hosts[{name!r}] has duplicate sample IDs in its index")
+    kinds = {type(v).__name__ for v in df.index[:100_000].tolist()}
+    if len(kinds) > 1 and not kinds <= {"int", "float"}:
+        raise ValueError(
+            f"hosts[{name!r}] mixes sample IDs of types {sorted(kinds)} in its index; give "
+            "every ID one type, e.g. df.index = df.index.astype(str)"
+        )
+    text = [
+        c
+        for c in df.columns
+        if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
+    ]
+    if text:
+        raise ValueError(
+            f"hosts[{name!r}] has non-numeric column(s) {text[:5]} (dtype {df[text[0]].dtype}); "
+            "a host serves numbers only: encode them (e.g. one-hot) or drop them"
+        )
 
 
 def _plain_federation(hosts, timeout, retries):

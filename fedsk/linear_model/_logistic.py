@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ..federation import Federation, check_federated_X
+from ..federation import Federation, check_federated_X, check_key_and_workers
 from ._protocol import federated_fit, federated_scores
 from ._solvers import Problem, plain_fit
 
@@ -320,6 +320,7 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         self : FederatedLogisticRegression
         """
         solver = _check_solver(self.penalty, self.solver, self.protocol, self.early_stopping)
+        check_key_and_workers(self)
         federated = self.federation is not None
         if federated:
             check_federated_X(X, self)
