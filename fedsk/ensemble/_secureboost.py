@@ -487,7 +487,10 @@ _NOTES = """
 
     Losslessness: gradients are quantised on the local path too, so a fit with
     ``federation=None`` on the joined columns grows exactly the same trees (same
-    features, thresholds and leaf values) as the federated fit.
+    features, thresholds and leaf values) as the federated fit. The quantisation step
+    is set each round by the largest gradient, so a target with extreme outliers
+    (squared error) leaves the other samples' gradients few distinct values: scale,
+    clip or transform such a target (e.g. ``TransformedTargetRegressor``) first.
 """
 
 
