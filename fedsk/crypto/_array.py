@@ -98,7 +98,7 @@ def prepare_encryption(private_key, *, n_jobs=None):
         run_tasks([call] * workers, workers=workers)
 
 
-def encrypt(key, values, *, exponent=None, n_jobs=None):
+def encrypt(key, values, *, exponent=None, n_jobs=None, stock=None):
     """Encrypt a 1-d array of numbers at one shared fixed-point exponent.
 
     Parameters
@@ -111,13 +111,15 @@ def encrypt(key, values, *, exponent=None, n_jobs=None):
         -13 (2**-52 precision) for floats.
     n_jobs : int, default=None
         Workers of joblib's active backend.
+    stock : ObfuscatorStock, default=None
+        Randomness made ahead for this key (see :func:`encrypt_integers`).
     """
     values = np.asarray(values)
     if exponent is None:
         exponent = 0 if values.dtype.kind in "iub" else DEFAULT_EXPONENT
     pub = _public_key(key)
     ints = encode(values, exponent, pub.max_int)
-    return encrypt_integers(key, ints, exponent=exponent, n_jobs=n_jobs)
+    return encrypt_integers(key, ints, exponent=exponent, n_jobs=n_jobs, stock=stock)
 
 
 def decrypt_integers(private_key, enc, *, n_jobs=None):

@@ -292,9 +292,10 @@ class TaylorPCG:
 class ExactLbfgs:
     """The guest's block plus any number of hosts, one binary target ``k``."""
 
-    def __init__(self, peers, keys, problem, k, *, n_jobs):
+    def __init__(self, peers, keys, problem, k, *, n_jobs, stock=None):
         p = self.p = problem
         self.peers, (self.pub, self.priv), self.k, self.n_jobs = peers, keys, k, n_jobs
+        self.stock = stock  # each iteration's gradient encryptions are made ahead
         self.y, self.n = p.Y[:, k], float(p.sw.sum())
         self.lam_g, self.lam_h = p.lam_vec, (p.lam if p.penalty == "l2" else 0.0)
         self.block = LbfgsBlock(p.x0[:, k], p.memory)
@@ -326,7 +327,9 @@ class ExactLbfgs:
         block.set_gradient(g)
         m = len(block.S)
         gmax, gram = float(np.abs(g).max(initial=0.0)), block.gram()
-        enc = encrypt(self.priv, d, exponent=EXP_ENC, n_jobs=self.n_jobs)
+        enc = encrypt(self.priv, d, exponent=EXP_ENC, n_jobs=self.n_jobs, stock=self.stock)
+        if self.stock is not None:  # the next iteration's, while the hosts answer
+            self.stock.fill(len(d))
 
         def exchange(peer):
             answer = peer.step("grad", {"step": step}, encrypted={"d": enc})
@@ -524,8 +527,13 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
     with (
         count_ops() as guest_ops,
         keyed_sessions(
-            federation, ids, protocol="logistic", key_length=key_length, n_jobs=n_jobs
-        ) as (sessions, keys, _stock),
+            federation,
+            ids,
+            protocol="logistic",
+            key_length=key_length,
+            n_jobs=n_jobs,
+            ahead=len(ids) if p.solver == "lbfgs" else 0,
+        ) as (sessions, keys, stock),
     ):
         peers = [HostPeer(s) for s in sessions]
         for peer in peers:
@@ -545,7 +553,7 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
                 },
                 keys[0].key_length,
             )
-        result, coef = _solve(p, peers, keys, n_jobs)
+        result, coef = _solve(p, peers, keys, n_jobs, stock)
         models, host_ops = {}, {}
         for peer in peers:
             answer = peer.step("finish")
@@ -563,14 +571,14 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
     )
 
 
-def _solve(p, peers, keys, n_jobs):
+def _solve(p, peers, keys, n_jobs, stock=None):
     if p.solver == "pcg":
         system = TaylorPCG(peers[0], keys, p, n_jobs=n_jobs)
         return pcg(system, tol=p.tol, max_iter=p.max_iter, verbose=p.verbose), system.coef()
     if p.solver == "lbfgs":
         results, coef = [], np.zeros_like(p.x0)
         for k in range(p.n_targets):
-            system = ExactLbfgs(peers, keys, p, k, n_jobs=n_jobs)
+            system = ExactLbfgs(peers, keys, p, k, n_jobs=n_jobs, stock=stock)
             results.append(lbfgs(system, tol=p.tol, max_iter=p.max_iter, verbose=p.verbose))
             coef[:, k] = system.coef()
         return combine(results), coef
