@@ -46,17 +46,7 @@ class ObfuscatorStock:
             self._task = K.owner_obfuscators, (key._crt_enc(), pub.obfuscation, pub.alpha_bits)
         else:
             pub = key
-            base = pub.obfuscator_base
-            self._task = (
-                K.public_obfuscators,
-                (
-                    pub.n,
-                    pub.nsquare,
-                    base,
-                    pub.obfuscation,
-                    pub.alpha_bits,
-                ),
-            )
+            self._task = K.public_obfuscators, pub._public_args()
         self.public_key = pub
         self._workers = idle_workers(n_jobs)
         self._ready, self._pending = [], deque()  # (future, how many it makes)
@@ -84,11 +74,13 @@ class ObfuscatorStock:
         with self._lock:
             while self._pending and self._pending[0][0].done():
                 future, _ = self._pending.popleft()
-                exc = None if future.cancelled() else future.exception()
-                if exc is None and not future.cancelled():
+                if future.cancelled():
+                    continue
+                exc = future.exception()
+                if exc is None:
                     self._ready.extend(future.result())
-                elif not isinstance(exc, (BrokenProcessPool, type(None))):
-                    raise exc  # a bug, not a killed worker (whose work is simply redone)
+                elif not isinstance(exc, BrokenProcessPool):
+                    raise exc  # a bug, not a killed worker (whose share is made on the spot)
             out = self._ready[:count]
             del self._ready[:count]
             self.taken += len(out)
