@@ -349,6 +349,30 @@ def test_host_refuses_out_of_order_and_malformed_steps(fed, data, keypair):
         cm.__exit__(None, None, None)
 
 
+def test_gram_chunks_must_start_at_row_0(fed, data, keypair):
+    """A first gram chunk that does not start at row 0 is a JSON 409, not a 500."""
+    G, _, _ = data
+    cm, s = _session(fed, G)
+    try:
+        s.call("logistic.setup", Message(_setup_meta(keypair[0])))
+        layout = dict(zip(("slots", "slot_bits"), slot_layout(N, DH, 1024, False)))
+        junk = np.full((4, 256), 255, dtype=np.uint8)
+        for start in (1, N - 2):
+            msg = Message({"op": "gram", "start": start, "n_coef": DG + 1, **layout})
+            msg.add_array("z", junk)
+            msg.exponents["z"] = -8
+            with pytest.raises(ProtocolError, match=rf"409 .*expected row 0, got row {start}"):
+                s.call("logistic.step", msg)
+        # the server and this fit go on: a chunk at row 0 is read (and its junk refused)
+        msg = Message({"op": "gram", "start": 0, "n_coef": DG + 1, **layout})
+        msg.add_array("z", junk)
+        msg.exponents["z"] = -8
+        with pytest.raises(ProtocolError, match=r"400 .*out of range"):
+            s.call("logistic.step", msg)
+    finally:
+        cm.__exit__(None, None, None)
+
+
 def test_host_refuses_short_keys(tmp_path, data):
     G, H, _ = data
     app = create_app(write_host(tmp_path, H, min_key_length=2048))

@@ -223,6 +223,7 @@ def setup(ctx, msg):
         W=W,
         masks=None,
         pending=None,
+        gram_next=None,  # the row the next gram chunk starts at (None: send row 0 first)
     )
     answer = {"n_features": d, "warm_start": warm is not None}
     if protocol == "taylor":
@@ -297,8 +298,13 @@ def _gram(ctx, fit, msg):
         fit.coef_groups = slot_groups(n_coef, slots)
         fit.target_groups = slot_groups(fit.K, slots)
         fit.host_groups = slot_groups(d, slots)
+    elif fit.gram_next is None:
+        raise ConflictError(f"gram chunks must arrive in order: expected row 0, got row {start}")
     elif start != fit.gram_next or n_coef != fit.n_coef:
-        raise ConflictError(f"gram chunks must arrive in order: expected row {fit.gram_next}")
+        raise ConflictError(
+            f"gram chunks must arrive in order: expected row {fit.gram_next} with n_coef "
+            f"{fit.n_coef}, got row {start} with n_coef {n_coef}"
+        )
     n_cols = len(fit.coef_groups) + len(fit.target_groups) + (1 if fit.weighted else 0)
     total = msg.arrays["z"].shape[0] if "z" in msg.exponents else 0
     if total % n_cols or total == 0:
