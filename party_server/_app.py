@@ -147,6 +147,13 @@ def _message_in():
 
 
 def _reply(msg):
+    bad = msg.non_finite()
+    if bad:  # e.g. a peer's finite but huge values overflowed: its mistake, not ours
+        raise RequestError(
+            f"the answer to this request would hold NaN or infinity (in {', '.join(bad)}); "
+            "values in the request are out of range for this step",
+            code="non_finite_result",
+        )
     g.ct_out = msg.n_ciphertexts
     return Response(message_to_wire(msg), status=200, content_type=CONTENT_TYPE)
 

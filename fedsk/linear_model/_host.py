@@ -479,6 +479,11 @@ def _grad(ctx, fit, msg):
     if step_size is not None:
         if fit.lbfgs.p is None or not np.isfinite(step_size):
             raise BadMessageError("'step' needs a direction and must be finite")
+        with np.errstate(over="ignore", invalid="ignore"):
+            moved = fit.lbfgs.w + float(step_size) * fit.lbfgs.p
+            z = fit.X @ moved
+        if not _all_finite(moved, z):
+            raise BadMessageError("field 'step' is out of range: the coefficients overflow")
         fit.lbfgs.move(float(step_size))
         fit.W[:, fit.k] = fit.lbfgs.w
     d = msg.encrypted("d", fit.guest_key, length=fit.n, exponent=EXP_ENC)
@@ -515,11 +520,24 @@ def _grad_unmask(ctx, fit, msg):
 def _lbfgs_direction(ctx, fit, msg):
     m = len(fit.lbfgs.S)
     coefs = msg.array("coefs", kind="f", shape=(2 * m + 1,))
-    p = fit.lbfgs.direction(coefs)
+    previous = fit.lbfgs.p
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = fit.lbfgs.direction(coefs)
+        scalars = _penalised_scalars(fit, fit.lbfgs.w, p)
+        dz = fit.X @ p
+    if not _all_finite(p, dz, *scalars.values()):
+        fit.lbfgs.p = previous
+        raise BadMessageError(
+            "array 'coefs' is out of range: the search direction it gives overflows float64"
+        )
     fit.expect = {"grad"}
-    out = Message(_penalised_scalars(fit, fit.lbfgs.w, p))
-    out.add_array("dz", fit.X @ p)
+    out = Message(scalars)
+    out.add_array("dz", dz)
     return out
+
+
+def _all_finite(*values):
+    return all(np.isfinite(v).all() for v in values)
 
 
 # SGD, both protocols -----------------------------------------------------------------------
