@@ -206,10 +206,16 @@ def _make_view(route):
             return _reply(Message({"closed": True}))
         fingerprint = _fingerprint(route.name)
         with entry.lock:
-            cached = entry.replay(g.request_id)
+            cached = entry.replay(g.request_id)  # refuses an old ID whose answer is gone
             if cached is not None:
                 return _from_replay(cached, fingerprint)
-            resp = _reply(state.handler(route)(_context(state, entry.session), msg))
+            entry.check_capacity()
+            try:
+                resp = _reply(state.handler(route)(_context(state, entry.session), msg))
+            except StorageError:
+                raise  # nothing was saved: the same request may be sent again
+            except Exception as exc:  # a refusal is an answer too: a retry gets it again
+                resp = current_app.make_response(current_app.handle_user_exception(exc))
             entry.remember(g.request_id, _replayable(resp, fingerprint))
             return resp
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fedsk.federation import CONTENT_TYPE, Message, message_to_wire
+from fedsk.federation import CONTENT_TYPE, Message, message_from_wire, message_to_wire
 from party_server import ConfigError, create_app
 from party_server._audit import verify
 from party_server._cli import main as cli_main
@@ -175,6 +175,65 @@ def test_retried_request_is_answered_once(client):
     assert a.data != c.data
     # a retried session creation returns the same session
     assert open_session(client)["session_id"] == open_session(client)["session_id"]
+
+
+def test_a_request_id_is_carried_out_once_per_session(host_app):
+    """An old request replayed after its answer left the replay cache is refused, not rerun."""
+    from fedsk.federation._psi import hash_ids
+    from party_server._sessions import REPLAY_CACHE
+
+    client = host_app.test_client()
+    sid = open_session(client)["session_id"]
+    exchange = Message(arrays={"points": hash_ids(["c0001", "c0002", "zz"], sid)})
+    first = post(client, f"/v1/sessions/{sid}/psi", exchange, i=7)
+    assert first.status_code == 200
+    n_host = message_from_wire(first.data).meta["n_host"]
+    picked = Message(arrays={"host_indices": np.array([0, n_host - 1])})
+    assert post(client, f"/v1/sessions/{sid}/intersection", picked, i=8).status_code == 200
+    session = host_app.extensions["fedsk"].sessions.get(sid, "bank").session
+    rows = session.state["rows"].copy()
+    # later requests (refusals count too) push the exchange's answer out of the cache
+    for i in range(100, 100 + REPLAY_CACHE + 4):
+        r = post(client, f"/v1/sessions/{sid}/linear/steps", Message({"op": "finish"}), i=i)
+        assert r.status_code == 409 and error_of(r)["code"] == "conflict"
+    again = post(client, f"/v1/sessions/{sid}/linear/steps", Message({"op": "finish"}), i=100)
+    assert again.status_code == 409 and "already used" in error_of(again)["message"]
+    for body in (exchange, Message(arrays={"points": hash_ids(["x1"], sid)})):
+        r = post(client, f"/v1/sessions/{sid}/psi", body, i=7)
+        assert r.status_code == 409
+        err = error_of(r)
+        assert err["code"] == "request_id_reused" and "already used" in err["message"]
+        assert err["request_id"] == "req-00000007"
+    np.testing.assert_array_equal(session.state["rows"], rows)  # the exchange did not rerun
+    # a recent refusal is answered again, identically, without running it again
+    last = 100 + REPLAY_CACHE + 3
+    a = post(client, f"/v1/sessions/{sid}/linear/steps", Message({"op": "finish"}), i=last)
+    assert a.status_code == 409 and error_of(a)["code"] == "conflict"
+
+
+def test_sessions_remember_every_request_id_compactly(monkeypatch, host_app):
+    from fedsk.exceptions import ConflictError
+    from party_server import _sessions
+
+    entry = _sessions.SessionStore(60).create("bank", "customers")
+    ids = [f"id-{i:08d}" for i in range(10_000)]  # several merges into the sorted array
+    for r in ids:
+        entry.remember(r, ("fingerprint", r))
+    assert len(entry.seen) == len(ids) and len(entry.replies) == _sessions.REPLAY_CACHE
+    assert all(r in entry.seen for r in ids[::7])
+    assert not any(f"other-{i:06d}" in entry.seen for i in range(2000))
+    assert entry.replay(ids[-1]) == ("fingerprint", ids[-1])
+    with pytest.raises(ConflictError, match=f"request ID {ids[5]} was already used"):
+        entry.replay(ids[5])
+    assert entry.replay("never-used-01") is None
+    # a session takes at most MAX_REQUESTS requests: beyond, a JSON 409 says to open another
+    monkeypatch.setattr(_sessions, "MAX_REQUESTS", 3)
+    client = host_app.test_client()
+    sid = open_session(client)["session_id"]
+    for i in range(3):
+        post(client, f"/v1/sessions/{sid}/intersection", Message(), i=i)
+    r = post(client, f"/v1/sessions/{sid}/intersection", Message(), i=3)
+    assert r.status_code == 409 and error_of(r)["code"] == "session_exhausted"
 
 
 def test_models_survive_restart_and_can_be_deleted(tmp_path, host_df):
