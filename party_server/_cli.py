@@ -87,13 +87,15 @@ def _stop_workers():
 
 
 def _audit_verify(args):
-    from ._audit import verify
+    from ._audit import head_path, verify
 
     config = load_config(args.config)
     path = config.state_dir / "audit.log"
     ok, n, problem = verify(path)
     if ok:
-        print(f"audit log {path}: {n} records, chain intact")
+        head = head_path(path)
+        print(f"audit log {path}: {n} records, chain intact up to its head ({head.name})")
+        print(f"head: {head.read_text().strip()}")  # copy it elsewhere to detect rewrites
         return 0
     print(f"audit log {path}: BROKEN after {n} good records: {problem}", file=sys.stderr)
     return 1
@@ -104,6 +106,9 @@ def _audit_show(args):
 
     config = load_config(args.config)
     path = config.state_dir / "audit.log"
+    if not path.exists():
+        print(f"party-server: the audit log {path} does not exist", file=sys.stderr)
+        return 1
     sessions = summarize(path)
     print(
         f"audit log {path}: {sum(s['requests'] for s in sessions.values())} requests, "

@@ -292,6 +292,52 @@ def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
     assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 1
 
 
+def test_audit_verify_detects_records_removed_from_the_end(tmp_path, host_df, capsys):
+    cfg = write_host(tmp_path, host_df)
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    path = tmp_path / "insurer" / "state" / "audit.log"
+    head = path.with_suffix(".head")
+    verify_cli = ["audit", "verify", "--config", str(cfg_path)]
+    c = create_app(cfg).test_client()
+    assert verify(path) == (True, 0, None)  # a fresh server's log is empty, and intact
+    sid = open_session(c)["session_id"]
+    post(c, f"/v1/sessions/{sid}/intersection", Message(), i=1)
+    post(c, f"/v1/sessions/{sid}/intersection", Message(), i=2)
+    behind = head.read_bytes()
+    post(c, f"/v1/sessions/{sid}/intersection", Message(), i=3)
+    assert path.stat().st_mode & 0o777 == head.stat().st_mode & 0o777 == 0o600
+    assert cli_main(verify_cli) == 0
+    assert "4 records, chain intact" in capsys.readouterr().out
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    for kept in (3, 1, 0):  # the last record removed, the last three, every one
+        path.write_bytes(b"".join(lines[:kept]))
+        ok, n, problem = verify(path)
+        assert not ok and n == kept and f"record {kept + 1} was removed" in problem
+        assert cli_main(verify_cli) == 1
+        assert f"record {kept + 1} was removed" in capsys.readouterr().err
+        with pytest.raises(ConfigError, match="records were removed from its end"):
+            create_app(cfg)  # starting would overwrite the head, the evidence
+    path.unlink()
+    assert cli_main(verify_cli) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["audit", "show", "--config", str(cfg_path)]) == 1
+    # a log rewritten into another valid chain does not match its head either
+    path.write_bytes(b"".join(lines))
+    head.write_text(json.dumps(dict(json.loads(head.read_text()), hash="f" * 64)))
+    assert "was rewritten" in verify(path)[2]
+    # the head one record behind the log (a crash between the two writes) is accepted
+    head.write_bytes(behind)
+    assert verify(path) == (True, 4, None)
+    create_app(cfg)  # and brought up to date at start
+    assert head.read_bytes() != behind and verify(path) == (True, 4, None)
+    # without its head, removal from the end cannot be ruled out: said, not "intact"
+    head.unlink()
+    ok, n, problem = verify(path)
+    assert not ok and n == 4 and "audit.head is missing" in problem
+
+
 def _write_toml(path, cfg):
     lines = []
     for k, v in cfg.items():
