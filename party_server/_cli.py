@@ -6,8 +6,10 @@ party-server audit show --config host.toml   per-session summary
 """
 
 import argparse
+import errno
 import logging
 import signal
+import socket
 import sys
 
 from ._config import ConfigError, load_config
@@ -16,13 +18,26 @@ __all__ = ["main"]
 
 
 def _serve(args):
-    from waitress import serve
+    from waitress import create_server
 
     from ._app import create_app
 
     config = load_config(args.config)
     app = create_app(config)
     _json_errors_from_waitress()
+    try:  # bind before saying we serve: a busy port is one line, not a traceback
+        server = create_server(
+            app,
+            host=config.host,
+            port=config.port,
+            threads=config.threads,
+            max_request_body_size=config.max_body_bytes + 1024,
+            ident="fedsk-party-server",
+        )
+    except OSError as exc:
+        _stop_workers()
+        print(f"party-server: {_cannot_listen(config, exc)}", file=sys.stderr)
+        return 1
     print(
         f"party-server: {config.party} serving {len(config.datasets)} dataset(s) on "
         f"http://{config.bind} (state: {config.state_dir})",
@@ -30,18 +45,30 @@ def _serve(args):
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        serve(
-            app,
-            host=config.host,
-            port=config.port,
-            threads=config.threads,
-            max_request_body_size=config.max_body_bytes + 1024,
-            ident="fedsk-party-server",
-            _quiet=True,
-        )
+        server.run()
     finally:
         _stop_workers()
     return 0
+
+
+def _cannot_listen(config, exc):
+    """One line saying why the server cannot listen on its ``bind`` address."""
+    where = f"port {config.port} on {config.host}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {config.host!r} (config key 'bind'): {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where} is already in use; choose another port in the config key 'bind' "
+            "or stop the other process"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on {where} (ports below 1024 need privileges); "
+            "choose another port in the config key 'bind'"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{config.host} is not an address of this machine; fix the config key 'bind'"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 def _json_errors_from_waitress():

@@ -1,11 +1,18 @@
 """The command line a new user meets first: fedsk demo, its help, and the README commands."""
 
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from party_server._cli import main as party_server_main
+
+from ._servers import write_toml
+from .conftest import write_host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +73,48 @@ def test_readme_starts_with_the_two_commands_ci_uses():
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci and "tox" in test
     assert readme.index("```bash") < 5
+
+
+def test_party_server_on_a_busy_port_says_so_in_one_line(tmp_path, host_df):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        write_toml(tmp_path / "host.toml", write_host(tmp_path, host_df, bind=f"127.0.0.1:{port}"))
+        res = run("party_server", "--config", str(tmp_path / "host.toml"), timeout=120)
+    assert res.returncode == 1
+    assert res.stdout == ""  # no "serving ..." banner: it never served
+    assert res.stderr == (
+        f"party-server: port {port} on 127.0.0.1 is already in use; choose another port "
+        "in the config key 'bind' or stop the other process\n"
+    )
+
+
+def _unreadable(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    path = tmp_path / "host.toml"
+    path.write_text('party = "x"\n')
+    path.chmod(0)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda tmp: tmp, "is a directory"),
+        (lambda tmp: tmp / "host.toml" / "x.toml", "Not a directory"),  # a file in the path
+        (_unreadable, "Permission denied"),
+        (lambda tmp: tmp / "host.toml", "is not valid TOML"),
+    ],
+    ids=["directory", "file in the path", "unreadable", "not UTF-8"],
+)
+def test_party_server_config_that_cannot_be_read_is_one_line(tmp_path, capsys, make, problem):
+    (tmp_path / "host.toml").write_bytes(b'party = "\xff"\n')
+    path = make(tmp_path)
+    for argv in (["--config", str(path)], ["audit", "verify", "--config", str(path)]):
+        assert party_server_main(argv) == 2
+        captured = capsys.readouterr()
+        err = captured.err
+        assert err.startswith("party-server: ") and problem in err, err
+        assert err.count("\n") == 1 and captured.out == ""
