@@ -31,6 +31,27 @@ def test_help_explains_the_demo_options():
         assert option in demo.stdout
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--key-length", "100"], "argument --key-length: the key length must be at least 1024"),
+        (["--key-length", "2k"], "argument --key-length: '2k' is not an integer"),
+        (["--n-estimators", "0"], "argument --n-estimators: the number of trees must be at least"),
+        (["--seed", "-1"], "argument --seed: the seed must be at least 0"),
+        (["--seed", str(2**32)], "argument --seed: the seed must be below 2**32"),
+        (["--workdir", __file__], "argument --workdir: " + __file__ + " exists and is not a dir"),
+    ],
+)
+def test_demo_refuses_bad_arguments_in_one_line(capsys, args, message):
+    from fedsk._cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["demo", *args])  # before anything starts
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("fedsk demo: error: " + message), err
+
+
 @pytest.mark.integration
 def test_demo_prints_the_comparison_table(tmp_path):
     res = run(
