@@ -20,7 +20,8 @@ def load_dataset(cfg):
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(cfg.path)
         elif suffix in (".csv", ".txt", ".gz"):
-            df = pd.read_csv(cfg.path)
+            # IDs are text: "00017" stays "00017" (not 17), and "007" and "7" stay apart
+            df = pd.read_csv(cfg.path, dtype={cfg.id_column: str})
         else:
             raise ConfigError(
                 f"config key '{key}.path': use a .csv or .parquet file, got {cfg.path.name}"
