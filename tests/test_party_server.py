@@ -378,3 +378,150 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     assert cli_main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("party-server: config key") and "\n" not in err
+
+
+def _self_signed(tmp_path):
+    """A certificate and key for 127.0.0.1 (what the guest trusts with ``verify=...``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = tmp_path / "tls.crt", tmp_path / "tls.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+def _raw_https(port, cafile, data):
+    """Send ``data`` over TLS as is; return (status, headers, body) of the answer."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.integration
+def test_gunicorn_with_tls_answers_its_own_refusals_in_json(tmp_path, host_df):
+    """The deployment docs/deploy.md documents: gunicorn's own 414 and 400 are JSON too."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    from ._servers import free_port, write_toml
+
+    gunicorn = pytest.importorskip("gunicorn")
+    port = free_port()
+    cfg_path = tmp_path / "host.toml"
+    write_toml(cfg_path, write_host(tmp_path, host_df))
+    crt, key = _self_signed(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ,
+        FEDSK_PARTY_CONFIG=str(cfg_path),
+        PYTHONPATH=os.pathsep.join([str(root), str(Path(gunicorn.__file__).parents[1])]),
+    )
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:party_server.gunicorn_config",
+            "--certfile",
+            str(crt),
+            "--keyfile",
+            str(key),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "party_server.wsgi:app",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/v1/health", verify=str(crt), timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+            time.sleep(0.1)
+        # gunicorn's own refusal of a request line over its limit
+        r = requests.get(url + "/v1/models/" + "x" * 5000, verify=str(crt), timeout=10)
+        assert r.status_code == 414 and r.headers["Content-Type"] == "application/json"
+        err = r.json()["error"]
+        assert set(err) == {"code", "message", "request_id"} and err["code"] == "uri_too_long"
+        # ... and of malformed HTTP
+        status, headers, body = _raw_https(
+            port,
+            crt,
+            b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        )
+        assert status == 400 and headers["Content-Type"] == "application/json"
+        err = json.loads(body)["error"]
+        assert set(err) == {"code", "message", "request_id"} and err["code"] == "bad_request"
+        assert int(headers["Content-Length"]) == len(body)
+        # the app's own refusals are unchanged, and it still serves
+        r = requests.post(url + "/v1/sessions", data=b"x", verify=str(crt), timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        assert requests.get(url + "/v1/health", verify=str(crt), timeout=5).ok
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
