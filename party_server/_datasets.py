@@ -30,7 +30,8 @@ def load_dataset(cfg):
         raise
     except ImportError as exc:
         raise ConfigError(
-            f"config key '{key}.path': cannot read Parquet ({exc}); pip install pyarrow"
+            f"config key '{key}.path': cannot read Parquet ({exc}); "
+            'pip install "fedsk[parquet]" (pyarrow)'
         ) from None
     except Exception as exc:
         raise ConfigError(f"config key '{key}.path': cannot read {cfg.path}: {exc}") from None

@@ -139,3 +139,26 @@ def test_party_server_config_that_cannot_be_read_is_one_line(tmp_path, capsys, m
         err = captured.err
         assert err.startswith("party-server: ") and problem in err, err
         assert err.count("\n") == 1 and captured.out == ""
+
+
+def test_docs_install_extras_that_exist():
+    """Every ``fedsk[extra]`` the docs tell a user to install is defined, and the deploy
+    guide, whose host reads Parquet and may run gunicorn, installs what that needs."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    docs = {p: p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    named = {
+        (p.name, extra)
+        for p, text in docs.items()
+        for group in re.findall(r"fedsk\[([a-z,]+)\]", text)
+        for extra in group.split(",")
+    }
+    assert not {(f, e) for f, e in named if e not in extras}
+    assert any(d.startswith("pyarrow") for d in extras["parquet"])
+    assert any(d.startswith("gunicorn") for d in extras["gunicorn"])
+    assert {("deploy.md", "parquet"), ("deploy.md", "gunicorn")} <= named
