@@ -35,6 +35,11 @@ def load_dataset(cfg):
         ) from None
     except Exception as exc:
         raise ConfigError(f"config key '{key}.path': cannot read {cfg.path}: {exc}") from None
+    if len(df) == 0:
+        raise ConfigError(
+            f"config key '{key}.path': {cfg.path.name} has no rows (only a header); "
+            "give a file with the samples"
+        )
     if cfg.id_column not in df.columns:
         raise ConfigError(
             f"config key '{key}.id_column': column {cfg.id_column!r} is not in {cfg.path.name}"
