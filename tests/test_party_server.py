@@ -251,6 +251,28 @@ def test_models_survive_restart_and_can_be_deleted(tmp_path, host_df):
     assert c.get(f"/v1/models/{mid}", headers=AUTH).status_code == 404
 
 
+def test_state_is_private_to_the_servers_user(tmp_path, host_df):
+    """state_dir and models/ are created 0700; models, audit log and head are 0600."""
+    app = create_app(write_host(tmp_path, host_df))
+    store = app.extensions["fedsk"].models
+    mid = store.create("bank", "test")
+    store.save(mid, "bank", {"kind": "test"}, {"thresholds": np.arange(3.0)})
+    store.save(mid, "bank", {"kind": "test"}, {"thresholds": np.arange(4.0)})  # replaced
+    state = tmp_path / "insurer" / "state"
+    modes = {
+        p.name: p.stat().st_mode & 0o777
+        for p in (state, state / "models", state / "models" / f"{mid}.npz")
+    }
+    modes.update({p.name: p.stat().st_mode & 0o777 for p in state.glob("audit.*")})
+    assert modes == {
+        "state": 0o700,
+        "models": 0o700,
+        f"{mid}.npz": 0o600,
+        "audit.log": 0o600,
+        "audit.head": 0o600,
+    }
+
+
 def test_model_retention_bounds_the_store(tmp_path, host_df):
     app = create_app(write_host(tmp_path, host_df, models={"max_models": 3}))
     store = app.extensions["fedsk"].models
