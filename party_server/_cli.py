@@ -166,7 +166,7 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve the party (the default command)")
-    serve.add_argument("--config", dest="config_sub", help="TOML config file")
+    serve.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
     audit = sub.add_parser("audit", help="check or summarise the hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     for name, text in (
@@ -174,7 +174,7 @@ def build_parser():
         ("show", "print a per-session summary"),
     ):
         p = audit_sub.add_parser(name, help=text)
-        p.add_argument("--config", dest="config_sub", help="TOML config file")
+        p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
     return parser
 
 

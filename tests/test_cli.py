@@ -162,3 +162,12 @@ def test_docs_install_extras_that_exist():
     assert any(d.startswith("pyarrow") for d in extras["parquet"])
     assert any(d.startswith("gunicorn") for d in extras["gunicorn"])
     assert {("deploy.md", "parquet"), ("deploy.md", "gunicorn")} <= named
+
+
+@pytest.mark.parametrize("command", [["serve"], ["audit", "verify"], ["audit", "show"]])
+def test_party_server_help_names_the_config_option_plainly(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        party_server_main([*command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config CONFIG" in out and "CONFIG_SUB" not in out
