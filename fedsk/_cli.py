@@ -22,6 +22,13 @@ def _int_at_least(low, what):
     return parse
 
 
+def _key_length(text):
+    value = _int_at_least(1024, "the key length")(text)
+    if value % 2:  # the two primes have half the bits each
+        raise argparse.ArgumentTypeError(f"the key length must be an even number, got {value}")
+    return value
+
+
 def _seed(text):
     value = _int_at_least(0, "the seed")(text)
     if value >= 2**32:
@@ -50,9 +57,9 @@ def build_parser():
     )
     demo.add_argument(
         "--key-length",
-        type=_int_at_least(1024, "the key length"),
+        type=_key_length,
         default=2048,
-        help="Paillier key length in bits, at least 1024 (default 2048; 1024 is faster)",
+        help="Paillier key length in bits, even, at least 1024 (default 2048; 1024 is faster)",
     )
     demo.add_argument(
         "--n-estimators",

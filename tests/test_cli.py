@@ -36,6 +36,7 @@ def test_help_explains_the_demo_options():
     [
         (["--key-length", "100"], "argument --key-length: the key length must be at least 1024"),
         (["--key-length", "2k"], "argument --key-length: '2k' is not an integer"),
+        (["--key-length", "1025"], "argument --key-length: the key length must be an even"),
         (["--n-estimators", "0"], "argument --n-estimators: the number of trees must be at least"),
         (["--seed", "-1"], "argument --seed: the seed must be at least 0"),
         (["--seed", str(2**32)], "argument --seed: the seed must be below 2**32"),
