@@ -147,6 +147,13 @@ def _message_in():
 
 
 def _reply(msg):
+    bad = msg.non_finite()
+    if bad:  # e.g. a peer's finite but huge values overflowed: its mistake, not ours
+        raise RequestError(
+            f"the answer to this request would hold NaN or infinity (in {', '.join(bad)}); "
+            "values in the request are out of range for this step",
+            code="non_finite_result",
+        )
     g.ct_out = msg.n_ciphertexts
     return Response(message_to_wire(msg), status=200, content_type=CONTENT_TYPE)
 
@@ -199,10 +206,16 @@ def _make_view(route):
             return _reply(Message({"closed": True}))
         fingerprint = _fingerprint(route.name)
         with entry.lock:
-            cached = entry.replay(g.request_id)
+            cached = entry.replay(g.request_id)  # refuses an old ID whose answer is gone
             if cached is not None:
                 return _from_replay(cached, fingerprint)
-            resp = _reply(state.handler(route)(_context(state, entry.session), msg))
+            entry.check_capacity()
+            try:
+                resp = _reply(state.handler(route)(_context(state, entry.session), msg))
+            except StorageError:
+                raise  # nothing was saved: the same request may be sent again
+            except Exception as exc:  # a refusal is an answer too: a retry gets it again
+                resp = current_app.make_response(current_app.handle_user_exception(exc))
             entry.remember(g.request_id, _replayable(resp, fingerprint))
             return resp
 

@@ -5,22 +5,35 @@ sizes and SHA-256 of the bodies, ciphertext counts each way and the HTTP status.
 also holds ``prev`` (the previous record's hash) and its own ``hash``:
 ``sha256(prev + canonical JSON of the record without its hash)``. Editing, inserting
 or deleting a record in the middle breaks the chain at that record.
-What is never logged: tokens, keys, plaintext values, request bodies.
+
+The chain alone cannot show records removed from its *end*: what is left is still a
+valid chain. So the server also keeps the chain's head (the last record's sequence
+number and hash) in a separate file, ``audit.head`` next to ``audit.log``, replaced
+atomically after every append. :func:`verify` checks the log against it: a log that
+ends before the head (truncated, emptied or deleted) is reported. Someone who can
+rewrite both files can still truncate the log and write a matching head, or append
+records that chain (the hashes have no secret key): keep a copy of the head elsewhere
+to detect that. What is never logged: tokens, keys, plaintext values, request bodies.
 """
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import secrets
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from ._config import ConfigError
 from ._storage import StorageError
 
-__all__ = ["AuditLog", "summarize", "verify"]
+__all__ = ["AuditLog", "head_path", "summarize", "verify"]
 
 GENESIS = "0" * 64
+log = logging.getLogger("party_server")
 
 
 def _digest(prev, record):
@@ -28,16 +41,69 @@ def _digest(prev, record):
     return hashlib.sha256((prev + body).encode()).hexdigest()
 
 
+def head_path(path):
+    """Where the head of the audit log at ``path`` is kept (``audit.log`` -> ``audit.head``)."""
+    return Path(path).with_suffix(".head")
+
+
+def _read_head(path):
+    """``(seq, hash)`` from a head file, None if there is none; ValueError if unreadable."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        head = json.loads(data)
+        seq, digest = head["seq"], head["hash"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path} is not a valid audit head ({exc})") from None
+    if (
+        not isinstance(seq, int)
+        or isinstance(seq, bool)
+        or seq < 0
+        or not isinstance(digest, str)
+        or (seq == 0) != (digest == GENESIS)
+    ):
+        raise ValueError(f"{path} is not a valid audit head")
+    return seq, digest
+
+
+def _records(path):
+    """``(lineno, line)`` of every non-empty line of the log."""
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                yield lineno, line
+
+
 class AuditLog:
-    """Append-only, hash-chained, fsync'ed JSON-lines file."""
+    """Append-only, hash-chained, fsync'ed JSON-lines file, and the head of its chain.
+
+    At start the log is checked against its head: a log that ends before the head or
+    whose record there is another one was tampered with while the server was stopped,
+    and the server refuses to start (continuing would overwrite the evidence in the
+    head). A head one record behind the log is what a crash between the two writes
+    leaves; it is brought up to date.
+    """
 
     def __init__(self, path, *, fsync=True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.head = head_path(self.path)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.fsync = fsync
         self._lock = threading.Lock()
+        for tmp in self.path.parent.glob(f".tmp-{self.head.name}-*"):  # a crash mid-write
+            tmp.unlink(missing_ok=True)
         self._repair_tail()
-        self._seq, self._prev = self._last()
+        self._seq, self._prev = self._reconcile()
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            self._write_head(self._seq, self._prev)
+        except OSError as exc:
+            raise ConfigError(
+                f"config key 'state_dir': cannot write the audit log {self.path} or its "
+                f"head ({exc.strerror or exc})"
+            ) from None
 
     def _repair_tail(self):
         """Drop a trailing partial line left by a crash in the middle of an append."""
@@ -48,18 +114,61 @@ class AuditLog:
             if data and not data.endswith(b"\n"):
                 fh.truncate(data.rfind(b"\n") + 1)
 
-    def _last(self):
-        if not self.path.exists():
-            return 0, GENESIS
-        last = None
-        with open(self.path, "rb") as fh:
-            for line in fh:
-                if line.strip():
-                    last = line
-        if last is None:
-            return 0, GENESIS
-        rec = json.loads(last)
-        return rec["seq"], rec["hash"]
+    def _reconcile(self):
+        """The last record's ``(seq, hash)``, after checking the log against its head."""
+        try:
+            head = _read_head(self.head)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; {_MOVE_ASIDE}") from None
+        last, count, at_head = None, 0, None
+        if self.path.exists():
+            for _, line in _records(self.path):
+                count += 1
+                last = line
+                if head is not None and count == head[0]:
+                    at_head = line
+        seq, digest = (0, GENESIS) if last is None else _seq_and_hash(last, self.path)
+        if head is None:
+            if count:
+                log.warning(
+                    "audit log %s had no head file: starting one at record %d", self.path, seq
+                )
+            return seq, digest
+        if head[0] == 0:
+            return seq, digest
+        if count < head[0]:
+            raise ConfigError(
+                f"the audit log {self.path} ends after record {count} but its head "
+                f"{self.head.name} says it had {head[0]}: records were removed from its end; "
+                + _MOVE_ASIDE
+            )
+        if _seq_and_hash(at_head, self.path) != head:
+            raise ConfigError(
+                f"record {head[0]} of the audit log {self.path} is not the one its head "
+                f"{self.head.name} names: the log was rewritten; " + _MOVE_ASIDE
+            )
+        return seq, digest
+
+    def _write_head(self, seq, digest):
+        """Replace the head file atomically (temp file, fsync, rename); mode 0600."""
+        data = (json.dumps({"seq": seq, "hash": digest}) + "\n").encode()
+        tmp = self.head.with_name(f".tmp-{self.head.name}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(28, "short write")
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            # no fsync of the directory: if a crash loses the rename, the head is one
+            # record behind the log (already fsync'ed), which start and verify accept
+            os.replace(tmp, self.head)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def append(self, **fields):
         """Append one record; raise StorageError (nothing half-written) if the disk refuses."""
@@ -85,8 +194,9 @@ class AuditLog:
                         raise OSError(28, "short write")
                     if self.fsync:
                         os.fsync(fd)
+                    self._write_head(record["seq"], record["hash"])
                 except OSError as exc:
-                    os.ftruncate(fd, size)
+                    os.ftruncate(fd, size)  # the log and its head stay as they were
                     raise StorageError(
                         f"cannot append to the audit log ({exc.strerror or exc}); the request "
                         "was refused so that no request goes unlogged"
@@ -97,45 +207,94 @@ class AuditLog:
             return record
 
 
+_MOVE_ASIDE = (
+    "keep the log and its head as evidence (party-server audit verify names the problem), "
+    "then move both out of the state directory to start a new log"
+)
+
+
+def _seq_and_hash(line, path):
+    try:
+        rec = json.loads(line)
+        return rec["seq"], rec["hash"]
+    except (ValueError, TypeError, KeyError):
+        raise ConfigError(
+            f"the audit log {path} has a record that is not valid JSON; " + _MOVE_ASIDE
+        ) from None
+
+
 def verify(path):
-    """Check the chain. Returns ``(ok, n_records, problem)``; problem names the record."""
+    """Check the chain and its head. Returns ``(ok, n_records, problem)``.
+
+    ``problem`` names the first record that was edited, inserted or removed, or says that
+    the log is missing or ends before its head (records removed from the end). Records
+    after the head chain like the others and are accepted: the server may have appended
+    them while this ran, or a crash lost the head's last update. What this cannot see:
+    a log truncated (or rebuilt) together with a matching new head by someone who can
+    write both files, and records appended that chain correctly.
+    """
     path = Path(path)
+    head_file = head_path(path)
+    try:
+        head = _read_head(head_file)  # before the log: the log only grows after it
+    except ValueError as exc:
+        return False, 0, str(exc)
     if not path.exists():
-        return True, 0, None
-    prev, seq = GENESIS, 0
+        return False, 0, f"the audit log {path} does not exist (a party server creates it at start)"
+    prev, seq, at_head = GENESIS, 0, None
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, start=1):
-            try:
-                rec = json.loads(line)
-                claimed = rec.pop("hash")
-            except (ValueError, KeyError, AttributeError, TypeError):
-                return False, seq, f"record {seq + 1} (line {lineno}) is not a valid record"
-            if rec.get("seq") != seq + 1:
-                return (
-                    False,
-                    seq,
-                    (
-                        f"record {seq + 1} (line {lineno}) has sequence number "
-                        f"{rec.get('seq')!r}: a record was removed or inserted"
-                    ),
-                )
-            if rec.get("prev") != prev:
-                return (
-                    False,
-                    seq,
-                    (f"record {seq + 1} (line {lineno}) does not chain to the previous record"),
-                )
-            if _digest(prev, rec) != claimed:
-                return (
-                    False,
-                    seq,
-                    (
-                        f"record {seq + 1} (line {lineno}) was modified: its hash "
-                        "does not match its content"
-                    ),
-                )
+            if not line.endswith(b"\n") and head is not None and seq >= head[0]:
+                break  # the last line, being appended after the head: not a record yet
+            claimed, problem = _check(line, lineno, seq, prev)
+            if problem:
+                return False, seq, problem
             prev, seq = claimed, seq + 1
+            if head is not None and seq == head[0]:
+                at_head = claimed
+    if head is None:
+        return (
+            False,
+            seq,
+            f"{head_file} is missing: cannot tell whether records were removed from the end "
+            "of the log (a party server writes the head when it starts)",
+        )
+    if seq < head[0]:
+        return (
+            False,
+            seq,
+            f"record {seq + 1} was removed: the log ends after record {seq} but its head "
+            f"{head_file.name} says it had {head[0]} (records {seq + 1} to {head[0]} are gone)",
+        )
+    if head[0] > 0 and at_head != head[1]:
+        return (
+            False,
+            seq,
+            f"record {head[0]} is not the one the head {head_file.name} names: the log was "
+            "rewritten",
+        )
     return True, seq, None
+
+
+def _check(line, lineno, seq, prev):
+    """``(hash, None)`` if ``line`` is record ``seq + 1`` chained to ``prev``, else a problem."""
+    try:
+        rec = json.loads(line)
+        claimed = rec.pop("hash")
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return None, f"record {seq + 1} (line {lineno}) is not a valid record"
+    if rec.get("seq") != seq + 1:
+        return None, (
+            f"record {seq + 1} (line {lineno}) has sequence number "
+            f"{rec.get('seq')!r}: a record was removed or inserted"
+        )
+    if rec.get("prev") != prev:
+        return None, f"record {seq + 1} (line {lineno}) does not chain to the previous record"
+    if _digest(prev, rec) != claimed:
+        return None, (
+            f"record {seq + 1} (line {lineno}) was modified: its hash does not match its content"
+        )
+    return claimed, None
 
 
 def summarize(path):

@@ -6,8 +6,10 @@ party-server audit show --config host.toml   per-session summary
 """
 
 import argparse
+import errno
 import logging
 import signal
+import socket
 import sys
 
 from ._config import ConfigError, load_config
@@ -16,13 +18,26 @@ __all__ = ["main"]
 
 
 def _serve(args):
-    from waitress import serve
+    from waitress import create_server
 
     from ._app import create_app
 
     config = load_config(args.config)
     app = create_app(config)
     _json_errors_from_waitress()
+    try:  # bind before saying we serve: a busy port is one line, not a traceback
+        server = create_server(
+            app,
+            host=config.host,
+            port=config.port,
+            threads=config.threads,
+            max_request_body_size=config.max_body_bytes + 1024,
+            ident="fedsk-party-server",
+        )
+    except OSError as exc:
+        _stop_workers()
+        print(f"party-server: {_cannot_listen(config, exc)}", file=sys.stderr)
+        return 1
     print(
         f"party-server: {config.party} serving {len(config.datasets)} dataset(s) on "
         f"http://{config.bind} (state: {config.state_dir})",
@@ -30,18 +45,30 @@ def _serve(args):
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        serve(
-            app,
-            host=config.host,
-            port=config.port,
-            threads=config.threads,
-            max_request_body_size=config.max_body_bytes + 1024,
-            ident="fedsk-party-server",
-            _quiet=True,
-        )
+        server.run()
     finally:
         _stop_workers()
     return 0
+
+
+def _cannot_listen(config, exc):
+    """One line saying why the server cannot listen on its ``bind`` address."""
+    where = f"port {config.port} on {config.host}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {config.host!r} (config key 'bind'): {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where} is already in use; choose another port in the config key 'bind' "
+            "or stop the other process"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on {where} (ports below 1024 need privileges); "
+            "choose another port in the config key 'bind'"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{config.host} is not an address of this machine; fix the config key 'bind'"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 def _json_errors_from_waitress():
@@ -87,13 +114,15 @@ def _stop_workers():
 
 
 def _audit_verify(args):
-    from ._audit import verify
+    from ._audit import head_path, verify
 
     config = load_config(args.config)
     path = config.state_dir / "audit.log"
     ok, n, problem = verify(path)
     if ok:
-        print(f"audit log {path}: {n} records, chain intact")
+        head = head_path(path)
+        print(f"audit log {path}: {n} records, chain intact up to its head ({head.name})")
+        print(f"head: {head.read_text().strip()}")  # copy it elsewhere to detect rewrites
         return 0
     print(f"audit log {path}: BROKEN after {n} good records: {problem}", file=sys.stderr)
     return 1
@@ -104,6 +133,9 @@ def _audit_show(args):
 
     config = load_config(args.config)
     path = config.state_dir / "audit.log"
+    if not path.exists():
+        print(f"party-server: the audit log {path} does not exist", file=sys.stderr)
+        return 1
     sessions = summarize(path)
     print(
         f"audit log {path}: {sum(s['requests'] for s in sessions.values())} requests, "
@@ -134,7 +166,7 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve the party (the default command)")
-    serve.add_argument("--config", dest="config_sub", help="TOML config file")
+    serve.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
     audit = sub.add_parser("audit", help="check or summarise the hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     for name, text in (
@@ -142,7 +174,7 @@ def build_parser():
         ("show", "print a per-session summary"),
     ):
         p = audit_sub.add_parser(name, help=text)
-        p.add_argument("--config", dest="config_sub", help="TOML config file")
+        p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
     return parser
 
 

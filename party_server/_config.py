@@ -225,7 +225,11 @@ def load_config(path):
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give the TOML file") from None
+    except OSError as exc:  # permissions, a file in the path, an I/O error
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     cfg = config_from_dict(raw, path.resolve().parent)
     cfg.source = path.resolve()

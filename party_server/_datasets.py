@@ -20,7 +20,8 @@ def load_dataset(cfg):
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(cfg.path)
         elif suffix in (".csv", ".txt", ".gz"):
-            df = pd.read_csv(cfg.path)
+            # IDs are text: "00017" stays "00017" (not 17), and "007" and "7" stay apart
+            df = pd.read_csv(cfg.path, dtype={cfg.id_column: str})
         else:
             raise ConfigError(
                 f"config key '{key}.path': use a .csv or .parquet file, got {cfg.path.name}"
@@ -29,10 +30,16 @@ def load_dataset(cfg):
         raise
     except ImportError as exc:
         raise ConfigError(
-            f"config key '{key}.path': cannot read Parquet ({exc}); pip install pyarrow"
+            f"config key '{key}.path': cannot read Parquet ({exc}); "
+            'pip install "fedsk[parquet]" (pyarrow)'
         ) from None
     except Exception as exc:
         raise ConfigError(f"config key '{key}.path': cannot read {cfg.path}: {exc}") from None
+    if len(df) == 0:
+        raise ConfigError(
+            f"config key '{key}.path': {cfg.path.name} has no rows (only a header); "
+            "give a file with the samples"
+        )
     if cfg.id_column not in df.columns:
         raise ConfigError(
             f"config key '{key}.id_column': column {cfg.id_column!r} is not in {cfg.path.name}"

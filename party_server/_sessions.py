@@ -1,10 +1,19 @@
-"""In-memory sessions with a time-to-live and per-request-ID replay."""
+"""In-memory sessions with a time-to-live and once-only request IDs.
 
+Every request ID a session has taken is remembered for the session's life, so a request
+is carried out at most once per session: an identical retry of one of the last
+:data:`REPLAY_CACHE` requests gets the answer given the first time; any other reuse of
+an ID is refused.
+"""
+
+import hashlib
 import secrets
 import threading
 import time
 import weakref
 from collections import OrderedDict
+
+import numpy as np
 
 from fedsk.exceptions import ConflictError, NotFoundError
 from fedsk.federation import HostSession
@@ -12,24 +21,83 @@ from fedsk.federation import HostSession
 __all__ = ["SessionStore"]
 
 REPLAY_CACHE = 16  # answers kept per session for retried requests
+MAX_REQUESTS = 1 << 22  # request IDs one session may take (8 bytes of memory each)
+
+
+class _SeenIds:
+    """The request IDs a session has taken, in 8 bytes each.
+
+    An ID is kept as a 64-bit BLAKE2b hash keyed with a secret of this session (so a
+    peer cannot choose IDs that collide; two of a session's IDs collide by chance with
+    probability below 1e-6 even at :data:`MAX_REQUESTS`). New hashes go to a small set
+    that is merged into a sorted array every 4096 IDs.
+    """
+
+    _MERGE = 4096
+
+    def __init__(self):
+        self._key = secrets.token_bytes(16)
+        self._sorted = np.empty(0, dtype=np.uint64)
+        self._recent = set()
+
+    def __len__(self):
+        return len(self._sorted) + len(self._recent)
+
+    def _hash(self, request_id):
+        digest = hashlib.blake2b(request_id.encode(), digest_size=8, key=self._key).digest()
+        return int.from_bytes(digest, "big")
+
+    def __contains__(self, request_id):
+        h = self._hash(request_id)
+        if h in self._recent:
+            return True
+        i = int(np.searchsorted(self._sorted, np.uint64(h)))
+        return i < len(self._sorted) and int(self._sorted[i]) == h
+
+    def add(self, request_id):
+        self._recent.add(self._hash(request_id))
+        if len(self._recent) >= self._MERGE:
+            new = np.sort(np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent)))
+            # two sorted runs: the stable sort (timsort for 64-bit integers) merges them
+            self._sorted = np.sort(np.concatenate([self._sorted, new]), kind="stable")
+            self._recent = set()
 
 
 class _Entry:
-    __slots__ = ("last", "lock", "replies", "session")
+    __slots__ = ("last", "lock", "replies", "seen", "session")
 
     def __init__(self, session):
         self.session = session
         self.lock = threading.RLock()
         self.last = time.monotonic()
-        self.replies = OrderedDict()
+        self.replies = OrderedDict()  # the last REPLAY_CACHE request IDs -> their answers
+        self.seen = _SeenIds()  # every request ID this session took
 
     def replay(self, request_id):
-        return self.replies.get(request_id)
+        """The reply kept for ``request_id``; refuse an ID used before whose reply is gone."""
+        reply = self.replies.get(request_id)
+        if reply is None and request_id in self.seen:
+            raise ConflictError(
+                f"request ID {request_id} was already used in this session (its answer is "
+                f"no longer kept: only the last {REPLAY_CACHE} are); a request is carried "
+                "out once, so use a fresh ID for every new request",
+                code="request_id_reused",
+            )
+        return reply
 
     def remember(self, request_id, reply):
+        self.seen.add(request_id)
         self.replies[request_id] = reply
         while len(self.replies) > REPLAY_CACHE:
             self.replies.popitem(last=False)
+
+    def check_capacity(self):
+        if len(self.seen) >= MAX_REQUESTS:
+            raise ConflictError(
+                f"this session has taken {MAX_REQUESTS} requests, the most one session may; "
+                "open a new session",
+                code="session_exhausted",
+            )
 
 
 class SessionStore:

@@ -34,12 +34,21 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _private(path, flags):
+    """Open a new file readable and writable by its owner only (mode 0600)."""
+    return os.open(path, flags, 0o600)
+
+
 def atomic_write(path, data):
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never half."""
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never half.
+
+    The file is created with mode 0600: what the state directory holds (models with
+    their thresholds) is as private as the data itself.
+    """
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "wb", opener=_private) as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -57,11 +66,12 @@ def atomic_write(path, data):
 def check_writable(directory, *, parents=True):
     """Create ``directory`` if needed and prove a file can be written and removed in it.
 
-    With ``parents=False`` its parent must exist (a typo in a path is not silently
-    turned into a new directory tree).
+    A directory it creates has mode 0700 (an existing one keeps its mode). With
+    ``parents=False`` its parent must exist (a typo in a path is not silently turned
+    into a new directory tree).
     """
     directory = Path(directory)
-    directory.mkdir(parents=parents, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=parents, exist_ok=True)
     probe = directory / f".probe-{secrets.token_hex(4)}"
     with open(probe, "wb") as fh:
         fh.write(b"ok")

@@ -1,10 +1,12 @@
 """WSGI entry point for production servers.
 
     FEDSK_PARTY_CONFIG=/etc/fedsk/host.toml \\
-        gunicorn --workers 1 --threads 8 --certfile cert.pem --keyfile key.pem \\
-                 --bind 0.0.0.0:8443 party_server.wsgi:app
+        gunicorn -c python:party_server.gunicorn_config --certfile cert.pem \\
+                 --keyfile key.pem --bind 0.0.0.0:8443 party_server.wsgi:app
 
-Use one worker process (sessions live in that process's memory) with several threads.
+Use one worker process (sessions live in that process's memory) with several threads;
+:mod:`party_server.gunicorn_config` sets that, and answers the requests gunicorn
+refuses itself in JSON.
 """
 
 import os

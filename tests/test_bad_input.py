@@ -196,8 +196,9 @@ def test_federated_pearson_shares_the_checks(parties):
         (lambda d: d.assign(h0=d.h0.where(d.h0 > 0, np.inf)), "datasets.customers", "finite"),
         (lambda d: d.assign(city="Paris"), "datasets.customers", "not numeric"),
         (lambda d: d.set_axis([d.index[0]] * len(d)), "id_column", "duplicate IDs"),
+        (lambda d: d.iloc[:0], "datasets.customers.path", "has no rows"),  # only a header
     ],
-    ids=["infinity", "text column", "duplicate IDs"],
+    ids=["infinity", "text column", "duplicate IDs", "no rows"],
 )
 def test_bad_host_dataset_fails_at_start(tmp_path, change, key, text):
     rng = np.random.default_rng(1)

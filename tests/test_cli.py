@@ -1,11 +1,18 @@
 """The command line a new user meets first: fedsk demo, its help, and the README commands."""
 
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from party_server._cli import main as party_server_main
+
+from ._servers import write_toml
+from .conftest import write_host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +29,28 @@ def test_help_explains_the_demo_options():
     demo = run("fedsk._cli", "demo", "--help")
     for option in ("--key-length", "--n-estimators", "--seed", "--quiet"):
         assert option in demo.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--key-length", "100"], "argument --key-length: the key length must be at least 1024"),
+        (["--key-length", "2k"], "argument --key-length: '2k' is not an integer"),
+        (["--key-length", "1025"], "argument --key-length: the key length must be an even"),
+        (["--n-estimators", "0"], "argument --n-estimators: the number of trees must be at least"),
+        (["--seed", "-1"], "argument --seed: the seed must be at least 0"),
+        (["--seed", str(2**32)], "argument --seed: the seed must be below 2**32"),
+        (["--workdir", __file__], "argument --workdir: " + __file__ + " exists and is not a dir"),
+    ],
+)
+def test_demo_refuses_bad_arguments_in_one_line(capsys, args, message):
+    from fedsk._cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["demo", *args])  # before anything starts
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("fedsk demo: error: " + message), err
 
 
 @pytest.mark.integration
@@ -66,3 +95,80 @@ def test_readme_starts_with_the_two_commands_ci_uses():
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci and "tox" in test
     assert readme.index("```bash") < 5
+
+
+def test_party_server_on_a_busy_port_says_so_in_one_line(tmp_path, host_df):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        write_toml(tmp_path / "host.toml", write_host(tmp_path, host_df, bind=f"127.0.0.1:{port}"))
+        res = run("party_server", "--config", str(tmp_path / "host.toml"), timeout=120)
+    assert res.returncode == 1
+    assert res.stdout == ""  # no "serving ..." banner: it never served
+    assert res.stderr == (
+        f"party-server: port {port} on 127.0.0.1 is already in use; choose another port "
+        "in the config key 'bind' or stop the other process\n"
+    )
+
+
+def _unreadable(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    path = tmp_path / "host.toml"
+    path.write_text('party = "x"\n')
+    path.chmod(0)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda tmp: tmp, "is a directory"),
+        (lambda tmp: tmp / "host.toml" / "x.toml", "Not a directory"),  # a file in the path
+        (_unreadable, "Permission denied"),
+        (lambda tmp: tmp / "host.toml", "is not valid TOML"),
+    ],
+    ids=["directory", "file in the path", "unreadable", "not UTF-8"],
+)
+def test_party_server_config_that_cannot_be_read_is_one_line(tmp_path, capsys, make, problem):
+    (tmp_path / "host.toml").write_bytes(b'party = "\xff"\n')
+    path = make(tmp_path)
+    for argv in (["--config", str(path)], ["audit", "verify", "--config", str(path)]):
+        assert party_server_main(argv) == 2
+        captured = capsys.readouterr()
+        err = captured.err
+        assert err.startswith("party-server: ") and problem in err, err
+        assert err.count("\n") == 1 and captured.out == ""
+
+
+def test_docs_install_extras_that_exist():
+    """Every ``fedsk[extra]`` the docs tell a user to install is defined, and the deploy
+    guide, whose host reads Parquet and may run gunicorn, installs what that needs."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    docs = {p: p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    named = {
+        (p.name, extra)
+        for p, text in docs.items()
+        for group in re.findall(r"fedsk\[([a-z,]+)\]", text)
+        for extra in group.split(",")
+    }
+    assert not {(f, e) for f, e in named if e not in extras}
+    assert any(d.startswith("pyarrow") for d in extras["parquet"])
+    assert any(d.startswith("gunicorn") for d in extras["gunicorn"])
+    assert {("deploy.md", "parquet"), ("deploy.md", "gunicorn")} <= named
+
+
+@pytest.mark.parametrize("command", [["serve"], ["audit", "verify"], ["audit", "show"]])
+def test_party_server_help_names_the_config_option_plainly(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        party_server_main([*command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config CONFIG" in out and "CONFIG_SUB" not in out

@@ -370,9 +370,9 @@ def test_vanished_guest_session_is_freed_after_its_ttl(tmp_path, data):
                 client.call("psi.intersection", other)
         client.open_session("x")
         after = _files(srv.state_dir)
-    # sessions never touch the disk: only the audit log and the (empty) model store
-    assert before == ["models"]  # the audit log is created by the first request
-    assert during == after == ["audit.log", "models"]
+    # sessions never touch the disk: only the audit log (and its head, both created at
+    # start) and the (empty) model store
+    assert before == during == after == ["audit.head", "audit.log", "models"]
 
 
 def test_session_sweeper_frees_memory_without_any_request(tmp_path, data):

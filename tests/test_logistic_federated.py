@@ -18,6 +18,7 @@ from fedsk.federation import (
     Federation,
     InProcessFederation,
     Message,
+    Transport,
     aligned_sessions,
     public_key_to_wire,
 )
@@ -347,6 +348,115 @@ def test_host_refuses_out_of_order_and_malformed_steps(fed, data, keypair):
             s.call("logistic.scores", Message({"model_id": "0123456789abcdef01234567"}))
     finally:
         cm.__exit__(None, None, None)
+
+
+def test_gram_chunks_must_start_at_row_0(fed, data, keypair):
+    """A first gram chunk that does not start at row 0 is a JSON 409, not a 500."""
+    G, _, _ = data
+    cm, s = _session(fed, G)
+    try:
+        s.call("logistic.setup", Message(_setup_meta(keypair[0])))
+        layout = dict(zip(("slots", "slot_bits"), slot_layout(N, DH, 1024, False)))
+        junk = np.full((4, 256), 255, dtype=np.uint8)
+        for start in (1, N - 2):
+            msg = Message({"op": "gram", "start": start, "n_coef": DG + 1, **layout})
+            msg.add_array("z", junk)
+            msg.exponents["z"] = -8
+            with pytest.raises(ProtocolError, match=rf"409 .*expected row 0, got row {start}"):
+                s.call("logistic.step", msg)
+        # the server and this fit go on: a chunk at row 0 is read (and its junk refused)
+        msg = Message({"op": "gram", "start": 0, "n_coef": DG + 1, **layout})
+        msg.add_array("z", junk)
+        msg.exponents["z"] = -8
+        with pytest.raises(ProtocolError, match=r"400 .*out of range"):
+            s.call("logistic.step", msg)
+    finally:
+        cm.__exit__(None, None, None)
+
+
+class TamperingFederation(RecordingFederation):
+    """Same hosts as ``federation``; ``tamper(path, message)`` rewrites each request."""
+
+    def __init__(self, federation, tamper):
+        super().__init__(federation)
+        self.tamper = tamper
+
+    def connect(self):
+        clients = self.inner.connect()
+        for c in clients:
+            c.transport = _TamperingTransport(c.transport, self.tamper)
+        return clients
+
+
+class _TamperingTransport(Transport):
+    def __init__(self, inner, tamper):
+        self.inner, self.tamper = inner, tamper
+        self.party, self.url = inner.party, inner.url
+
+    def request(self, method, path, message=None, *, request_id=None):
+        if message is not None:
+            message = self.tamper(path, message) or message
+        return self.inner.request(method, path, message, request_id=request_id)
+
+    def close(self):
+        self.inner.close()
+
+
+def _tamper_step(op, **changes):
+    """Rewrite the first ``op`` step whose meta/arrays have every key of ``changes``."""
+    done = []
+
+    def tamper(path, msg):
+        if done or not path.endswith("/linear/steps") or msg.meta.get("op") != op:
+            return None
+        if not all(msg.meta.get(k) is not None or k in msg.arrays for k in changes):
+            return None
+        done.append(op)
+        out = Message(dict(msg.meta), dict(msg.arrays))
+        out.exponents = dict(msg.exponents)
+        for k, v in changes.items():
+            if k in msg.arrays:
+                out.arrays[k] = np.full_like(msg.arrays[k], v)
+            else:
+                out.meta[k] = v
+        return out
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    "solver, op, changes, match",
+    [
+        # finite but huge L-BFGS coefficients: the direction overflows
+        ("lbfgs", "lbfgs.direction", {"coefs": 1e308}, "'coefs' is out of range"),
+        # a finite but huge step along the direction: the coefficients overflow
+        ("lbfgs", "grad", {"step": 1e308}, "'step' is out of range"),
+    ],
+)
+def test_exact_host_refuses_values_that_overflow(fed, data, solver, op, changes, match):
+    """Finite values too large to compute with are a JSON 400, not a 500; the host serves on."""
+    G, H, y = data
+    bad = TamperingFederation(fed, _tamper_step(op, **changes))
+    with pytest.raises(ProtocolError, match=f"400 .*{match}"):
+        fit(bad, G, y, protocol="exact", solver=solver, max_iter=5)
+    est = fit(fed, G, y, protocol="exact", solver=solver, max_iter=5)
+    assert np.isfinite(host_coef(fed, est)).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_non_finite_answers_are_refused_as_json_400(fed, data):
+    """Whatever step overflows, the server answers a JSON 400 naming the field, not a 500."""
+    G, H, y = data
+
+    def huge_learning_rate(path, msg):  # the host's SGD updates then overflow
+        if path.endswith("/linear") and "learning_rate" in msg.meta:
+            return Message(dict(msg.meta, learning_rate=1e308), dict(msg.arrays))
+        return None
+
+    bad = TamperingFederation(fed, huge_learning_rate)
+    with pytest.raises(ProtocolError, match=r"400 .*NaN or infinity \(in penalty"):
+        fit(bad, G, y, protocol="exact", solver="sgd", max_iter=3, random_state=0)
+    fit(fed, G, y, protocol="exact", solver="sgd", max_iter=3, random_state=0)
 
 
 def test_host_refuses_short_keys(tmp_path, data):

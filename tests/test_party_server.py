@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fedsk.federation import CONTENT_TYPE, Message, message_to_wire
+from fedsk.federation import CONTENT_TYPE, Message, message_from_wire, message_to_wire
 from party_server import ConfigError, create_app
 from party_server._audit import verify
 from party_server._cli import main as cli_main
@@ -177,6 +177,65 @@ def test_retried_request_is_answered_once(client):
     assert open_session(client)["session_id"] == open_session(client)["session_id"]
 
 
+def test_a_request_id_is_carried_out_once_per_session(host_app):
+    """An old request replayed after its answer left the replay cache is refused, not rerun."""
+    from fedsk.federation._psi import hash_ids
+    from party_server._sessions import REPLAY_CACHE
+
+    client = host_app.test_client()
+    sid = open_session(client)["session_id"]
+    exchange = Message(arrays={"points": hash_ids(["c0001", "c0002", "zz"], sid)})
+    first = post(client, f"/v1/sessions/{sid}/psi", exchange, i=7)
+    assert first.status_code == 200
+    n_host = message_from_wire(first.data).meta["n_host"]
+    picked = Message(arrays={"host_indices": np.array([0, n_host - 1])})
+    assert post(client, f"/v1/sessions/{sid}/intersection", picked, i=8).status_code == 200
+    session = host_app.extensions["fedsk"].sessions.get(sid, "bank").session
+    rows = session.state["rows"].copy()
+    # later requests (refusals count too) push the exchange's answer out of the cache
+    for i in range(100, 100 + REPLAY_CACHE + 4):
+        r = post(client, f"/v1/sessions/{sid}/linear/steps", Message({"op": "finish"}), i=i)
+        assert r.status_code == 409 and error_of(r)["code"] == "conflict"
+    again = post(client, f"/v1/sessions/{sid}/linear/steps", Message({"op": "finish"}), i=100)
+    assert again.status_code == 409 and "already used" in error_of(again)["message"]
+    for body in (exchange, Message(arrays={"points": hash_ids(["x1"], sid)})):
+        r = post(client, f"/v1/sessions/{sid}/psi", body, i=7)
+        assert r.status_code == 409
+        err = error_of(r)
+        assert err["code"] == "request_id_reused" and "already used" in err["message"]
+        assert err["request_id"] == "req-00000007"
+    np.testing.assert_array_equal(session.state["rows"], rows)  # the exchange did not rerun
+    # a recent refusal is answered again, identically, without running it again
+    last = 100 + REPLAY_CACHE + 3
+    a = post(client, f"/v1/sessions/{sid}/linear/steps", Message({"op": "finish"}), i=last)
+    assert a.status_code == 409 and error_of(a)["code"] == "conflict"
+
+
+def test_sessions_remember_every_request_id_compactly(monkeypatch, host_app):
+    from fedsk.exceptions import ConflictError
+    from party_server import _sessions
+
+    entry = _sessions.SessionStore(60).create("bank", "customers")
+    ids = [f"id-{i:08d}" for i in range(10_000)]  # several merges into the sorted array
+    for r in ids:
+        entry.remember(r, ("fingerprint", r))
+    assert len(entry.seen) == len(ids) and len(entry.replies) == _sessions.REPLAY_CACHE
+    assert all(r in entry.seen for r in ids[::7])
+    assert not any(f"other-{i:06d}" in entry.seen for i in range(2000))
+    assert entry.replay(ids[-1]) == ("fingerprint", ids[-1])
+    with pytest.raises(ConflictError, match=f"request ID {ids[5]} was already used"):
+        entry.replay(ids[5])
+    assert entry.replay("never-used-01") is None
+    # a session takes at most MAX_REQUESTS requests: beyond, a JSON 409 says to open another
+    monkeypatch.setattr(_sessions, "MAX_REQUESTS", 3)
+    client = host_app.test_client()
+    sid = open_session(client)["session_id"]
+    for i in range(3):
+        post(client, f"/v1/sessions/{sid}/intersection", Message(), i=i)
+    r = post(client, f"/v1/sessions/{sid}/intersection", Message(), i=3)
+    assert r.status_code == 409 and error_of(r)["code"] == "session_exhausted"
+
+
 def test_models_survive_restart_and_can_be_deleted(tmp_path, host_df):
     cfg = write_host(tmp_path, host_df)
     app = create_app(cfg)
@@ -190,6 +249,28 @@ def test_models_survive_restart_and_can_be_deleted(tmp_path, host_df):
     assert c.get(f"/v1/models/{mid}", headers=AUTH).status_code == 200
     assert c.delete(f"/v1/models/{mid}", headers={**AUTH, **rid(5)}).status_code == 200
     assert c.get(f"/v1/models/{mid}", headers=AUTH).status_code == 404
+
+
+def test_state_is_private_to_the_servers_user(tmp_path, host_df):
+    """state_dir and models/ are created 0700; models, audit log and head are 0600."""
+    app = create_app(write_host(tmp_path, host_df))
+    store = app.extensions["fedsk"].models
+    mid = store.create("bank", "test")
+    store.save(mid, "bank", {"kind": "test"}, {"thresholds": np.arange(3.0)})
+    store.save(mid, "bank", {"kind": "test"}, {"thresholds": np.arange(4.0)})  # replaced
+    state = tmp_path / "insurer" / "state"
+    modes = {
+        p.name: p.stat().st_mode & 0o777
+        for p in (state, state / "models", state / "models" / f"{mid}.npz")
+    }
+    modes.update({p.name: p.stat().st_mode & 0o777 for p in state.glob("audit.*")})
+    assert modes == {
+        "state": 0o700,
+        "models": 0o700,
+        f"{mid}.npz": 0o600,
+        "audit.log": 0o600,
+        "audit.head": 0o600,
+    }
 
 
 def test_model_retention_bounds_the_store(tmp_path, host_df):
@@ -233,6 +314,52 @@ def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
     assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 1
 
 
+def test_audit_verify_detects_records_removed_from_the_end(tmp_path, host_df, capsys):
+    cfg = write_host(tmp_path, host_df)
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    path = tmp_path / "insurer" / "state" / "audit.log"
+    head = path.with_suffix(".head")
+    verify_cli = ["audit", "verify", "--config", str(cfg_path)]
+    c = create_app(cfg).test_client()
+    assert verify(path) == (True, 0, None)  # a fresh server's log is empty, and intact
+    sid = open_session(c)["session_id"]
+    post(c, f"/v1/sessions/{sid}/intersection", Message(), i=1)
+    post(c, f"/v1/sessions/{sid}/intersection", Message(), i=2)
+    behind = head.read_bytes()
+    post(c, f"/v1/sessions/{sid}/intersection", Message(), i=3)
+    assert path.stat().st_mode & 0o777 == head.stat().st_mode & 0o777 == 0o600
+    assert cli_main(verify_cli) == 0
+    assert "4 records, chain intact" in capsys.readouterr().out
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    for kept in (3, 1, 0):  # the last record removed, the last three, every one
+        path.write_bytes(b"".join(lines[:kept]))
+        ok, n, problem = verify(path)
+        assert not ok and n == kept and f"record {kept + 1} was removed" in problem
+        assert cli_main(verify_cli) == 1
+        assert f"record {kept + 1} was removed" in capsys.readouterr().err
+        with pytest.raises(ConfigError, match="records were removed from its end"):
+            create_app(cfg)  # starting would overwrite the head, the evidence
+    path.unlink()
+    assert cli_main(verify_cli) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["audit", "show", "--config", str(cfg_path)]) == 1
+    # a log rewritten into another valid chain does not match its head either
+    path.write_bytes(b"".join(lines))
+    head.write_text(json.dumps(dict(json.loads(head.read_text()), hash="f" * 64)))
+    assert "was rewritten" in verify(path)[2]
+    # the head one record behind the log (a crash between the two writes) is accepted
+    head.write_bytes(behind)
+    assert verify(path) == (True, 4, None)
+    create_app(cfg)  # and brought up to date at start
+    assert head.read_bytes() != behind and verify(path) == (True, 4, None)
+    # without its head, removal from the end cannot be ruled out: said, not "intact"
+    head.unlink()
+    ok, n, problem = verify(path)
+    assert not ok and n == 4 and "audit.head is missing" in problem
+
+
 def _write_toml(path, cfg):
     lines = []
     for k, v in cfg.items():
@@ -273,3 +400,150 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     assert cli_main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("party-server: config key") and "\n" not in err
+
+
+def _self_signed(tmp_path):
+    """A certificate and key for 127.0.0.1 (what the guest trusts with ``verify=...``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = tmp_path / "tls.crt", tmp_path / "tls.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+def _raw_https(port, cafile, data):
+    """Send ``data`` over TLS as is; return (status, headers, body) of the answer."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.integration
+def test_gunicorn_with_tls_answers_its_own_refusals_in_json(tmp_path, host_df):
+    """The deployment docs/deploy.md documents: gunicorn's own 414 and 400 are JSON too."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    from ._servers import free_port, write_toml
+
+    gunicorn = pytest.importorskip("gunicorn")
+    port = free_port()
+    cfg_path = tmp_path / "host.toml"
+    write_toml(cfg_path, write_host(tmp_path, host_df))
+    crt, key = _self_signed(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ,
+        FEDSK_PARTY_CONFIG=str(cfg_path),
+        PYTHONPATH=os.pathsep.join([str(root), str(Path(gunicorn.__file__).parents[1])]),
+    )
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:party_server.gunicorn_config",
+            "--certfile",
+            str(crt),
+            "--keyfile",
+            str(key),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "party_server.wsgi:app",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/v1/health", verify=str(crt), timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+            time.sleep(0.1)
+        # gunicorn's own refusal of a request line over its limit
+        r = requests.get(url + "/v1/models/" + "x" * 5000, verify=str(crt), timeout=10)
+        assert r.status_code == 414 and r.headers["Content-Type"] == "application/json"
+        err = r.json()["error"]
+        assert set(err) == {"code", "message", "request_id"} and err["code"] == "uri_too_long"
+        # ... and of malformed HTTP
+        status, headers, body = _raw_https(
+            port,
+            crt,
+            b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        )
+        assert status == 400 and headers["Content-Type"] == "application/json"
+        err = json.loads(body)["error"]
+        assert set(err) == {"code", "message", "request_id"} and err["code"] == "bad_request"
+        assert int(headers["Content-Length"]) == len(body)
+        # the app's own refusals are unchanged, and it still serves
+        r = requests.post(url + "/v1/sessions", data=b"x", verify=str(crt), timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        assert requests.get(url + "/v1/health", verify=str(crt), timeout=5).ok
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

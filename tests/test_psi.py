@@ -56,6 +56,42 @@ def test_intersection_is_correct(tmp_path, kind):
     assert [df.index[r] for r in state["rows"]] == [guest[i] for i in pos]
 
 
+def _aligned_host_ids(app, guest_ids):
+    """Run PSI; return the positions matched and the host IDs of the rows it recorded."""
+    [client] = InProcessFederation({"h": (app, "customers", TOKEN)}).connect()
+    sid, _ = client.open_session("psi-test")
+    pos = align(client, sid, guest_ids)
+    state = app.extensions["fedsk"].sessions.get(sid, "bank").session.state
+    dataset = app.extensions["fedsk"].datasets["customers"]
+    return pos.tolist(), [dataset.ids[r] for r in state["rows"]]
+
+
+def test_host_csv_ids_are_read_as_written(tmp_path):
+    """A host CSV's IDs are text: "00017" is not 17, and "007" and "7" are two IDs."""
+    ids = ["00017", "007", "7", "17", "0042"]
+    df = pd.DataFrame({"x": np.arange(5.0)}, index=ids)
+    app = create_app(write_host(tmp_path, df))
+    assert list(app.extensions["fedsk"].datasets["customers"].ids) == ids
+    # a guest with the same text finds exactly those rows
+    pos, rows = _aligned_host_ids(app, ["7", "00017", "nobody", "0042", "007"])
+    assert pos == [0, 1, 3, 4] and rows == ["7", "00017", "0042", "007"]
+    # a guest with integer IDs matches the host's IDs written as those integers
+    pos, rows = _aligned_host_ids(app, [7, 17, 42])
+    assert pos == [0, 1] and rows == ["7", "17"]
+
+
+def test_host_parquet_ids_keep_their_type(tmp_path):
+    pytest.importorskip("pyarrow")
+    df = pd.DataFrame({"customer_id": [17, 7, 42], "x": [1.0, 2.0, 3.0]})
+    cfg = write_host(tmp_path, df.set_index("customer_id"))
+    df.to_parquet(tmp_path / "ids.parquet", index=False)
+    cfg["datasets"]["customers"]["path"] = str(tmp_path / "ids.parquet")
+    app = create_app(cfg)
+    assert app.extensions["fedsk"].datasets["customers"].ids.dtype == np.int64
+    pos, rows = _aligned_host_ids(app, ["7", 42, np.int64(17)])
+    assert pos == [0, 1, 2] and rows == [7, 42, 17]
+
+
 def test_only_curve_points_cross(inproc, host_df):
     [client] = inproc.connect()
     rec = Recorder(client.transport)

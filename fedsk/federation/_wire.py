@@ -108,6 +108,18 @@ class Message:
         self.exponents.update(other.exponents)
         return self
 
+    def non_finite(self):
+        """Names of the meta fields and float arrays that hold NaN or infinity.
+
+        Such a message cannot go on the wire: JSON has no NaN or infinity, and
+        :meth:`array` refuses non-finite floats, so the reader would refuse it anyway.
+        """
+        bad = [k for k, v in self.meta.items() if not _finite_json(v)]
+        bad += [
+            k for k, a in self.arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()
+        ]
+        return bad
+
     # reading -------------------------------------------------------------------------------
     def field(self, name, kind=None, *, default=..., choices=None, minimum=None, maximum=None):
         """A validated meta field. ``kind`` is a type or tuple of types."""
@@ -191,6 +203,17 @@ class Message:
     def n_ciphertexts(self):
         """Number of ciphertexts carried (for the audit log)."""
         return sum(int(self.arrays[k].shape[0]) for k in self.exponents)
+
+
+def _finite_json(value):
+    """False if a JSON-able value holds a float NaN or infinity anywhere."""
+    if isinstance(value, (float, np.floating)):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite_json(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite_json(v) for v in value)
+    return True
 
 
 def _npy_bytes(arr):

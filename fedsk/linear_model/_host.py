@@ -223,6 +223,7 @@ def setup(ctx, msg):
         W=W,
         masks=None,
         pending=None,
+        gram_next=None,  # the row the next gram chunk starts at (None: send row 0 first)
     )
     answer = {"n_features": d, "warm_start": warm is not None}
     if protocol == "taylor":
@@ -297,8 +298,13 @@ def _gram(ctx, fit, msg):
         fit.coef_groups = slot_groups(n_coef, slots)
         fit.target_groups = slot_groups(fit.K, slots)
         fit.host_groups = slot_groups(d, slots)
+    elif fit.gram_next is None:
+        raise ConflictError(f"gram chunks must arrive in order: expected row 0, got row {start}")
     elif start != fit.gram_next or n_coef != fit.n_coef:
-        raise ConflictError(f"gram chunks must arrive in order: expected row {fit.gram_next}")
+        raise ConflictError(
+            f"gram chunks must arrive in order: expected row {fit.gram_next} with n_coef "
+            f"{fit.n_coef}, got row {start} with n_coef {n_coef}"
+        )
     n_cols = len(fit.coef_groups) + len(fit.target_groups) + (1 if fit.weighted else 0)
     total = msg.arrays["z"].shape[0] if "z" in msg.exponents else 0
     if total % n_cols or total == 0:
@@ -473,6 +479,11 @@ def _grad(ctx, fit, msg):
     if step_size is not None:
         if fit.lbfgs.p is None or not np.isfinite(step_size):
             raise BadMessageError("'step' needs a direction and must be finite")
+        with np.errstate(over="ignore", invalid="ignore"):
+            moved = fit.lbfgs.w + float(step_size) * fit.lbfgs.p
+            z = fit.X @ moved
+        if not _all_finite(moved, z):
+            raise BadMessageError("field 'step' is out of range: the coefficients overflow")
         fit.lbfgs.move(float(step_size))
         fit.W[:, fit.k] = fit.lbfgs.w
     d = msg.encrypted("d", fit.guest_key, length=fit.n, exponent=EXP_ENC)
@@ -509,11 +520,24 @@ def _grad_unmask(ctx, fit, msg):
 def _lbfgs_direction(ctx, fit, msg):
     m = len(fit.lbfgs.S)
     coefs = msg.array("coefs", kind="f", shape=(2 * m + 1,))
-    p = fit.lbfgs.direction(coefs)
+    previous = fit.lbfgs.p
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = fit.lbfgs.direction(coefs)
+        scalars = _penalised_scalars(fit, fit.lbfgs.w, p)
+        dz = fit.X @ p
+    if not _all_finite(p, dz, *scalars.values()):
+        fit.lbfgs.p = previous
+        raise BadMessageError(
+            "array 'coefs' is out of range: the search direction it gives overflows float64"
+        )
     fit.expect = {"grad"}
-    out = Message(_penalised_scalars(fit, fit.lbfgs.w, p))
-    out.add_array("dz", fit.X @ p)
+    out = Message(scalars)
+    out.add_array("dz", dz)
     return out
+
+
+def _all_finite(*values):
+    return all(np.isfinite(v).all() for v in values)
 
 
 # SGD, both protocols -----------------------------------------------------------------------

@@ -1,0 +1,45 @@
+"""gunicorn settings for the party server, with JSON for the refusals gunicorn makes itself.
+
+    FEDSK_PARTY_CONFIG=/etc/fedsk/host.toml gunicorn -c python:party_server.gunicorn_config \\
+        --certfile cert.pem --keyfile key.pem --bind 0.0.0.0:8443 party_server.wsgi:app
+
+gunicorn refuses some requests before the app sees them: a request line longer than
+its limit (414), malformed HTTP such as a non-numeric Content-Length (400), too many or
+too large header fields (431), a transfer coding it does not implement (501), a failed
+TLS handshake on a request (403). Its own answer is an HTML page. Loaded as gunicorn's
+config, this module makes those answers the JSON ``{"error": {"code", "message",
+"request_id"}}`` of every other refusal (a 501 is a 400 here: the fedsk client never
+sends a transfer coding, so it is the peer's mistake). These requests never reach the
+app, so they are not in the audit log; gunicorn's own logs have them. Options given on
+the command line override the settings below. gunicorn is not a dependency of fedsk:
+``pip install "fedsk[gunicorn]"``.
+"""
+
+import json as _json
+
+from gunicorn import util as _util
+
+workers = 1  # one process: sessions live in its memory
+threads = 8  # concurrency comes from threads
+worker_class = "gthread"
+timeout = 600  # seconds a request may take (a large encrypted histogram can take minutes)
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's ``util.write_error``, answering JSON instead of HTML."""
+    status = 400 if status_int == 501 else status_int
+    code = (reason or "error").lower().replace(" ", "_")
+    body = _json.dumps(
+        {"error": {"code": code, "message": f"{reason}: {mesg}", "request_id": None}}
+    ).encode()  # ASCII: json.dumps escapes anything else
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body) + 1}\r\n"
+        "\r\n"
+    )
+    _util.write_nonblock(sock, head.encode("latin-1") + body + b"\n")
+
+
+_util.write_error = _write_json_error
