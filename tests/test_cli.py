@@ -26,6 +26,7 @@ def run(*args, timeout=600):
 def test_help_explains_the_demo_options():
     top = run("fedsk._cli", "--help")
     assert top.returncode == 0 and "demo" in top.stdout
+    assert run("fedsk", "--help").stdout == top.stdout  # python -m fedsk
     demo = run("fedsk._cli", "demo", "--help")
     for option in ("--key-length", "--n-estimators", "--seed", "--quiet"):
         assert option in demo.stdout
