@@ -173,3 +173,13 @@ def test_party_server_help_names_the_config_option_plainly(capsys, command):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--config CONFIG" in out and "CONFIG_SUB" not in out
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_as_written():
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["proba"].shape == (len(scope["X"]) - 500, 2)
+    assert scope["clf"].n_estimators_ == 10 and scope["clf"].host_n_features_ == {"insurer": 20}
