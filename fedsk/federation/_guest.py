@@ -182,12 +182,12 @@ def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None, ahead=
         stock.fill(ahead)
         prepare_encryption(priv, n_jobs=n_jobs)
 
-    with ThreadPoolExecutor(max_workers=1) as background:
-        background.submit(keypair_then_prepare)
-        try:
+    try:
+        with ThreadPoolExecutor(max_workers=1) as background:
+            background.submit(keypair_then_prepare)
             with aligned_sessions(federation, ids, protocol=protocol, n_jobs=n_jobs) as sessions:
                 pub, priv, stock = keys.result()
                 yield sessions, (pub, priv), stock
-        finally:
-            if keys.done() and keys.exception() is None:
-                keys.result()[2].close()
+    finally:  # the background thread is done (the executor waited for it): drop the rest
+        if keys.done() and keys.exception() is None:
+            keys.result()[2].close()
