@@ -298,9 +298,10 @@ def lbfgs(system, *, tol, max_iter, say):
     if gmax > tol:
         why = f"{stalled}" if stalled is not None else f"max_iter={max_iter} was reached"
         message = (
-            f"L-BFGS stopped after {it} iterations: {why} while the largest gradient "
-            f"coordinate is still {gmax:.3g} > tol={tol:g}, so the coefficients may not "
-            "be at the optimum. Columns on very different scales slow L-BFGS down: "
+            f"L-BFGS did not converge: it stopped after {it} iterations: {why} "
+            f"while the largest gradient coordinate is still {gmax:.3g} > "
+            f"tol={tol:g}, so the coefficients may not be at the optimum. Columns on "
+            "very different scales slow L-BFGS down: "
             f"{STANDARDISE}; or increase max_iter."
         )
     return SolverResult(it, curve, gmax <= tol, message)
@@ -393,9 +394,10 @@ def sgd(
         if not np.isfinite(loss) or loss > DIVERGED * lowest:
             rate = "" if learning_rate is None else f"={learning_rate:g}"
             message = (
-                f"solver='sgd' diverged: the epoch loss rose to {loss:.3g} at epoch {epoch} "
-                f"(best so far {lowest:.3g}); the steps of learning_rate{rate} are too "
-                f"large for these columns. The coefficients are not usable: {STANDARDISE}, "
+                f"solver='sgd' did not converge, it diverged: the epoch loss rose "
+                f"to {loss:.3g} at epoch {epoch} (best so far {lowest:.3g}); the "
+                f"steps of learning_rate{rate} are too large for these columns. The "
+                f"coefficients are not usable: {STANDARDISE}, "
                 "or lower learning_rate."
             )
             break
