@@ -494,3 +494,46 @@ def test_privacy_no_plaintext_crosses(fed, data, protocol, solver):
     scores_h = H.to_numpy() @ host_coef(fed, est)[:, 0]
     with pytest.raises(AssertionError, match=r"found in host0 .*/linear/scores answer"):
         assert_absent(rec, scores_h, "host partial scores")
+
+
+def test_sgd_divergence_stops_the_same_way_federated(tmp_path, data):
+    """Unscaled columns and a large step: both fits stop at the same epoch, warned."""
+    G, H, y = data
+    G, H = G * 10, H * 10
+    fed = inproc(tmp_path, H)
+    kw = dict(protocol="exact", solver="sgd", batch_size=30, learning_rate=3.0, random_state=1)
+    with pytest.warns(ConvergenceWarning, match="diverged"):
+        est = FederatedLogisticRegression(federation=fed, key_length=1024, max_iter=30, **kw)
+        est.fit(G, y)
+    with pytest.warns(ConvergenceWarning, match="diverged"):
+        plain = FederatedLogisticRegression(max_iter=30, **kw).fit(joined(G, H), y)
+    assert est.n_iter_.tolist() == plain.n_iter_.tolist() and est.n_iter_[0] < 30
+    np.testing.assert_allclose(est.loss_curve_, plain.loss_curve_, rtol=1e-6)
+
+
+def test_lbfgs_stall_retry_runs_the_plaintext_iterations(tmp_path, data):
+    """A host column x1e6 stalls L-BFGS; the steepest-descent retry and the warning
+    happen identically in the federated fit and on the joined columns."""
+    G, H, y = data
+    H = H.copy()
+    H["risk"] *= 1e6
+    fed = inproc(tmp_path, H)
+    with pytest.warns(ConvergenceWarning, match="largest gradient coordinate"):
+        est = FederatedLogisticRegression(
+            federation=fed, protocol="exact", max_iter=40, key_length=1024
+        ).fit(G, y)
+    with pytest.warns(ConvergenceWarning, match="largest gradient coordinate"):
+        plain = FederatedLogisticRegression(protocol="exact", max_iter=40).fit(joined(G, H), y)
+    assert est.n_iter_.tolist() == plain.n_iter_.tolist()
+    np.testing.assert_allclose(est.loss_curve_, plain.loss_curve_, rtol=1e-6)  # fixed point
+    np.testing.assert_allclose(est.coef_, plain.coef_[:, :DG], atol=1e-6)
+
+
+def test_warm_start_on_a_host_without_the_model_says_what_to_do(tmp_path, data):
+    G, H, y = data
+    est = fit(inproc(tmp_path / "first", H), G, y, protocol="exact", warm_start=True)
+    est.set_params(federation=inproc(tmp_path / "new", H))  # an empty model store
+    with pytest.raises(ProtocolError, match="Set warm_start=False"):
+        est.fit(G, y)
+    est.set_params(warm_start=False).fit(G, y)
+    assert est.score(G, y) > 0.7

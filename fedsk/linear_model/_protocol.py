@@ -565,6 +565,7 @@ def federated_fit(problem, federation, ids, *, key_length, n_jobs=None, warm_mod
         result.n_iter,
         result.loss_curve,
         result.converged,
+        result.message,
         host_models=models,
         n_host_features={peer.name: peer.n_features for peer in peers},
         ops=ops,
@@ -584,7 +585,8 @@ def _solve(p, peers, keys, n_jobs, stock=None):
         return combine(results), coef
     cls = TaylorSgd if p.protocol == "taylor" else ExactSgd
     system = cls(peers, keys, p, n_jobs=n_jobs)
-    return run_sgd(p, system), system.coef()
+    cold = not any(peer.warm for peer in peers)
+    return run_sgd(p, system, cold=cold), system.coef()
 
 
 def federated_scores(federation, ids, models, n_targets, *, n_jobs=None):

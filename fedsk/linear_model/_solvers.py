@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize
-from sklearn.exceptions import ConvergenceWarning
 
 from .._progress import progress_bar
 from ._core import (
@@ -43,15 +42,26 @@ __all__ = [
 ]
 
 FTOL = 64 * np.finfo(float).eps  # scikit-learn's relative-reduction tolerance for L-BFGS
+LBFGS_TIGHTEN = 100.0  # L-BFGS iterates on until max|grad| <= tol / LBFGS_TIGHTEN
+DIVERGED = 2.0  # sgd: an epoch loss above DIVERGED x the best loss so far is divergence
+STANDARDISE = (
+    "standardise the columns (e.g. StandardScaler in a Pipeline; a host standardises "
+    "its own columns)"
+)
 
 
 class SolverResult:
-    """What a driver returns: iterations per target, loss curve, convergence."""
+    """What a driver returns: iterations per target, loss curve, convergence.
 
-    def __init__(self, n_iter, loss_curve, converged):
+    ``message`` says why a driver stopped without converging, when the reason is not
+    simply ``max_iter`` (a stalled L-BFGS, a diverging SGD); the estimator warns with it.
+    """
+
+    def __init__(self, n_iter, loss_curve, converged, message=None):
         self.n_iter = np.atleast_1d(np.asarray(n_iter, dtype=np.int32))
         self.loss_curve = [float(v) for v in loss_curve]
         self.converged = bool(converged)
+        self.message = message
 
 
 class _Progress:
@@ -244,34 +254,57 @@ def line_search(line):
 def lbfgs(system, *, tol, max_iter, say):
     """Vector-free L-BFGS with a strong-Wolfe line search evaluated by the guest.
 
-    Stops when ``max|grad| <= tol`` or the relative decrease of the objective falls
-    below ``64 * eps`` (scikit-learn's ``gtol`` and ``ftol``).
+    Iterates until ``max|grad| <= tol / LBFGS_TIGHTEN`` (scikit-learn's ``gtol``
+    criterion, a hundred times tighter: at ``gtol = tol`` the coefficients are still
+    about 1% away from the optimum on standardised data), until ``max_iter``, or until
+    it stalls: the relative decrease of the objective falls below ``64 * eps``
+    (scikit-learn's ``ftol``) or the line search finds no decrease. A stall first
+    retries once from the steepest-descent direction (the L-BFGS history can be what
+    stalls on badly scaled columns). The fit counts as converged only if
+    ``max|grad| <= tol`` when it stops; otherwise ``message`` says how far it got.
     """
     f, gmax, gram, m = system.start()
-    curve, it, converged = [f], 0, gmax <= tol
-    while not converged and it < max_iter:
-        line = system.direction(lbfgs_coefficients(gram, m))
+    target = tol / LBFGS_TIGHTEN
+    curve, it, stalled, steepest = [f], 0, None, False
+    while gmax > target and it < max_iter:
+        coefs = lbfgs_coefficients(gram, m)
+        if steepest:
+            coefs = np.zeros(2 * m + 1)
+            coefs[-1] = -1.0 / max(float(np.sqrt(gram[-1, -1])), 1e-300)
+        line = system.direction(coefs)
         if not line(0.0)[1] < 0:  # not a descent direction: restart from -g
             coefs = np.zeros(2 * m + 1)
             coefs[-1] = -1.0
             line = system.direction(coefs)
         t = line_search(line)
         if t is None:
-            warnings.warn(
-                "L-BFGS line search failed: the objective cannot be decreased further "
-                "along the search direction (stopping).",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-            break
-        f_new = line(t)[0]
-        gmax, gram, m = system.step(t, f_new)
-        it += 1
-        curve.append(f_new)
-        say(f"Iteration {it}, loss = {f_new:.10f}, max|grad| = {gmax:.3g}, t = {t:.3g}", f_new)
-        converged = gmax <= tol or (f - f_new) <= FTOL * max(abs(f), abs(f_new), 1.0)
-        f = f_new
-    return SolverResult(it, curve, converged)
+            stalled = "the line search found no decrease of the objective"
+        else:
+            f_new = line(t)[0]
+            gmax, gram, m = system.step(t, f_new)
+            it += 1
+            curve.append(f_new)
+            say(f"Iteration {it}, loss = {f_new:.10f}, max|grad| = {gmax:.3g}, t = {t:.3g}", f_new)
+            small = (f - f_new) <= FTOL * max(abs(f), abs(f_new), 1.0)
+            stalled = "the objective stopped decreasing" if small else None
+            f = f_new
+        if stalled is None:
+            steepest = False
+            continue
+        if steepest or gmax <= tol:
+            break  # retried already, or as converged as the arithmetic allows
+        steepest = True  # retry once from the steepest-descent direction
+    message = None
+    if gmax > tol:
+        why = f"{stalled}" if stalled is not None else f"max_iter={max_iter} was reached"
+        message = (
+            f"L-BFGS did not converge: it stopped after {it} iterations: {why} "
+            f"while the largest gradient coordinate is still {gmax:.3g} > "
+            f"tol={tol:g}, so the coefficients may not be at the optimum. Columns on "
+            "very different scales slow L-BFGS down: "
+            f"{STANDARDISE}; or increase max_iter."
+        )
+    return SolverResult(it, curve, gmax <= tol, message)
 
 
 class PlainLbfgs:
@@ -328,26 +361,47 @@ def sgd(
     n_iter_no_change,
     rng,
     say,
+    start_loss=None,
+    learning_rate=None,
 ):
     """Mini-batch (proximal) gradient descent, epochs as iterations.
 
     Each epoch shuffles the training rows and takes one step per batch. It stops, as
     scikit-learn's SGD does, after ``n_iter_no_change`` epochs without the loss (or,
     with ``validation`` rows, the validation loss) improving by ``tol``.
+
+    It also stops, not converged, when the steps diverge: an epoch's loss (the mean of
+    its mini-batch losses) is not finite or above ``DIVERGED`` times the best of
+    ``start_loss`` (the objective at the start, when the caller knows it) and the
+    earlier epochs' losses. Only the guest's own loss values decide this.
     """
     train = np.asarray(train)
     sw_train = float(sw[train].sum())
     best, bad, curve, converged = np.inf, 0, [], False
+    lowest = np.inf if start_loss is None else float(start_loss)
+    message = None
     epoch = 0
     for epoch in range(1, max_iter + 1):
         order = rng.permutation(train)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         total = 0.0
-        for i, rows in enumerate(batches):
-            nxt = batches[i + 1] if i + 1 < len(batches) else None
-            total = total + system.step(rows, nxt)
-        loss = float((total / sw_train + system.penalty()).sum())
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i, rows in enumerate(batches):
+                nxt = batches[i + 1] if i + 1 < len(batches) else None
+                total = total + system.step(rows, nxt)
+            loss = float((total / sw_train + system.penalty()).sum())
         curve.append(loss)
+        if not np.isfinite(loss) or loss > DIVERGED * lowest:
+            rate = "" if learning_rate is None else f"={learning_rate:g}"
+            message = (
+                f"solver='sgd' did not converge, it diverged: the epoch loss rose "
+                f"to {loss:.3g} at epoch {epoch} (best so far {lowest:.3g}); the "
+                f"steps of learning_rate{rate} are too large for these columns. The "
+                f"coefficients are not usable: {STANDARDISE}, "
+                "or lower learning_rate."
+            )
+            break
+        lowest = min(lowest, loss)
         score = loss
         if validation is not None and len(validation):
             score = float((system.validation_loss(validation) + system.penalty()).sum())
@@ -360,7 +414,7 @@ def sgd(
         if tol is not None and bad >= n_iter_no_change:
             converged = True
             break
-    return SolverResult(epoch, curve, converged)
+    return SolverResult(epoch, curve, converged, message)
 
 
 class PlainSgd:
@@ -437,12 +491,16 @@ class FitOutcome:
     n_iter: np.ndarray
     loss_curve: list
     converged: bool
+    message: str | None = None  # why it stopped unconverged, if not max_iter
     host_models: dict = field(default_factory=dict)
     n_host_features: dict = field(default_factory=dict)
     ops: dict = field(default_factory=dict)
 
 
-def run_sgd(problem, system):
+def run_sgd(problem, system, *, cold=True):
+    """Run :func:`sgd` on ``system``; ``cold``: every party starts from zero coefficients
+    (the starting objective is then ``log 2`` per target, for both losses)."""
+    cold = cold and not np.any(problem.x0)
     return sgd(
         system,
         sw=problem.sw,
@@ -454,6 +512,8 @@ def run_sgd(problem, system):
         n_iter_no_change=problem.n_iter_no_change,
         rng=problem.rng,
         verbose=problem.verbose,
+        start_loss=LOG2 * problem.n_targets if cold else None,
+        learning_rate=problem.learning_rate,
     )
 
 
@@ -465,7 +525,15 @@ def combine(results):
     for r in results:
         c = np.asarray(r.loss_curve)
         curve += np.concatenate([c, np.full(longest - len(c), c[-1])])
-    return SolverResult(n_iter, curve, all(r.converged for r in results))
+    messages = [r.message for r in results if r.message]
+    message = None
+    if messages:
+        message = messages[0]
+        if len(results) > 1:
+            message = (
+                f"one-vs-rest problem {[r.message for r in results].index(message)}: " + message
+            )
+    return SolverResult(n_iter, curve, all(r.converged for r in results), message)
 
 
 def plain_fit(problem, *, blocks=None):
@@ -496,4 +564,6 @@ def plain_fit(problem, *, blocks=None):
         )
         result = run_sgd(p, system)
         coef = system.coef()
-    return FitOutcome(np.array(coef), result.n_iter, result.loss_curve, result.converged)
+    return FitOutcome(
+        np.array(coef), result.n_iter, result.loss_curve, result.converged, result.message
+    )
