@@ -3,6 +3,7 @@
     python benchmarks/secureboost.py                    # 2048-bit keys, 2 cores
     python benchmarks/secureboost.py --bits 1024
     python benchmarks/secureboost.py --scale            # 10k..100k rows, 1 tree depth 4
+    python benchmarks/secureboost.py --two-machines     # one core per party, ahead on/off
 
 Reference job (FATE's tutorial): breast cancer, 80/20 stratified split (random_state=0),
 standardised, guest = first 10 columns + label, host = the other 20; 5 trees, depth 3,
@@ -24,6 +25,7 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
 from fedsk import LocalFederation, SecureBoostClassifier
+from fedsk.crypto import ObfuscatorStock
 
 
 def floor_seconds(counts, costs, cores):
@@ -173,6 +175,55 @@ def scale(bits, jobs):
         )
 
 
+def two_machines(bits, pairs):
+    """Guest on CPU 0, host on CPU 1 (two one-core machines), randomness ahead on and off.
+
+    "Off" makes :meth:`ObfuscatorStock.fill` a no-op, so every encryption is computed
+    when the round needs it; fits alternate between the two, on one federation.
+    """
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        print("\n--two-machines needs Linux and two CPUs")
+        return
+    X_tr, _, y_tr, _, guest_cols, host = breast_cancer_split()
+    params = dict(n_estimators=5, max_depth=3, max_bins=32, learning_rate=0.3, random_state=0)
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[0]})  # this process and the workers it starts from now
+    fill, times, ahead = ObfuscatorStock.fill, {"on": [], "off": []}, []
+    try:
+        with LocalFederation(hosts={"host": host}, n_jobs=1) as fed:
+            # every thread of the host's server (a pid's affinity is its main thread's
+            # only; the server's threads started on this process's CPU)
+            for tid in os.listdir(f"/proc/{fed.pid('host')}/task"):
+                os.sched_setaffinity(int(tid), {cpus[1]})
+            clf = SecureBoostClassifier(federation=fed, key_length=bits, n_jobs=2, **params)
+            clf.fit(X_tr[guest_cols], y_tr)  # warm-up
+            for _ in range(pairs):
+                for mode in ("on", "off"):
+                    ObfuscatorStock.fill = fill if mode == "on" else (lambda self, count: None)
+                    t = time.perf_counter()
+                    clf.fit(X_tr[guest_cols], y_tr)
+                    times[mode].append(time.perf_counter() - t)
+                    if mode == "on":
+                        ahead.append(clf._crypto_counts["encryptions_ahead"])
+    finally:
+        ObfuscatorStock.fill = fill
+        os.sched_setaffinity(0, set(cpus))
+    print(
+        f"\nTwo one-core machines (guest on CPU {cpus[0]}, host on CPU {cpus[1]}), reference "
+        f"job, {bits}-bit, {pairs} interleaved pairs"
+    )
+    for mode, label in (("on", "randomness made ahead"), ("off", "made when needed")):
+        v = times[mode]
+        print(
+            f"  {label:22s} fit median {statistics.median(v):.2f} s, best {min(v):.2f} s ("
+            + ", ".join(f"{x:.2f}" for x in v)
+            + ")"
+        )
+    print(
+        f"  encryptions with randomness made ahead: {ahead} of {clf._crypto_counts['encryptions']}"
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bits", type=int, default=2048)
@@ -182,7 +233,18 @@ def main():
     ap.add_argument("--scale", action="store_true", help="run the 10k..100k scale test")
     ap.add_argument("--scale-bits", type=int, default=1024)
     ap.add_argument("--multiclass", action="store_true", help="binary vs 3-class cost")
+    ap.add_argument(
+        "--two-machines",
+        type=int,
+        nargs="?",
+        const=5,
+        metavar="PAIRS",
+        help="only: one core per party, randomness made ahead on/off (5 pairs)",
+    )
     args = ap.parse_args()
+    if args.two_machines:
+        two_machines(args.bits, args.two_machines)
+        return
     reference(args.bits, args.jobs, args.trees, args.repeat)
     if args.multiclass:
         multiclass(args.bits, args.jobs)
