@@ -540,6 +540,9 @@ class SecureBoostClassifier(ClassifierMixin, BaseSecureBoost):
         Paillier key length of the guest's session key.
     n_jobs : int, default=None
         Workers for the guest's encryption and decryption (joblib's active backend).
+        With two or more (under joblib's default backend), as many worker processes of
+        idle CPU priority also make the next round's encryption randomness while the
+        hosts work; ``n_jobs=1`` keeps everything in this process.
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
         Show a progress bar over rounds when > 0.

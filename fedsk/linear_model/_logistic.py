@@ -120,7 +120,9 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         of the same length). Hosts refuse keys shorter than their ``min_key_length``.
     n_jobs : int, default=None
         Workers for the guest's encryption, decryption and multi-exponentiation
-        (joblib's active backend). The hosts use their own ``n_jobs`` setting.
+        (joblib's active backend). The hosts use their own ``n_jobs`` setting. With
+        ``protocol="exact"`` and two or more workers, as many processes of idle CPU
+        priority also make the next iteration's encryption randomness.
     random_state : int, RandomState instance or None, default=None
         Shuffling of ``sgd`` batches and of the early-stopping split.
     verbose : int, default=0
