@@ -237,6 +237,36 @@ def test_warm_start_adds_rounds_and_matches_one_long_fit(tmp_path):
     np.testing.assert_allclose(a.predict_proba(guest), b.predict_proba(guest), atol=1e-12)
 
 
+def test_rounds_take_their_randomness_from_the_stock(tmp_path, monkeypatch):
+    """Every round's encryptions come from randomness made ahead when there was time."""
+    import time
+
+    from fedsk.crypto import ObfuscatorStock
+
+    take = ObfuscatorStock.take
+
+    def take_when_made(self, count):  # as if the hosts had worked long enough
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(f.done() for f, _ in self._pending):
+                    break
+            time.sleep(0.01)
+        return take(self, count)
+
+    monkeypatch.setattr(ObfuscatorStock, "take", take_when_made)
+    joined, guest, y, _, apps = make_parties(tmp_path)
+    kw = dict(n_estimators=3, random_state=0, key_length=KEY)
+    fed = SecureBoostClassifier(federation=InProcessFederation(apps), n_jobs=2, **kw)
+    fed.fit(guest, y)
+    counts = fed._crypto_counts
+    assert counts["encryptions"] == counts["encryptions_ahead"] == 3 * len(guest)
+    local = SecureBoostClassifier(**kw).fit(joined.to_numpy(), y.to_numpy())
+    assert_same_trees(fed, local, apps, guest.shape[1], [guest.shape[1]])
+    one_core = SecureBoostClassifier(federation=InProcessFederation(apps), n_jobs=1, **kw)
+    assert one_core.fit(guest, y)._crypto_counts["encryptions_ahead"] == 0
+
+
 def test_guest_with_labels_only_splits_on_host_columns(tmp_path):
     joined, guest, y, _, apps = make_parties(tmp_path, n_guest=0, host_cols=(5,))
     assert guest.shape[1] == 0
