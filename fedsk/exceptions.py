@@ -36,18 +36,23 @@ class PartyUnavailableError(FedskError, ConnectionError):
         What was tried, e.g. ``"4 attempts over 12.3 s (connect timeout 5 s)"``.
     cause : str, default=""
         The last low-level error.
+    advice : str, default=None
+        What to do; by default, to check that the party's server runs and retry.
     """
 
-    def __init__(self, party, url, tried, cause=""):
+    def __init__(self, party, url, tried, cause="", advice=None):
         self.party, self.url, self.tried, self.cause = party, url, tried, cause
+        self.advice = advice
         msg = f"party {party!r} at {url} is unavailable: {tried}"
         if cause:
             msg += f"; last error: {cause}"
-        msg += ". Check that its party server is running and reachable, then retry."
+        msg += ". " + (
+            advice or "Check that its party server is running and reachable, then retry."
+        )
         super().__init__(msg)
 
     def __reduce__(self):
-        return (type(self), (self.party, self.url, self.tried, self.cause))
+        return (type(self), (self.party, self.url, self.tried, self.cause, self.advice))
 
 
 class AuthenticationError(FedskError):

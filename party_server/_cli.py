@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 
-from ._config import ConfigError, load_config
+from ._config import ConfigError, load_config, load_state_dir
 
 __all__ = ["main"]
 
@@ -116,8 +116,7 @@ def _stop_workers():
 def _audit_verify(args):
     from ._audit import head_path, verify
 
-    config = load_config(args.config)
-    path = config.state_dir / "audit.log"
+    path = load_state_dir(args.config) / "audit.log"
     ok, n, problem = verify(path)
     if ok:
         head = head_path(path)
@@ -131,8 +130,7 @@ def _audit_verify(args):
 def _audit_show(args):
     from ._audit import summarize
 
-    config = load_config(args.config)
-    path = config.state_dir / "audit.log"
+    path = load_state_dir(args.config) / "audit.log"
     if not path.exists():
         print(f"party-server: the audit log {path} does not exist", file=sys.stderr)
         return 1

@@ -220,6 +220,23 @@ def config_from_dict(raw, base_dir=Path(".")):
 def load_config(path):
     """Read and validate a TOML config file."""
     path = Path(path)
+    cfg = config_from_dict(_read_toml(path), path.resolve().parent)
+    cfg.source = path.resolve()
+    return cfg
+
+
+def load_state_dir(path):
+    """Only the ``state_dir`` of a config file (what the audit commands need).
+
+    Reading the log needs neither the peers' tokens (which may live in environment
+    variables a cron job does not have) nor the datasets.
+    """
+    path = Path(path)
+    state_dir = Path(_get(_read_toml(path), "state_dir", str, ""))
+    return state_dir if state_dir.is_absolute() else path.resolve().parent / state_dir
+
+
+def _read_toml(path):
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
@@ -231,6 +248,4 @@ def load_config(path):
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    cfg = config_from_dict(raw, path.resolve().parent)
-    cfg.source = path.resolve()
-    return cfg
+    return raw

@@ -231,3 +231,9 @@ def test_predict_against_a_host_without_the_model_says_to_refit(parties, tmp_pat
         est.federation = other
         with pytest.raises(ProtocolError, match=r"no longer holds .* fit the estimator again"):
             est.predict(guest)
+    # continuing such a fit says how to start over instead
+    sb = clf_of(fed_of(app)).set_params(warm_start=True, n_estimators=2).fit(guest, y)
+    sb.set_params(federation=other, n_estimators=3)
+    with pytest.raises(ProtocolError, match=r"no longer holds .* with warm_start=False"):
+        sb.fit(guest, y)
+    assert sb.n_estimators_ == 2

@@ -174,6 +174,10 @@ def test_local_federation_rejects_duplicate_ids():
             r"column\(s\) \['s'\]",
         ),
         (pd.DataFrame({"x": [1.0, 2.0]}, index=["a", 5]), r"types \['int', 'str'\]"),
+        (pd.DataFrame({"x": [1.0, np.inf]}, index=["a", "b"]), r"infinite values .*\['x'\]"),
+        (pd.DataFrame(index=["a", "b"]), "2 rows and 0 columns"),
+        (pd.DataFrame({"x": []}, index=pd.Index([], dtype=str)), "0 rows and 1 columns"),
+        (pd.DataFrame({"x": [1.0, 2.0]}, index=["a", np.nan]), "1 rows without a sample ID"),
     ],
 )
 def test_local_federation_names_the_host_frame_it_cannot_serve(df, match):
@@ -186,8 +190,11 @@ def test_a_closed_local_federation_says_so():
     with LocalFederation(hosts={"h": df}) as fed:
         assert fed.connect()
     t = time.monotonic()
-    with pytest.raises(PartyUnavailableError, match="LocalFederation is closed"):
+    with pytest.raises(PartyUnavailableError, match="LocalFederation is closed") as err:
         fed.connect()
+    assert "start a new LocalFederation" in str(err.value)
+    assert "then retry" not in str(err.value)  # retrying cannot help
+    assert str(pickle.loads(pickle.dumps(err.value))) == str(err.value)
     assert time.monotonic() - t < 1  # no retries against servers known to be gone
 
 

@@ -314,6 +314,23 @@ def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
     assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 1
 
 
+def test_audit_commands_need_no_tokens_or_datasets(tmp_path, host_df, capsys, monkeypatch):
+    """A cron job checking the log has no tokens in its environment, and needs none."""
+    cfg = write_host(tmp_path, host_df)
+    c = create_app(cfg).test_client()
+    open_session(c)
+    cfg["peers"] = {"bank": {"token_env": "FEDSK_TEST_UNSET_TOKEN"}}
+    monkeypatch.delenv("FEDSK_TEST_UNSET_TOKEN", raising=False)
+    (tmp_path / "insurer" / "customers.csv").unlink()
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    assert cli_main(["--config", str(cfg_path)]) == 2  # serving needs them
+    assert "FEDSK_TEST_UNSET_TOKEN" in capsys.readouterr().err
+    assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 0
+    assert cli_main(["audit", "show", "--config", str(cfg_path)]) == 0
+    assert "1 requests" in capsys.readouterr().out
+
+
 def test_audit_verify_detects_records_removed_from_the_end(tmp_path, host_df, capsys):
     cfg = write_host(tmp_path, host_df)
     cfg_path = tmp_path / "host.toml"

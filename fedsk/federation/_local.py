@@ -12,6 +12,7 @@ import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..exceptions import PartyUnavailableError
@@ -245,8 +246,8 @@ class LocalFederation(Federation):
                 name,
                 self.hosts[name]["url"],
                 "this LocalFederation is closed (its party servers stopped when its "
-                "with-block ended, or close() was called); fit and predict inside the "
-                "with-block, or start a new LocalFederation",
+                "with-block ended, or close() was called)",
+                advice="Fit and predict inside the with-block, or start a new LocalFederation.",
             )
         return super().connect()
 
@@ -268,6 +269,16 @@ def _check_host_frame(name, df):
     """What a party server would refuse in a host's DataFrame, said in this API's terms."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"hosts[{name!r}] must be a pandas DataFrame indexed by sample ID")
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise ValueError(
+            f"hosts[{name!r}] has {df.shape[0]} rows and {df.shape[1]} columns; a host "
+            "serves at least one column for at least one sample ID"
+        )
+    if df.index.hasnans:
+        raise ValueError(
+            f"hosts[{name!r}] has {int(df.index.isna().sum())} rows without a sample ID "
+            "(NaN in the index); give every row its ID, or drop those rows"
+        )
     if df.index.has_duplicates:
         raise ValueError(f"hosts[{name!r}] has duplicate sample IDs in its index")
     kinds = {type(v).__name__ for v in df.index[:100_000].tolist()}
@@ -285,6 +296,13 @@ def _check_host_frame(name, df):
         raise ValueError(
             f"hosts[{name!r}] has non-numeric column(s) {text[:5]} (dtype {df[text[0]].dtype}); "
             "a host serves numbers only: encode them (e.g. one-hot) or drop them"
+        )
+    values = df.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(values).any():
+        cols = [str(c) for c, bad in zip(df.columns, np.isinf(values).any(axis=0)) if bad]
+        raise ValueError(
+            f"hosts[{name!r}] has infinite values in column(s) {cols[:5]}; replace them "
+            "(NaN is allowed: it means missing)"
         )
 
 

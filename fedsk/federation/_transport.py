@@ -77,7 +77,8 @@ class Transport:
             hint = (
                 f". {self.party} no longer holds its half of this model (deleted, removed by "
                 "its retention policy, or the estimator was fitted against another party "
-                "server): fit the estimator again"
+                "server): fit the estimator again, with warm_start=False if it was set "
+                "(a continued fit needs the host's half of the previous one)"
             )
         exc = ProtocolError(
             f"{self.party} refused {method} {path} with {status} [{code}]: {text}{hint}"
