@@ -8,6 +8,7 @@ party-server audit show --config host.toml   per-session summary
 import argparse
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -189,7 +190,11 @@ def main(argv=None):
     _exit_with_parent()
     try:
         if args.command == "audit":
-            return _audit_verify(args) if args.audit_command == "verify" else _audit_show(args)
+            try:
+                return _audit_verify(args) if args.audit_command == "verify" else _audit_show(args)
+            except BrokenPipeError:  # e.g. `audit show | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
         return _serve(args)
     except ConfigError as exc:
         print(f"party-server: {exc}", file=sys.stderr)

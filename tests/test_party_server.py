@@ -314,6 +314,31 @@ def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
     assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 1
 
 
+def test_audit_show_into_a_reader_that_stops_early_is_no_error(tmp_path, host_df):
+    """`party-server audit show | head`: no BrokenPipeError traceback, exit 0."""
+    import subprocess
+    import sys
+
+    cfg = write_host(tmp_path, host_df)
+    c = create_app(cfg).test_client()
+    new_session = Message({"dataset": "customers", "protocol": "t"})
+    for i in range(700):  # ~100 kB of summary: more than a pipe holds
+        r = post(c, "/v1/sessions", new_session, i=1000 + i)
+        sid = message_from_wire(r.data).meta["session_id"]
+        assert c.delete(f"/v1/sessions/{sid}", headers={**AUTH, **rid(5000 + i)}).status_code == 200
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "party_server", "audit", "show", "--config", str(cfg_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline().startswith(b"audit log ")
+    proc.stdout.close()  # as head does after its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and b"Traceback" not in err, err
+
+
 def test_audit_commands_need_no_tokens_or_datasets(tmp_path, host_df, capsys, monkeypatch):
     """A cron job checking the log has no tokens in its environment, and needs none."""
     cfg = write_host(tmp_path, host_df)
