@@ -70,25 +70,35 @@ def check_federated_X(X, estimator):
             f"X has {int(X.index.isna().sum())} rows without a sample ID (NaN in the index); "
             "give every row the ID the hosts know it by, or drop those rows"
         )
-    text = [
-        c
-        for c in X.columns
-        if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))
-    ]
+    text = non_numeric_columns(X)
     if text:
         raise ValueError(
             f"X has {len(text)} non-numeric column(s) {text[:5]} (dtype {X[text[0]].dtype}); "
             "federated estimators take numbers only: encode them first (e.g. OneHotEncoder "
             "or OrdinalEncoder in a Pipeline with set_output(transform='pandas')) or drop them"
         )
-    values = X.to_numpy(dtype=np.float64, na_value=np.nan)
-    if np.isinf(values).any():
-        cols = [str(c) for c in X.columns[np.isinf(values).any(axis=0)]]
+    cols, n_inf = infinite_columns(X)
+    if cols:
         raise ValueError(
-            f"X contains infinity in column(s) {cols[:5]} ({int(np.isinf(values).sum())} "
+            f"X contains infinity in column(s) {cols[:5]} ({n_inf} "
             "value(s)); replace them with finite values (NaN marks a missing value where the "
             "estimator accepts missing values)"
         )
+
+
+def non_numeric_columns(df):
+    """Columns of ``df`` that are neither numeric nor boolean."""
+    return [
+        c
+        for c in df.columns
+        if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
+    ]
+
+
+def infinite_columns(df):
+    """``(names of the columns holding infinity, how many infinite values)`` of a numeric df."""
+    inf = np.isinf(df.to_numpy(dtype=np.float64, na_value=np.nan))
+    return [str(c) for c in df.columns[inf.any(axis=0)]], int(inf.sum())
 
 
 def sample_ids(X):

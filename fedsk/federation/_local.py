@@ -12,11 +12,11 @@ import time
 import weakref
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..exceptions import PartyUnavailableError
 from ._federation import Federation
+from ._guest import infinite_columns, non_numeric_columns
 from ._transport import ping
 
 __all__ = ["LocalFederation"]
@@ -287,19 +287,14 @@ def _check_host_frame(name, df):
             f"hosts[{name!r}] mixes sample IDs of types {sorted(kinds)} in its index; give "
             "every ID one type, e.g. df.index = df.index.astype(str)"
         )
-    text = [
-        c
-        for c in df.columns
-        if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
-    ]
+    text = non_numeric_columns(df)
     if text:
         raise ValueError(
             f"hosts[{name!r}] has non-numeric column(s) {text[:5]} (dtype {df[text[0]].dtype}); "
             "a host serves numbers only: encode them (e.g. one-hot) or drop them"
         )
-    values = df.to_numpy(dtype=np.float64, na_value=np.nan)
-    if np.isinf(values).any():
-        cols = [str(c) for c, bad in zip(df.columns, np.isinf(values).any(axis=0)) if bad]
+    cols, _ = infinite_columns(df)
+    if cols:
         raise ValueError(
             f"hosts[{name!r}] has infinite values in column(s) {cols[:5]}; replace them "
             "(NaN is allowed: it means missing)"
