@@ -9,6 +9,7 @@ from fedsk.crypto import (
     EncryptedArray,
     ObfuscatorStock,
     RecordLayout,
+    _array,
     decrypt,
     decrypt_integers,
     decrypt_raw,
@@ -211,8 +212,16 @@ def test_packing_overflow_raises():
         layout.unpack([1 << layout.record_bits])
 
 
-def test_packed_histograms_with_a_width_per_record(keypair):
+@pytest.mark.parametrize("in_workers", [False, True])
+def test_packed_histograms_with_a_width_per_record(keypair, monkeypatch, in_workers):
     pub, priv = keypair
+    shipped = []
+    if in_workers:  # these sums are small: make them go to worker processes anyway
+        monkeypatch.setattr(_array, "HISTOGRAM_MIN_OPS", 0)
+        real = _array.run_tasks
+        monkeypatch.setattr(
+            _array, "run_tasks", lambda tasks, **kw: shipped.append(len(tasks)) or real(tasks, **kw)
+        )
     layout = RecordLayout.for_sums([300, 7], n_terms=60)
     values = rng.integers(0, [301, 8], size=(60, 2))
     enc = encrypt_integers(priv, layout.pack(values))
@@ -246,6 +255,8 @@ def test_packed_histograms_with_a_width_per_record(keypair):
             want = np.zeros((15, 2), dtype=np.int64)  # plaintext sums, feature-major buckets
             np.add.at(want, (bins + 5 * np.arange(3)).T.ravel(), np.tile(values[rows], (3, 1)))
             assert records == [(int(g) << low) + int(h) for g, h in want[keep]]
+    # with workers: the three nodes' sums went out in one call, the largest node split
+    assert shipped == ([5] if in_workers else [])
 
 
 def test_ciphertext_bytes_roundtrip_and_range(keypair):

@@ -565,31 +565,23 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     values in ``[0, n_bins)``; feature-major); the buckets where ``keep`` is true are
     packed in order, ``sizes[i]`` to the ``i``-th ciphertext, bucket ``j`` of them
     ``widths[j]`` bits wide (the first most significant); and every packed ciphertext
-    is re-randomised with this party's own obfuscator. The bucket sums are split over
-    worker processes by feature when they are large; the packing (GIL-free squarings)
-    over threads. Returns one :class:`EncryptedArray` per node.
+    is re-randomised with this party's own obfuscator. The bucket sums of all nodes
+    are split over worker processes by node and feature (unless they are small); the
+    packing (GIL-free squarings) over threads. Returns one :class:`EncryptedArray` per node.
     """
     pub = enc.public_key
     pub_args, nsq = pub._public_args(), pub.nsquare
     cts = enc.ciphertexts
-    all_groups, all_widths, owners = [], [], []
-    for k, (rows, bins, keep, widths, sizes) in enumerate(nodes):
+    for rows, bins, keep, widths, sizes in nodes:
         if bins.shape[0] != len(rows):
             raise ValueError("bins must have one row per ciphertext row")
-        ids = np.flatnonzero(keep)
-        if len(widths) != len(ids) or sum(sizes) != len(ids):
+        if len(widths) != int(np.count_nonzero(keep)) or sum(sizes) != len(widths):
             raise ValueError("widths and sizes must cover the kept buckets")
-        node_cts = [cts[i] for i in rows]
-        parts = parallel_chunks(
-            K.histogram_products,
-            bins.shape[1],
-            lambda a, b, node_cts=node_cts, bins=bins: (node_cts, bins[:, a:b], n_bins, nsq),
-            n_jobs=n_jobs,
-            ops_per_item=len(rows),
-            min_ops=HISTOGRAM_MIN_OPS * (2048 / pub.key_length) ** 1.6,
-        )
-        flat = _concat(parts)
-        records, widths = [flat[i] for i in ids.tolist()], np.asarray(widths).tolist()
+    all_groups, all_widths, owners = [], [], []
+    for k, flat in enumerate(_bucket_sums(cts, nodes, n_bins, nsq, n_jobs, pub.key_length)):
+        _, _, keep, widths, sizes = nodes[k]
+        records = [flat[i] for i in np.flatnonzero(keep).tolist()]
+        widths = np.asarray(widths).tolist()
         start = 0
         for size in sizes:
             all_groups.append(records[start : start + size])
@@ -611,10 +603,38 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     return [EncryptedArray(pub, packed, 0) for packed in out]
 
 
-# Bucket sums below this many multiplications (about 0.1 s at 2048 bits; scaled by the
+# Bucket sums below this many multiplications (about 30 ms at 2048 bits; scaled by the
 # cost of a multiplication for other key lengths) stay in the calling process: shipping
-# the node's ciphertexts to worker processes would cost more than it saves.
-HISTOGRAM_MIN_OPS = 8_000
+# the ciphertexts to worker processes would cost more than it saves.
+HISTOGRAM_MIN_OPS = 3_000
+
+
+def _bucket_sums(cts, nodes, n_bins, mod, n_jobs, key_length):
+    """Every node's flat bucket sums (feature-major), all nodes in one parallel call.
+
+    The nodes of one request (a layer of the tree) are split by feature into tasks of
+    about equal cost, so that a layer of many small nodes keeps every worker busy as
+    well as one large root does.
+    """
+    node_cts = [[cts[i] for i in rows] for rows, *_ in nodes]
+    ops = [len(rows) * bins.shape[1] for rows, bins, *_ in nodes]
+    workers = resolve_n_jobs(n_jobs)
+    total = sum(ops)
+    if workers == 1 or total < HISTOGRAM_MIN_OPS * (2048 / key_length) ** 1.6:
+        return [K.histogram_products(c, node[1], n_bins, mod) for c, node in zip(node_cts, nodes)]
+    tasks, owners = [], []
+    for k, (c, (_, bins, *_)) in enumerate(zip(node_cts, nodes)):
+        # several nodes: two tasks per worker over the request, so that none of them
+        # waits long at the end; one node: one task per worker (fewer copies of it)
+        share = workers * ops[k] / total * (2 if len(nodes) > 1 else 1)
+        n_chunks = min(bins.shape[1], max(1, round(share)))
+        for a, b in chunk_bounds(bins.shape[1], n_chunks):
+            tasks.append((K.histogram_products, (c, bins[:, a:b], n_bins, mod)))
+            owners.append(k)
+    out = [[] for _ in nodes]
+    for k, part in zip(owners, run_tasks(tasks, workers=workers)):
+        out[k].extend(part)
+    return out
 
 
 def _count_multiexp(terms, outputs):
