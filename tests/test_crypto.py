@@ -371,8 +371,8 @@ def test_prepare_encryption_builds_the_tables_encryption_uses(n_jobs):
     keys = [(int(crt[6]), int(crt[3]), fresh_pub.alpha_bits)]  # the table mod p**2
     assert not any(k in K._TABLES for k in keys)
     prepare_encryption(fresh_priv, n_jobs=n_jobs)
-    if n_jobs == 1:  # built in this process
-        assert all(k in K._TABLES for k in keys)
+    # built in this process too (small encryptions are not shipped to workers)
+    assert all(k in K._TABLES for k in keys)
     enc = encrypt_integers(fresh_priv, [5, 7], n_jobs=n_jobs)
     assert decrypt_integers(fresh_priv, enc) == [5, 7]
 
@@ -434,6 +434,20 @@ def test_encryptions_from_the_stock_decrypt_with_phe_and_are_used_once(keys, own
         first, second = stock.take(35), stock.take(35)
         assert not {int(r) for r in first} & {int(r) for r in second}
     assert len({int(c) for c in same.ciphertexts}) == 70
+
+
+def test_encryptions_all_from_the_stock_build_no_table_here():
+    fresh_pub, fresh_priv = generate_keypair(1024)  # no table of it exists in this process
+    crt = fresh_priv._crt_enc()
+    table = (int(crt[6]), int(crt[3]), fresh_pub.alpha_bits)
+    with ObfuscatorStock(fresh_priv, n_jobs=2) as stock:
+        stock.fill(20)
+        _wait_for(stock)
+        enc = encrypt_integers(fresh_priv, list(range(20)), stock=stock)
+    assert decrypt_integers(fresh_priv, enc) == list(range(20))
+    assert table not in K._TABLES  # (building one costs tens of milliseconds)
+    enc = encrypt_integers(fresh_priv, [5])  # made on the spot: the table is built now
+    assert table in K._TABLES and decrypt_integers(fresh_priv, enc) == [5]
 
 
 def test_stock_fill_tops_up_and_take_never_waits(keypair):

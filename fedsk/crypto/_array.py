@@ -55,6 +55,8 @@ def encrypt_integers(key, ints, *, exponent=0, n_jobs=None, stock=None):
         plains = plains[len(ready) :]
     else:
         head = []
+    if not plains:  # (no key's tables to build for nothing)
+        return EncryptedArray(pub, head, exponent)
     if isinstance(key, PaillierPrivateKey):
         ops = pub.alpha_bits // 4 if pub.obfuscation == "fast" else pub.key_length
         prefer = None if pub.obfuscation == "fast" else "threads"
@@ -81,20 +83,21 @@ def encrypt_integers(key, ints, *, exponent=0, n_jobs=None, stock=None):
 
 
 def prepare_encryption(private_key, *, n_jobs=None):
-    """Get the key owner's encryption ready in every worker now.
+    """Get the key owner's encryption ready here and in every worker now.
 
-    The first encryption under a new key builds its fixed-base tables in each worker (tens
-    of milliseconds, more if the worker processes must start first). An estimator calls
-    this in the background while it aligns the samples, so its first round does not wait.
+    The first encryption under a new key builds its fixed-base tables in each process
+    that encrypts (tens of milliseconds, more if the worker processes must start first):
+    this one, for the few encryptions too small to ship, and every worker. An estimator
+    calls this in the background while it aligns the samples, so its first round does
+    not wait.
     """
     pub = private_key.public_key
     if pub.obfuscation != "fast":
         return
     call = (K.owner_encrypt, ([gmpy2.mpz(0)], private_key._crt_enc(), "fast", pub.alpha_bits))
+    call[0](*call[1])  # the table building lets go of the GIL in each multiplication
     workers = resolve_n_jobs(n_jobs)
-    if workers == 1:
-        call[0](*call[1])
-    else:
+    if workers > 1:
         run_tasks([call] * workers, workers=workers)
 
 
