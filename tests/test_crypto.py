@@ -216,12 +216,16 @@ def test_packing_overflow_raises():
 def test_packed_histograms_with_a_width_per_record(keypair, monkeypatch, in_workers):
     pub, priv = keypair
     shipped = []
-    if in_workers:  # these sums are small: make them go to worker processes anyway
+    if in_workers:  # this work is small: make it go to the workers anyway
         monkeypatch.setattr(_array, "HISTOGRAM_MIN_OPS", 0)
+        monkeypatch.setattr(_array, "MIN_PARALLEL_OPS", 0)
         real = _array.run_tasks
-        monkeypatch.setattr(
-            _array, "run_tasks", lambda tasks, **kw: shipped.append(len(tasks)) or real(tasks, **kw)
-        )
+
+        def spy(tasks, **kw):
+            shipped.append((len(tasks), kw.get("prefer")))
+            return real(tasks, **kw)
+
+        monkeypatch.setattr(_array, "run_tasks", spy)
     layout = RecordLayout.for_sums([300, 7], n_terms=60)
     values = rng.integers(0, [301, 8], size=(60, 2))
     enc = encrypt_integers(priv, layout.pack(values))
@@ -255,8 +259,10 @@ def test_packed_histograms_with_a_width_per_record(keypair, monkeypatch, in_work
             want = np.zeros((15, 2), dtype=np.int64)  # plaintext sums, feature-major buckets
             np.add.at(want, (bins + 5 * np.arange(3)).T.ravel(), np.tile(values[rows], (3, 1)))
             assert records == [(int(g) << low) + int(h) for g, h in want[keep]]
-    # with workers: the three nodes' sums went out in one call, the largest node split
-    assert shipped == ([5] if in_workers else [])
+    # with workers: the three nodes' sums went out in one call to processes (the largest
+    # node split by feature), then every packed ciphertext as its own task to threads
+    n_groups = sum(len(sizes) for *_, sizes in nodes)
+    assert shipped == ([(5, None), (n_groups, "threads")] if in_workers else [])
 
 
 def test_ciphertext_bytes_roundtrip_and_range(keypair):

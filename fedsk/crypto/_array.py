@@ -11,7 +11,7 @@ from . import _kernels as K
 from ._counting import _count
 from ._encoding import BASE, DEFAULT_EXPONENT, decode, encode, to_signed
 from ._keys import PaillierPrivateKey
-from ._parallel import chunk_bounds, parallel_chunks, resolve_n_jobs, run_tasks
+from ._parallel import MIN_PARALLEL_OPS, chunk_bounds, parallel_chunks, resolve_n_jobs, run_tasks
 
 __all__ = [
     "EncryptedArray",
@@ -591,19 +591,31 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
             all_widths.append(widths[start : start + size])
             owners.append(k)
             start += size
-    parts = parallel_chunks(
-        K.pack_and_rerandomise,
-        len(all_groups),
-        lambda a, b: (all_groups[a:b], all_widths[a:b], pub_args),
-        n_jobs=n_jobs,
-        ops_per_item=max((sum(w) for w in all_widths), default=1),
-        prefer="threads",
-        weights=[sum(w) - w[0] for w in all_widths],  # a group's squarings
-    )
+    packed = _pack_groups(all_groups, all_widths, pub_args, n_jobs)
     out = [[] for _ in nodes]
-    for k, c in zip(owners, _concat(parts)):
+    for k, c in zip(owners, packed):
         out[k].append(c)
-    return [EncryptedArray(pub, packed, 0) for packed in out]
+    return [EncryptedArray(pub, cts, 0) for cts in out]
+
+
+def _pack_groups(groups, widths, pub_args, n_jobs):
+    """:func:`K.pack_and_rerandomise` of every group, one task per group on threads.
+
+    The threads take the groups longest first as each becomes free: contiguous chunks,
+    one per thread, left one thread idle for 10-20 ms of every request while the other
+    finished (threads of one process do not run equally fast, nor do groups of equal
+    squarings).
+    """
+    squarings = [sum(w) - w[0] for w in widths]
+    workers = resolve_n_jobs(n_jobs)
+    if workers == 1 or len(groups) < 2 or sum(squarings) < MIN_PARALLEL_OPS // 8:
+        return K.pack_and_rerandomise(groups, widths, pub_args)
+    order = sorted(range(len(groups)), key=squarings.__getitem__, reverse=True)
+    tasks = [(K.pack_and_rerandomise, ([groups[i]], [widths[i]], pub_args)) for i in order]
+    out = [None] * len(groups)
+    for i, (c,) in zip(order, run_tasks(tasks, workers=workers, prefer="threads")):
+        out[i] = c
+    return out
 
 
 # Bucket sums below this many multiplications (about 30 ms at 2048 bits; scaled by the
