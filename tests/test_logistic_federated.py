@@ -537,3 +537,26 @@ def test_warm_start_on_a_host_without_the_model_says_what_to_do(tmp_path, data):
         est.fit(G, y)
     est.set_params(warm_start=False).fit(G, y)
     assert est.score(G, y) > 0.7
+
+
+@pytest.mark.parametrize("n_classes, seed", [(2, 4), (3, 3)])
+def test_a_line_search_without_decrease_ends_the_fit_like_the_plaintext_one(
+    tmp_path, n_classes, seed
+):
+    """An unscaled guest column (~1e12, an amount in cents) leaves L-BFGS a direction
+    along which the line search finds no decrease: the direction is abandoned (for
+    the next target, if any) and the fit ends with the plaintext fit's warning and
+    coefficients, instead of the host refusing the end of the fit as out of order."""
+    G, H, y = make_data(n_classes=n_classes, seed=seed)
+    G = G.copy()
+    G["income"] = (G["income"] + 5) * 1e12
+    fed = inproc(tmp_path, H)
+    with pytest.warns(ConvergenceWarning, match="no decrease"):
+        est = FederatedLogisticRegression(federation=fed, protocol="exact", key_length=1024)
+        est.fit(G, y)
+    with pytest.warns(ConvergenceWarning, match="no decrease"):
+        plain = FederatedLogisticRegression(protocol="exact").fit(joined(G, H), y)
+    assert est.n_iter_.tolist() == plain.n_iter_.tolist()
+    np.testing.assert_allclose(est.coef_, plain.coef_[:, :DG], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(host_coef(fed, est).T, plain.coef_[:, DG:], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(est.predict(G), plain.predict(joined(G, H)))

@@ -530,7 +530,9 @@ def _lbfgs_direction(ctx, fit, msg):
         raise BadMessageError(
             "array 'coefs' is out of range: the search direction it gives overflows float64"
         )
-    fit.expect = {"grad"}
+    # the guest steps along it (grad), or abandons it where the line search found no
+    # decrease: for another direction, the next target or the end (w has not moved)
+    fit.expect = {"grad", "lbfgs.direction", "lbfgs.start", "finish"}
     out = Message(scalars)
     out.add_array("dz", dz)
     return out
