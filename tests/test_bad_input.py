@@ -237,3 +237,71 @@ def test_predict_against_a_host_without_the_model_says_to_refit(parties, tmp_pat
     with pytest.raises(ProtocolError, match=r"no longer holds .* with warm_start=False"):
         sb.fit(guest, y)
     assert sb.n_estimators_ == 2
+
+
+def test_duplicated_column_names_and_a_multiindex_of_ids(parties):
+    guest, y, app = parties
+    dup = guest.set_axis(["g0", "g0"], axis=1)
+    with pytest.raises(ValueError, match=r"duplicated column names \['g0'\]"):
+        clf_of(fed_of(app)).fit(dup, y)
+    multi = guest.set_axis(pd.MultiIndex.from_arrays([["b1"] * N, guest.index]))
+    with pytest.raises(ValueError, match="MultiIndex of 2 levels") as err:
+        clf_of(fed_of(app)).fit(multi, y)
+    assert "X.index = X.index.map(" in str(err.value)
+
+
+def test_numbers_read_as_text_get_the_right_hint(parties):
+    guest, y, app = parties
+    text = guest.assign(g1=guest.g1.map(str))
+    with pytest.raises(ValueError, match="non-numeric column") as err:
+        clf_of(fed_of(app)).fit(text, y)
+    assert "['g1'] hold numbers as text" in str(err.value) and "pd.to_numeric" in str(err.value)
+
+
+def test_ids_distinct_for_pandas_but_the_same_for_the_hosts(tmp_path):
+    host = pd.DataFrame({"h": [1.0, 2.0, 3.0]}, index=["0", "1", "2"])
+    guest = pd.DataFrame({"g": [0.5, 1.5, 2.5]}, index=pd.Index([0, "0", "1"], dtype=object))
+    app = create_app(write_host(tmp_path, host))
+    with pytest.raises(ValueError, match=r"distinct in X's index but the same ID .*\[0, '0'\]"):
+        clf_of(fed_of(app)).fit(guest, [0, 1, 0])
+
+
+def test_timestamp_ids_match_whatever_their_resolution(tmp_path):
+    when = pd.date_range("2021-01-01", periods=N, freq="h")
+    rng = np.random.default_rng(1)
+    host = pd.DataFrame({"h": rng.normal(size=N)}, index=when.as_unit("ns"))
+    guest = pd.DataFrame({"g": rng.normal(size=N)}, index=when.as_unit("s"))
+    y = (guest.g.to_numpy() + host.h.to_numpy() > 0).astype(int)
+    with LocalFederation(hosts={"insurer": host}) as fed:
+        clf = clf_of(fed).fit(guest, y)
+        assert clf.predict(guest).shape == (N,)
+
+
+@pytest.mark.parametrize("cls", ["SecureBoostClassifier", "FederatedLogisticRegression"])
+def test_predict_scores_every_row_of_ids_that_repeat(parties, cls):
+    import fedsk
+
+    guest, y, app = parties
+    est = getattr(fedsk, cls)(federation=fed_of(app), key_length=KEY).fit(guest, y)
+    boot = guest.iloc[[3, 0, 3, 7, 0, 0]]  # a bootstrap resample: IDs repeat
+    np.testing.assert_array_equal(
+        est.predict_proba(boot), est.predict_proba(guest).take([3, 0, 3, 7, 0, 0], axis=0)
+    )
+    with pytest.raises(ValueError, match="duplicate sample IDs"):  # to fit, each row one ID
+        est.fit(boot, y.iloc[[3, 0, 3, 7, 0, 0]])
+
+
+def test_an_index_of_row_positions_is_called_out(parties):
+    guest, y, app = parties
+    with pytest.raises(ValueError, match=r"does not hold \(e.g. \[0, 1, 2\]\)") as err:
+        clf_of(fed_of(app)).fit(guest.reset_index(drop=True), y)
+    assert "row positions rather than sample IDs" in str(err.value)
+
+
+def test_early_stopping_names_the_class_too_small_to_split(parties):
+    guest, y, app = parties
+    labels = np.where(y.to_numpy() == 1, "yes", "no").astype(object)
+    labels[5] = "rare"
+    clf = clf_of(fed_of(app)).set_params(early_stopping=True)
+    with pytest.raises(ValueError, match=r"class\(es\) \['rare'\] have a single sample"):
+        clf.fit(guest, labels)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedsk import SecureBoostClassifier
 from fedsk.exceptions import AuthenticationError, PartyUnavailableError, ProtocolError
 from fedsk.federation import (
     Federation,
@@ -171,18 +172,53 @@ def test_local_federation_rejects_duplicate_ids():
     [
         (
             pd.DataFrame({"x": [1.0, 2.0], "s": ["u", "v"]}, index=["a", "b"]),
-            r"column\(s\) \['s'\]",
+            r"non-numeric column\(s\) \('s': (object|str)\)",
         ),
         (pd.DataFrame({"x": [1.0, 2.0]}, index=["a", 5]), r"types \['int', 'str'\]"),
-        (pd.DataFrame({"x": [1.0, np.inf]}, index=["a", "b"]), r"infinite values .*\['x'\]"),
+        (pd.DataFrame({"x": [1.0, np.inf]}, index=["a", "b"]), r"infinity in column.*\['x'\]"),
         (pd.DataFrame(index=["a", "b"]), "2 rows and 0 columns"),
         (pd.DataFrame({"x": []}, index=pd.Index([], dtype=str)), "0 rows and 1 columns"),
         (pd.DataFrame({"x": [1.0, 2.0]}, index=["a", np.nan]), "1 rows without a sample ID"),
+        (pd.DataFrame([[1.0, 2.0]], index=["a"], columns=["x", "x"]), r"duplicated column.*'x'"),
+        (pd.DataFrame([[1.0, 2.0]], index=["a"], columns=[0, "0"]), r"same once written"),
+        (pd.DataFrame({"__sample_id__": [1.0]}, index=["a"]), "a column named '__sample_id__'"),
+        (pd.DataFrame({"c": [1 + 2j]}, index=["a"]), r"non-numeric column\(s\) \('c': complex"),
+        (
+            pd.DataFrame({"x": [1.0]}, index=pd.MultiIndex.from_tuples([("b1", 7)])),
+            "MultiIndex of 2 levels",
+        ),
     ],
 )
 def test_local_federation_names_the_host_frame_it_cannot_serve(df, match):
     with pytest.raises(ValueError, match=r"hosts\['h'\] .*" + match):
         LocalFederation(hosts={"h": df})
+
+
+@pytest.mark.parametrize("name", ["../escape", "ins/urer", "", 7, "guest", ".."])
+def test_local_federation_refuses_a_bad_host_name_before_writing_anything(tmp_path, name):
+    df = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "b"])
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match=r"host name .* (must be|is reserved)"):
+        LocalFederation(hosts={name: df}, workdir=work)
+    assert not work.exists() and list(tmp_path.iterdir()) == []  # nothing written anywhere
+    with pytest.raises(ValueError, match="host name"):
+        Federation({name: {"url": "https://x.example", "dataset": "d", "token": "t" * 16}})
+
+
+def test_a_host_with_sparse_columns_serves_them_dense(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(40)]
+    kind = pd.Series(rng.choice(["a", "b", "c"], 40), index=ids)
+    dense = pd.get_dummies(kind, dtype=float)
+    sparse = pd.get_dummies(kind, dtype=float, sparse=True)
+    guest = pd.DataFrame({"g": rng.normal(size=40)}, index=ids)
+    y = (guest.g + dense.a > 0.5).astype(int)
+    probas = []
+    for host in (dense, sparse):
+        with LocalFederation(hosts={"h": host}) as fed:
+            clf = SecureBoostClassifier(federation=fed, n_estimators=2, key_length=1024)
+            probas.append(clf.fit(guest, y).predict_proba(guest))
+    np.testing.assert_array_equal(probas[0], probas[1])
 
 
 def test_a_closed_local_federation_says_so():

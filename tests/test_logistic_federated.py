@@ -560,3 +560,15 @@ def test_a_line_search_without_decrease_ends_the_fit_like_the_plaintext_one(
     np.testing.assert_allclose(est.coef_, plain.coef_[:, :DG], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(host_coef(fed, est).T, plain.coef_[:, DG:], rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(est.predict(G), plain.predict(joined(G, H)))
+
+
+@pytest.mark.parametrize("publish", [False, True])
+def test_a_host_value_too_large_is_named_by_its_column(tmp_path, data, publish):
+    G, H, y = data
+    H = H.assign(premium=H.premium * 1e13)  # e.g. an amount in cents, never standardised
+    fed = InProcessFederation(
+        {"host0": (create_app(write_host(tmp_path, H, publish=publish)), "customers", TOKEN)}
+    )
+    where = "column 'premium'" if publish else "column 1 of the host's"
+    with pytest.raises(ProtocolError, match=f"below 2\\*\\*38 .*in {where}"):
+        FederatedLogisticRegression(federation=fed, key_length=1024).fit(G, y)

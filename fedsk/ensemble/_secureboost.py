@@ -27,6 +27,7 @@ from ..federation import (
     check_key_and_workers,
     in_model_order,
     keyed_sessions,
+    unique_ids,
 )
 from ..tree import SplitParams, TreePredictor, TreeSpec, grow_trees, quantize
 from ._loss import HalfSquaredError, LogLoss, MultinomialLoss
@@ -119,6 +120,21 @@ class BaseSecureBoost(BaseEstimator, ABC):
         """What to stratify the validation split on (None for regression)."""
 
     # -- fitting -------------------------------------------------------------------------------
+
+    def _split_error(self, stratify, n, exc):
+        """Why early stopping cannot hold out its validation rows, in the user's labels."""
+        why = str(exc)
+        if stratify is not None:
+            codes, counts = np.unique(stratify, return_counts=True)
+            few = self.classes_[codes[counts < 2]].tolist()
+            if few:
+                why = f"class(es) {few} have a single sample"
+        return (
+            f"early_stopping holds out validation_fraction={self.validation_fraction} of the "
+            f"{n} rows, stratified by class, and cannot: {why}. Set early_stopping=False, "
+            "or give every class at least two samples."
+        )
+
     def _is_fitted(self):
         return hasattr(self, "_predictors")
 
@@ -196,12 +212,16 @@ class BaseSecureBoost(BaseEstimator, ABC):
         positions = np.arange(n)
         do_es = self.early_stopping is True or (self.early_stopping == "auto" and n > 10_000)
         if do_es:
-            train_pos, val_pos = train_test_split(
-                positions,
-                test_size=self.validation_fraction,
-                stratify=self._stratify(y),
-                random_state=self._seed,
-            )
+            stratify = self._stratify(y)
+            try:
+                train_pos, val_pos = train_test_split(
+                    positions,
+                    test_size=self.validation_fraction,
+                    stratify=stratify,
+                    random_state=self._seed,
+                )
+            except ValueError as exc:
+                raise ValueError(self._split_error(stratify, n, exc)) from None
             train_pos, val_pos = np.sort(train_pos), np.sort(val_pos)
         else:
             train_pos, val_pos = positions, positions[:0]
@@ -411,7 +431,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     "needs a federation with the same hosts"
                     + ("" if fed is None else f" (this one has {list(fed.hosts)})")
                 )
-            check_federated_X(X, self)
+            check_federated_X(X, self, predict=True)
             X_arr = validate_data(
                 self,
                 X if X.shape[1] else np.empty((len(X), 0)),
@@ -420,11 +440,13 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 ensure_min_features=0,
                 reset=False,
             )
+            ids, rows = unique_ids(X)  # (an ID may repeat: each row is scored)
             with aligned_sessions(
-                fed, X.index.to_numpy(), protocol="secureboost-predict", n_jobs=self.n_jobs
+                fed, ids, protocol="secureboost-predict", n_jobs=self.n_jobs
             ) as sessions:
                 sessions = in_model_order(sessions, self._host_names)
-                decisions = host_decisions(sessions, X_arr.shape[0], self._host_model_ids)
+                decisions = host_decisions(sessions, len(ids), self._host_model_ids)
+            decisions = {h: d[rows] for h, d in decisions.items()}
         else:
             X_arr = validate_data(
                 self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False

@@ -9,6 +9,7 @@ from ._guest import (
     in_model_order,
     keyed_sessions,
     sample_ids,
+    unique_ids,
 )
 from ._hostapi import HostContext, HostDataset, HostSession, ModelStoreAPI, aligned_rows
 from ._local import LocalFederation
@@ -53,5 +54,6 @@ __all__ = [
     "public_key_to_wire",
     "route",
     "sample_ids",
+    "unique_ids",
     "url_for",
 ]

@@ -16,6 +16,20 @@ from ._wire import Message
 __all__ = ["Federation", "HostClient", "InProcessFederation"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# what the estimators call the guest itself where they label parties (importances,
+# operation counts); "." and ".." would be directories where a name becomes a path
+_RESERVED = {"guest", ".", ".."}
+
+
+def check_host_name(name):
+    """A host's name: 1-64 letters, digits, '_.-', and not a name the guest uses."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"host name {name!r} must be 1-64 letters, digits, '_.-'")
+    if name.lower() in _RESERVED:
+        raise ValueError(
+            f"host name {name!r} is reserved ({sorted(_RESERVED)}: the estimators label the "
+            "guest's own columns and counts 'guest'); name the host after its organisation"
+        )
 
 
 def is_loopback_host(host):
@@ -120,8 +134,7 @@ class Federation:
             raise ValueError("hosts must be a non-empty dict {name: {'url', 'dataset', 'token'}}")
         checked = {}
         for name, spec in hosts.items():
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise ValueError(f"host name {name!r} must be 1-64 letters, digits, '_.-'")
+            check_host_name(name)
             if not isinstance(spec, dict):
                 raise ValueError(f"hosts[{name!r}] must be a dict with 'url', 'dataset', 'token'")
             unknown = set(spec) - {"url", "dataset", "token", "token_env", "verify"}

@@ -19,9 +19,12 @@ __all__ = [
     "GuestSession",
     "aligned_sessions",
     "check_federated_X",
+    "check_id_index",
     "check_key_and_workers",
+    "check_numeric_frame",
     "in_model_order",
     "sample_ids",
+    "unique_ids",
 ]
 
 
@@ -51,47 +54,98 @@ def in_model_order(sessions, host_names):
     return [by_name[h] for h in host_names]
 
 
-def check_federated_X(X, estimator):
-    """With a federation, X must be a DataFrame indexed by unique sample IDs."""
+def check_federated_X(X, estimator, *, predict=False):
+    """With a federation, X must be a DataFrame indexed by sample IDs.
+
+    Unique IDs to fit (each row is one sample); to predict, an ID may repeat (the same
+    customer scored twice, a bootstrap resample): see :func:`unique_ids`.
+    """
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
             f"{type(estimator).__name__} with a federation needs X as a pandas DataFrame "
             "indexed by sample ID (the IDs align your rows with the hosts' rows); got "
             f"{type(X).__name__}. In a Pipeline, use set_output(transform='pandas')."
         )
-    if X.index.has_duplicates:
+    check_id_index(X.index, "X")
+    if not predict and X.index.has_duplicates:
         dup = X.index[X.index.duplicated()][:3].tolist()
         raise ValueError(
             f"X has {int(X.index.duplicated().sum())} duplicate sample IDs in its "
             f"index (e.g. {dup}); each row must have its own ID"
         )
-    if X.index.hasnans:
+    check_numeric_frame(X, "X")
+
+
+def check_id_index(index, what):
+    """Sample IDs must be one flat index without missing values."""
+    if isinstance(index, pd.MultiIndex):
         raise ValueError(
-            f"X has {int(X.index.isna().sum())} rows without a sample ID (NaN in the index); "
+            f"{what} has a MultiIndex of {index.nlevels} levels as sample IDs; federated "
+            "parties match rows by one ID per row: join the levels into one, e.g. "
+            f"{what}.index = {what}.index.map(lambda t: '/'.join(map(str, t))) (on every "
+            "party the same way)"
+        )
+    if index.hasnans:
+        raise ValueError(
+            f"{what} has {int(index.isna().sum())} rows without a sample ID (NaN in the index); "
             "give every row the ID the hosts know it by, or drop those rows"
         )
-    text = non_numeric_columns(X)
-    if text:
+
+
+def check_numeric_frame(df, what):
+    """Unique column names, numbers only, no infinity: or one error saying what to do."""
+    if df.columns.has_duplicates:
+        dup = df.columns[df.columns.duplicated()].unique()[:5].tolist()
         raise ValueError(
-            f"X has {len(text)} non-numeric column(s) {text[:5]} (dtype {X[text[0]].dtype}); "
-            "federated estimators take numbers only: encode them first (e.g. OneHotEncoder "
-            "or OrdinalEncoder in a Pipeline with set_output(transform='pandas')) or drop them"
+            f"{what} has duplicated column names {dup}; give every column its own name"
         )
-    cols, n_inf = infinite_columns(X)
+    text = non_numeric_columns(df)
+    if text:
+        kinds = ", ".join(f"{c!r}: {df[c].dtype}" for c in text[:5])
+        numbers = [c for c in text if _numbers_as_text(df[c])]
+        hint = (
+            f" Column(s) {numbers[:5]} hold numbers as text: convert them with "
+            f"pd.to_numeric ({what}[col] = pd.to_numeric({what}[col]))."
+            if numbers
+            else ""
+        )
+        raise ValueError(
+            f"{what} has {len(text)} non-numeric column(s) ({kinds}); federated estimators "
+            "take numbers only: encode them first (e.g. OneHotEncoder or OrdinalEncoder in a "
+            "Pipeline with set_output(transform='pandas')) or drop them." + hint
+        )
+    cols, n_inf = infinite_columns(df)
     if cols:
         raise ValueError(
-            f"X contains infinity in column(s) {cols[:5]} ({n_inf} "
+            f"{what} contains infinity in column(s) {cols[:5]} ({n_inf} "
             "value(s)); replace them with finite values (NaN marks a missing value where the "
             "estimator accepts missing values)"
         )
 
 
+def _numbers_as_text(col):
+    if col.dtype != object and not pd.api.types.is_string_dtype(col):
+        return False
+    sample = col.dropna().head(1000)
+    return len(sample) > 0 and pd.to_numeric(sample, errors="coerce").notna().all()
+
+
+def unique_ids(X):
+    """``(unique IDs in first-seen order, each row's position among them)``."""
+    index = X.index
+    if not index.has_duplicates:
+        return index.to_numpy(), np.arange(len(index))
+    uniq = index.unique()
+    return uniq.to_numpy(), uniq.get_indexer(index)
+
+
 def non_numeric_columns(df):
-    """Columns of ``df`` that are neither numeric nor boolean."""
+    """Columns of ``df`` that are neither numeric nor boolean (complex counts as text)."""
     return [
         c
-        for c in df.columns
-        if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
+        for c, dtype in df.dtypes.items()
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+        or pd.api.types.is_complex_dtype(dtype)
     ]
 
 
@@ -99,6 +153,11 @@ def infinite_columns(df):
     """``(names of the columns holding infinity, how many infinite values)`` of a numeric df."""
     inf = np.isinf(df.to_numpy(dtype=np.float64, na_value=np.nan))
     return [str(c) for c in df.columns[inf.any(axis=0)]], int(inf.sum())
+
+
+def _looks_like_positions(ids):
+    ids = pd.Index(ids)
+    return pd.api.types.is_integer_dtype(ids) and ids.equals(pd.RangeIndex(len(ids)))
 
 
 def sample_ids(X):
@@ -151,12 +210,20 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
             found = align(client, sid, ids, n_jobs=n_jobs)
             if len(found) != len(ids):
                 missing = np.setdiff1d(np.arange(len(ids)), found)
-                example = [ids[i] for i in missing[:3]]
+                example = pd.Index(ids).take(missing[:3]).tolist()  # (plain Python values)
+                positions = len(found) == 0 and _looks_like_positions(ids)
                 raise ValueError(
                     f"{len(missing)} of {len(ids)} rows of X have sample IDs that host "
                     f"{client.name!r} does not hold (e.g. {example}). Federated training and "
                     "prediction use rows every party holds: drop those rows from X, or ask the "
                     "host to add them to its dataset."
+                    + (
+                        " X's index is 0, 1, 2, ...: row positions rather than sample IDs? "
+                        "(reset_index() or a numpy round trip drops the IDs; keep them as "
+                        "the index.)"
+                        if positions
+                        else ""
+                    )
                 )
         yield sessions
     finally:

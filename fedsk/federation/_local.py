@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..exceptions import PartyUnavailableError
-from ._federation import Federation
-from ._guest import infinite_columns, non_numeric_columns
+from ._federation import Federation, check_host_name
+from ._guest import check_id_index, check_numeric_frame
 from ._transport import ping
 
 __all__ = ["LocalFederation"]
@@ -106,6 +106,9 @@ class LocalFederation(Federation):
     ):
         if not isinstance(hosts, dict) or not hosts:
             raise ValueError("hosts must be a non-empty dict {name: DataFrame}")
+        for name, df in hosts.items():  # before anything touches the disk
+            check_host_name(name)
+            _check_host_frame(name, df)
         if workdir is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="fedsk-local-"))
             keep = None
@@ -121,18 +124,11 @@ class LocalFederation(Federation):
         specs = {}
         try:
             for name, df in hosts.items():
-                if not isinstance(df, pd.DataFrame):
-                    raise TypeError(
-                        f"hosts[{name!r}] must be a pandas DataFrame indexed by sample ID"
-                    )
-                _check_host_frame(name, df)
                 token = secrets.token_urlsafe(24)
                 home = self._tmp / name
                 home.mkdir(exist_ok=workdir is not None)
-                id_col = "__sample_id__"
-                data = df.copy()
-                data.columns = [str(c) for c in data.columns]
-                data.insert(0, id_col, df.index.to_numpy())
+                id_col = ID_COLUMN
+                data = _host_data(df)
                 path = home / "data.parquet"
                 try:
                     data.to_parquet(path, index=False)
@@ -265,40 +261,52 @@ class LocalFederation(Federation):
         return _plain_federation(self.hosts, self.timeout, self.retries)
 
 
+ID_COLUMN = "__sample_id__"
+
+
 def _check_host_frame(name, df):
     """What a party server would refuse in a host's DataFrame, said in this API's terms."""
+    what = f"hosts[{name!r}]"
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"hosts[{name!r}] must be a pandas DataFrame indexed by sample ID")
+        raise TypeError(f"{what} must be a pandas DataFrame indexed by sample ID")
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise ValueError(
-            f"hosts[{name!r}] has {df.shape[0]} rows and {df.shape[1]} columns; a host "
+            f"{what} has {df.shape[0]} rows and {df.shape[1]} columns; a host "
             "serves at least one column for at least one sample ID"
         )
-    if df.index.hasnans:
-        raise ValueError(
-            f"hosts[{name!r}] has {int(df.index.isna().sum())} rows without a sample ID "
-            "(NaN in the index); give every row its ID, or drop those rows"
-        )
+    check_id_index(df.index, what)
     if df.index.has_duplicates:
-        raise ValueError(f"hosts[{name!r}] has duplicate sample IDs in its index")
+        raise ValueError(f"{what} has duplicate sample IDs in its index")
     kinds = {type(v).__name__ for v in df.index[:100_000].tolist()}
     if len(kinds) > 1 and not kinds <= {"int", "float"}:
         raise ValueError(
-            f"hosts[{name!r}] mixes sample IDs of types {sorted(kinds)} in its index; give "
+            f"{what} mixes sample IDs of types {sorted(kinds)} in its index; give "
             "every ID one type, e.g. df.index = df.index.astype(str)"
         )
-    text = non_numeric_columns(df)
-    if text:
+    check_numeric_frame(df, what)
+    names = pd.Index([str(c) for c in df.columns])
+    if ID_COLUMN in names:
         raise ValueError(
-            f"hosts[{name!r}] has non-numeric column(s) {text[:5]} (dtype {df[text[0]].dtype}); "
-            "a host serves numbers only: encode them (e.g. one-hot) or drop them"
+            f"{what} has a column named {ID_COLUMN!r}, the name LocalFederation gives the "
+            "sample-ID column in the host's data file; rename that column"
         )
-    cols, _ = infinite_columns(df)
-    if cols:
+    if names.has_duplicates:
+        clash = [c for c in df.columns if str(c) in set(names[names.duplicated()])]
         raise ValueError(
-            f"hosts[{name!r}] has infinite values in column(s) {cols[:5]}; replace them "
-            "(NaN is allowed: it means missing)"
+            f"{what} has columns whose names are the same once written as text {clash[:5]} "
+            "(a party server reads column names as text); rename them"
         )
+
+
+def _host_data(df):
+    """The frame a host's party server reads: text column names, IDs first, dense."""
+    data = df.copy()
+    sparse = [c for c, t in data.dtypes.items() if isinstance(t, pd.SparseDtype)]
+    for c in sparse:  # (e.g. pd.get_dummies(..., sparse=True)); the server reads dense
+        data[c] = data[c].sparse.to_dense()
+    data.columns = [str(c) for c in data.columns]
+    data.insert(0, ID_COLUMN, df.index.to_numpy())
+    return data
 
 
 def _plain_federation(hosts, timeout, retries):

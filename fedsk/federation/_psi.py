@@ -17,11 +17,13 @@ an ID outside the intersection. Later messages address samples by their position
 the agreed intersection, never by ID.
 """
 
+import datetime
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pandas as pd
 
 from ..crypto._ecdh import ecdh_key, hash_to_points, multiply_points
 from ..exceptions import BadMessageError, ConflictError, ProtocolError
@@ -44,8 +46,12 @@ def canonical_id(value):
     """The bytes an ID is hashed from: equal IDs on both sides must give equal bytes.
 
     Integers (and integral floats such as ``5.0``) become their decimal text; strings
-    are UTF-8; anything else uses ``str()``.
+    are UTF-8; timestamps their ISO 8601 text at the precision they need (so a
+    datetime64[s] and a datetime64[ns] of the same instant match); anything else uses
+    ``str()``.
     """
+    if isinstance(value, (np.datetime64, datetime.datetime)):  # (and pd.Timestamp)
+        return pd.Timestamp(value).isoformat().encode()
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value)).encode()
     if isinstance(value, (int, np.integer)):
@@ -79,7 +85,9 @@ def align(client, session_id, ids, *, n_jobs=None):
     matching rows of its dataset in that order.
     """
     key = ecdh_key()
-    mine = multiply(hash_ids(ids, session_id), key, n_jobs=n_jobs)
+    hashed = hash_ids(ids, session_id)
+    _check_distinct(hashed, ids)
+    mine = multiply(hashed, key, n_jobs=n_jobs)
     answer = client.call("psi.exchange", session_id, Message(arrays={"points": mine}))
     try:
         double = answer.array("double", kind="u", shape=(len(ids), 32))
@@ -102,6 +110,21 @@ def align(client, session_id, ids, *, n_jobs=None):
         Message(arrays={"host_indices": np.asarray(host_idx, dtype=np.int64)}),
     )
     return np.asarray(guest_pos, dtype=np.int64)
+
+
+def _check_distinct(hashed, ids):
+    """Distinct IDs that name the same sample for the hosts (0 and "0"): refuse them."""
+    keys = np.ascontiguousarray(hashed).view("V32").ravel()
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    clashing = np.flatnonzero(counts[inverse] > 1)
+    if len(clashing):
+        first = inverse[clashing[0]]
+        same = [ids[i] for i in clashing if inverse[i] == first]
+        raise ValueError(
+            f"{len(clashing)} sample IDs are distinct in X's index but the same ID for the "
+            f"hosts, e.g. {same!r} (IDs are matched by their text: 5, 5.0 and '5' are one "
+            "ID); give each sample one ID, e.g. X.index = X.index.astype(str)"
+        )
 
 
 # -- host half ----------------------------------------------------------------------------

@@ -188,9 +188,12 @@ def setup(ctx, msg):
         raise BadMessageError("lam and learning_rate must be finite")
     X, means = prepare_features(ctx.dataset.X[rows])
     if X.size and np.abs(X).max() >= MAX_X:
+        j = int(np.abs(X).max(axis=0).argmax())
+        names = ctx.dataset.feature_names  # (None unless the host publishes them)
+        column = f"column {names[j]!r}" if names else f"column {j} of the host's"
         raise RequestError(
             f"host feature values must be below 2**{MAX_X_BITS} in absolute value (found "
-            f"{np.abs(X).max():.3g}); standardise the host's columns"
+            f"{np.abs(X).max():.3g} in {column}); standardise the host's columns"
         )
     d = X.shape[1]
     W = np.zeros((d, n_targets))

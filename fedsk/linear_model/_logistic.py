@@ -15,7 +15,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from ..exceptions import ProtocolError
-from ..federation import Federation, check_federated_X, check_key_and_workers
+from ..federation import Federation, check_federated_X, check_key_and_workers, unique_ids
 from ._protocol import federated_fit, federated_scores
 from ._solvers import Problem, plain_fit
 
@@ -486,13 +486,16 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
                     "this model was fitted with a federation (the hosts keep their halves); "
                     "set `federation` to predict"
                 )
-            check_federated_X(X, self)
-            ids = X.index.to_numpy()
+            check_federated_X(X, self, predict=True)
+            ids, rows = unique_ids(X)  # (an ID may repeat: each row is scored)
         Xv = validate_data(self, X, reset=False, dtype=np.float64)
         scores = Xv @ self.coef_.T + self.intercept_
         if models:
-            scores = scores + federated_scores(
-                self.federation, ids, models, self.coef_.shape[0], n_jobs=self.n_jobs
+            scores = (
+                scores
+                + federated_scores(
+                    self.federation, ids, models, self.coef_.shape[0], n_jobs=self.n_jobs
+                )[rows]
             )
         return scores.ravel() if scores.shape[1] == 1 else scores
 
