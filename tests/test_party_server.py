@@ -75,10 +75,26 @@ def test_unpublished_feature_names_stay_private(tmp_path, host_df):
     assert "feature_names" not in meta and meta["n_features"] == 3
 
 
+def _npy_body(shape, data):
+    """A message whose one array claims ``shape`` in its .npy header, with ``data``."""
+    import json
+    import struct
+
+    head = ("{'descr': '<i8', 'fortran_order': False, 'shape': %s, }" % shape).encode()
+    head += b" " * (64 - (10 + len(head) + 1) % 64) + b"\n"
+    blob = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head + data
+    meta = {"meta": {"dataset": "customers"}, "arrays": [{"name": "a", "nbytes": len(blob)}]}
+    header = json.dumps(meta).encode()
+    return b"FEDSK1" + struct.pack(">I", len(header)) + header + blob
+
+
 @pytest.mark.parametrize(
     "body,ctype,code",
     [
         (b"junk", CONTENT_TYPE, "bad_message"),
+        (_npy_body("(-1, -1)", b"\0" * 8), CONTENT_TYPE, "bad_message"),  # count 1 = 8 bytes
+        (_npy_body("(0, 4611686018427387904)", b""), CONTENT_TYPE, "bad_message"),
+        (_npy_body("(0, 18446744073709551616)", b""), CONTENT_TYPE, "bad_message"),
         (b"FEDSK1\x00\x00\x00\x05{bad}", CONTENT_TYPE, "bad_message"),
         (message_to_wire(Message({"dataset": "customers"}))[:-3], CONTENT_TYPE, "bad_message"),
         (b'{"dataset": "customers"}', "application/json", "unsupported_media_type"),

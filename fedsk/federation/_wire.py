@@ -37,6 +37,7 @@ MAGIC = b"FEDSK1"
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAYS = 64
 MAX_NDIM = 4
+MAX_DIM = 2**40  # any one dimension (numpy cannot make larger arrays anyway)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _DTYPES = {
     np.dtype(t)
@@ -254,6 +255,8 @@ def _read_npy(blob, name):
         raise BadMessageError(f"array {name!r} has unsupported dtype {dtype}")
     if len(shape) > MAX_NDIM:
         raise BadMessageError(f"array {name!r} has too many dimensions")
+    if any(int(d) < 0 or int(d) > MAX_DIM for d in shape):
+        raise BadMessageError(f"array {name!r} has a dimension out of range: shape {shape}")
     count = math.prod(int(d) for d in shape)  # Python ints: no int64 wrap-around
     data = blob[buf.tell() :]
     if count < 0 or count * dtype.itemsize != len(data):
