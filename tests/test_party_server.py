@@ -80,7 +80,7 @@ def _npy_body(shape, data):
     import json
     import struct
 
-    head = ("{'descr': '<i8', 'fortran_order': False, 'shape': %s, }" % shape).encode()
+    head = ("{'descr': '<i8', 'fortran_order': False, 'shape': " + shape + ", }").encode()
     head += b" " * (64 - (10 + len(head) + 1) % 64) + b"\n"
     blob = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head + data
     meta = {"meta": {"dataset": "customers"}, "arrays": [{"name": "a", "nbytes": len(blob)}]}
