@@ -4,6 +4,7 @@ A bad file fails with :class:`ConfigError`, whose message is one line naming the
 and what is wrong with it.
 """
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ def _get(table, key, kind, where, default=...):
         value = float(value)
     if not isinstance(value, kind):
         _fail(where + key, f"must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    if kind is float and not math.isfinite(value):
+        _fail(where + key, f"must be a finite number, got {value}")
     return value
 
 
@@ -210,6 +213,12 @@ def config_from_dict(raw, base_dir=Path(".")):
         _fail("min_key_length", "must be at least 1024")
     if cfg.max_models < 1:
         _fail("models.max_models", "must be at least 1")
+    if cfg.max_model_age_days is not None and cfg.max_model_age_days <= 0:
+        _fail(
+            "models.max_age_days",
+            "must be positive (days a model is kept); leave it out to keep models until "
+            "max_models pushes them out",
+        )
     if cfg.threads < 1:
         _fail("threads", "must be at least 1")
     if cfg.n_jobs == 0:

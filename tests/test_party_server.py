@@ -441,6 +441,10 @@ def _write_toml(path, cfg):
         (lambda c: c["peers"]["bank"].update(token="short"), "peers.bank.token"),
         (lambda c: c["peers"]["bank"].update(token_env="FEDSK_NOT_SET_XYZ"), "peers.bank.token"),
         (lambda c: c.update(session_ttl=-1), "session_ttl"),
+        (lambda c: c.update(session_ttl=float("nan")), "session_ttl"),
+        (lambda c: c.update(models={"max_age_days": 0}), "models.max_age_days"),
+        (lambda c: c.update(models={"max_age_days": -1.5}), "models.max_age_days"),
+        (lambda c: c.update(models={"max_age_days": float("inf")}), "models.max_age_days"),
         (lambda c: c.update(surprise=1), "surprise"),
     ],
 )
