@@ -185,7 +185,7 @@ def _make_view(route):
     def view(**params):
         state = _state()
         g.endpoint_name = route.name
-        g.session = params.get("session_id")
+        g.session = _loggable(params.get("session_id"), 40)  # (the URL's, as sent)
         if route.name == "health":
             g.skip_audit = True
             return jsonify({"status": "ok", "party": state.config.party})
@@ -289,6 +289,18 @@ def _before():
     g.request_id = rid if rid and REQUEST_ID.match(rid) else None
 
 
+def _loggable(text, limit):
+    """``text`` as an audit record may hold it: printable ASCII, at most ``limit`` chars.
+
+    The URL's session ID and path come from the client, before authentication; a
+    terminal escape or a newline in them must not reach an operator's terminal through
+    ``party-server audit show``.
+    """
+    if text is None:
+        return None
+    return text[:limit].encode("unicode_escape").decode("ascii")[:limit]
+
+
 def _after(resp):
     if g.get("skip_audit"):
         return resp
@@ -303,7 +315,7 @@ def _after(resp):
         state.audit.append(
             peer=g.get("peer"),
             method=request.method,
-            endpoint=g.get("endpoint_name") or request.path[:200],
+            endpoint=g.get("endpoint_name") or _loggable(request.path, 200),
             session=g.get("session"),
             request_id=g.get("request_id"),
             status=resp.status_code,

@@ -330,6 +330,30 @@ def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
     assert cli_main(["audit", "verify", "--config", str(cfg_path)]) == 1
 
 
+def test_what_a_client_puts_in_the_url_reaches_the_audit_log_escaped(tmp_path, host_df, capsys):
+    """No token needed to send a URL: its session ID and path are logged as printable
+    text of bounded length, and `audit show` prints no terminal escape or forged line."""
+    cfg = write_host(tmp_path, host_df)
+    c = create_app(cfg).test_client()
+    forged = "%1b%5b2J%1b%5b31mALL-DELETED%1b%5b0m%0aforged%20line" + "x" * 5000
+    c.post(f"/v1/sessions/{forged}/psi", data=b"", headers=rid(1))
+    c.get("/%1b%5d0;pwned%07%0aFAKE", headers=rid(2))
+    path = tmp_path / "insurer" / "state" / "audit.log"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 2 and records[0]["status"] == 401 and records[1]["status"] == 404
+    for r in records:
+        for field in ("session", "endpoint"):
+            text = r[field] or ""
+            assert text.isprintable() and text.isascii() and len(text) <= 200
+    assert records[0]["session"].startswith("\\x1b[2J") and len(records[0]["session"]) <= 40
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    assert cli_main(["audit", "show", "--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert not any(line.startswith(("forged", "FAKE")) for line in out.splitlines())
+
+
 def test_audit_show_into_a_reader_that_stops_early_is_no_error(tmp_path, host_df):
     """`party-server audit show | head`: no BrokenPipeError traceback, exit 0."""
     import subprocess
