@@ -7,12 +7,14 @@ Retention keeps at most ``max_models`` per peer (oldest first out) and, optional
 drops models older than ``max_age_days``.
 """
 
+import contextlib
 import io
 import json
 import re
 import secrets
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import numpy as np
 from fedsk.exceptions import NotFoundError
 from fedsk.federation import ModelStoreAPI
 
-from ._storage import atomic_write, check_writable
+from ._storage import StorageError, atomic_write, check_writable
 
 __all__ = ["ModelStore"]
 
@@ -36,6 +38,7 @@ class ModelStore(ModelStoreAPI):
         self._lock = threading.Lock()
         for tmp in self.root.glob(".tmp-*"):  # left by a crash mid-write: never a model
             tmp.unlink(missing_ok=True)
+        self._apply_retention(None)  # models that expired while the server was down
 
     def _path(self, model_id):
         if not isinstance(model_id, str) or not _ID.match(model_id):
@@ -74,14 +77,44 @@ class ModelStore(ModelStoreAPI):
             meta, arrays = self._read(path)
         except FileNotFoundError:
             raise NotFoundError(f"unknown model {model_id}") from None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read model {model_id} ({exc.strerror or exc}); the host's operator "
+                "must make its state directory readable again"
+            ) from None
+        except (ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise StorageError(
+                f"model {model_id} is damaged on disk ({type(exc).__name__}); the host's "
+                "operator must restore it from a backup, or you fit it again"
+            ) from None
         if meta.get("owner") != peer:
             raise NotFoundError(f"unknown model {model_id}")
+        if self._expired(meta, time.time()):  # (retention runs when models are saved)
+            self._unlink(model_id)
+            raise NotFoundError(
+                f"unknown model {model_id}: it expired (this host keeps models "
+                f"{self.max_age_days:g} days after their last update)"
+            )
         return meta, arrays
 
     def delete(self, model_id, peer):
         self.load(model_id, peer)
         with self._lock:
+            self._unlink(model_id)
+
+    def _unlink(self, model_id):
+        try:
             self._path(model_id).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot delete model {model_id} ({exc.strerror or exc}); the host's operator "
+                "must make its state directory writable again"
+            ) from None
+
+    def _expired(self, meta, now):
+        if self.max_age_days is None:
+            return False
+        return meta.get("updated", now) < now - self.max_age_days * 86400
 
     def list(self, peer=None):
         """Metadata of every model (of ``peer`` if given), oldest first."""
@@ -96,14 +129,14 @@ class ModelStore(ModelStoreAPI):
         return sorted(out, key=lambda m: m.get("created", 0))
 
     def _apply_retention(self, peer):
+        """Delete ``peer``'s expired models and its oldest beyond ``max_models``
+        (every peer's expired ones with ``peer=None``)."""
         models = self.list(peer)
         now = time.time()
-        doomed = []
-        if self.max_age_days is not None:
-            limit = now - self.max_age_days * 86400
-            doomed += [m for m in models if m.get("updated", now) < limit]
+        doomed = [m for m in models if self._expired(m, now)]
         keep = [m for m in models if m not in doomed]
-        if len(keep) > self.max_models:
+        if peer is not None and len(keep) > self.max_models:
             doomed += keep[: len(keep) - self.max_models]
         for m in doomed:
-            self._path(m["model_id"]).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (a later save or load tries again)
+                self._path(m["model_id"]).unlink(missing_ok=True)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from fedsk.exceptions import NotFoundError
 from fedsk.federation import CONTENT_TYPE, Message, message_from_wire, message_to_wire
 from party_server import ConfigError, create_app
 from party_server._audit import verify
@@ -300,6 +301,40 @@ def test_model_retention_bounds_the_store(tmp_path, host_df):
     kept = [m["model_id"] for m in store.list("bank")]
     assert kept == ids[-3:]
     assert len(list(store.root.glob("*.npz"))) == 3
+
+
+def test_an_expired_model_is_gone_without_waiting_for_another_save(tmp_path, host_df, monkeypatch):
+    import party_server._models as models_mod
+
+    cfg = write_host(tmp_path, host_df, models={"max_age_days": 1})
+    store = create_app(cfg).extensions["fedsk"].models
+    old, fresh = store.create("bank", "t"), store.create("telco", "t")
+    store.save(old, "bank", {}, {"w": np.zeros(2)})
+    now = models_mod.time.time()
+    monkeypatch.setattr(models_mod.time, "time", lambda: now + 1.5 * 86400)  # 1.5 days on
+    store.save(fresh, "telco", {}, {"w": np.zeros(2)})  # another peer's save: not bank's
+    with pytest.raises(NotFoundError, match="expired"):  # served no more, and deleted
+        store.load(old, "bank")
+    assert not (store.root / f"{old}.npz").exists()
+    assert (store.root / f"{fresh}.npz").exists()
+    monkeypatch.setattr(models_mod.time, "time", lambda: now + 3 * 86400)
+    create_app(cfg)  # a server started after its models expired deletes them at once
+    assert list(store.root.glob("*.npz")) == []
+
+
+def test_a_model_file_the_server_cannot_read_or_delete_is_a_json_4xx(tmp_path, host_df):
+    app = create_app(write_host(tmp_path, host_df))
+    store, c = app.extensions["fedsk"].models, app.test_client()
+    damaged, blocked = store.create("bank", "t"), store.create("bank", "t")
+    (store.root / f"{damaged}.npz").write_bytes(b"PK\x03\x04 not a zip archive")
+    (store.root / f"{blocked}.npz").mkdir()  # reading or unlinking it fails with OSError
+    for mid, what in ((damaged, "damaged on disk"), (blocked, "cannot read model")):
+        for r in (
+            c.get(f"/v1/models/{mid}", headers=AUTH),
+            c.delete(f"/v1/models/{mid}", headers={**AUTH, **rid()}),
+        ):
+            assert r.status_code == 409 and what in error_of(r)["message"]
+    assert c.get("/v1/health").status_code == 200
 
 
 def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
