@@ -195,6 +195,8 @@ def _make_view(route):
                 f"header {REQUEST_ID_HEADER} (8-64 characters) is required",
                 code="missing_request_id",
             )
+        if request.method != "GET":
+            state.audit.check_space()  # (carried out, then unlogged, would be worse)
         msg = _message_in()
         if route.name == "sessions.create":
             return _create_session(state, msg)

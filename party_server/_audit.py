@@ -170,6 +170,25 @@ class AuditLog:
                 tmp.unlink()
             raise
 
+    # Below this much free space a request is refused before it is carried out: its audit
+    # record would likely not fit, and a request carried out but then refused as
+    # unlogged has happened all the same (a session opened, a model saved).
+    MIN_FREE_BYTES = 1 << 20
+
+    def check_space(self):
+        """Raise StorageError, before a request is carried out, if the disk is nearly full."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except (AttributeError, OSError):  # no statvfs here: the append will tell
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < self.MIN_FREE_BYTES:
+            raise StorageError(
+                f"the state directory's disk has {free // 1024} KiB free; the request was "
+                "refused before it was carried out, so that no request goes unlogged. The "
+                "host's operator must free space; then retry"
+            )
+
     def append(self, **fields):
         """Append one record; raise StorageError (nothing half-written) if the disk refuses."""
         with self._lock:

@@ -23,7 +23,13 @@ import pytest
 
 from fedsk import SecureBoostClassifier
 from fedsk.exceptions import FedskError, PartyUnavailableError, ProtocolError
-from fedsk.federation import Federation, InProcessFederation, Message, public_key_to_wire
+from fedsk.federation import (
+    Federation,
+    InProcessFederation,
+    Message,
+    message_to_wire,
+    public_key_to_wire,
+)
 from fedsk.federation._psi import align
 from party_server import create_app
 from party_server._audit import verify
@@ -574,3 +580,32 @@ def test_audit_log_write_failure_refuses_the_request_and_keeps_the_chain(
     _audit_ok(log_path)
     make_clf(fed, n_estimators=1).fit(guest, y)  # space freed: the chain continues
     assert _audit_ok(log_path) > 0
+
+
+def test_a_nearly_full_disk_refuses_a_request_before_carrying_it_out(tmp_path, data, monkeypatch):
+    """A request carried out and then refused as unlogged has happened all the same (a
+    session opened, 64 of them lock the peer out); below the free-space margin the
+    server refuses it first. (Seam: the margin, raised above the disk's real free space.)"""
+    from party_server._audit import AuditLog
+
+    guest, host, y = data
+    app = create_app(write_host(tmp_path, host))
+    sessions = app.extensions["fedsk"].sessions
+    c = app.test_client()
+
+    def open_one(i):
+        return c.post(
+            "/v1/sessions",
+            data=message_to_wire(Message({"dataset": "customers"})),
+            content_type="application/x-fedsk-message",
+            headers={"Authorization": f"Bearer {TOKEN}", "Fedsk-Request-Id": f"nearly-full-{i}"},
+        )
+
+    monkeypatch.setattr(AuditLog, "MIN_FREE_BYTES", 1 << 62)  # more than any disk has free
+    r = open_one(1)
+    assert r.status_code == 409 and r.json["error"]["code"] == "insufficient_storage"
+    assert "before it was carried out" in r.json["error"]["message"]
+    assert len(sessions) == 0  # nothing was opened
+    assert c.get("/v1/health").status_code == 200  # (health needs no disk)
+    monkeypatch.undo()
+    assert open_one(1).status_code == 200 and len(sessions) == 1  # same ID: now carried out
