@@ -107,8 +107,8 @@ class State:
         return fn
 
     def authenticate(self, header):
-        scheme, _, token = (header or "").partition(" ")
-        if scheme != "Bearer" or not token:
+        scheme, _, token = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # (schemes ignore case: RFC 7235)
             raise Unauthorized("missing 'Authorization: Bearer <token>' header")
         token = token.strip().encode()
         peer = None
@@ -136,10 +136,18 @@ def _state():
 def _message_in():
     if request.method != "POST":
         return Message()
-    ctype = (request.content_type or "").split(";")[0].strip()
+    ctype = (request.content_type or "").split(";")[0].strip().lower()  # (ignores case)
     if ctype != CONTENT_TYPE:
         raise RequestError(
             f"Content-Type must be {CONTENT_TYPE}", code="unsupported_media_type", status=415
+        )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RequestError(
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed "
+            "(ciphertexts do not compress)",
+            code="unsupported_media_type",
+            status=415,
         )
     msg = message_from_wire(request.get_data(cache=True))
     g.ct_in = msg.n_ciphertexts
@@ -190,10 +198,14 @@ def _make_view(route):
             g.skip_audit = True
             return jsonify({"status": "ok", "party": state.config.party})
         g.peer = state.authenticate(request.headers.get("Authorization"))
-        if request.method != "GET" and g.request_id is None:
+        if request.method not in ("GET", "HEAD") and g.request_id is None:
+            sent = request.headers.get(REQUEST_ID_HEADER)
             raise RequestError(
-                f"header {REQUEST_ID_HEADER} (8-64 characters) is required",
-                code="missing_request_id",
+                f"header {REQUEST_ID_HEADER} is required"
+                if sent is None
+                else f"header {REQUEST_ID_HEADER} must be 8-64 characters of letters, digits "
+                f"and '_.:-' (got {len(sent)} characters)",
+                code="missing_request_id",  # (no valid one: the same code for clients)
             )
         if request.method != "GET":
             state.audit.check_space()  # (carried out, then unlogged, would be worse)
@@ -308,7 +320,10 @@ def _after(resp):
         return resp
     state = _state()
     body = b""
-    if request.content_length is None or request.content_length <= state.config.max_body_bytes:
+    # a body is read (and digested) only for a peer: a client without a token must not
+    # make the server hold what it sends in memory
+    small = request.content_length is None or request.content_length <= state.config.max_body_bytes
+    if g.get("peer") is not None and small:
         try:
             body = request.get_data(cache=True)
         except Exception:  # the body was refused (too large): log without a digest

@@ -172,6 +172,37 @@ def test_missing_request_id_is_refused(client):
     assert r.status_code == 400 and error_of(r)["code"] == "missing_request_id"
 
 
+def test_what_http_allows_in_headers_is_understood(client):
+    body = message_to_wire(Message({"dataset": "customers"}))
+    token = AUTH["Authorization"].split()[1]
+    for i, headers in enumerate(
+        [
+            {"Authorization": f"bearer {token}"},  # auth schemes ignore case (RFC 7235)
+            {**AUTH, "Content-Type": CONTENT_TYPE.upper()},  # so do media types
+        ]
+    ):
+        r = client.post(
+            "/v1/sessions", data=body, content_type=CONTENT_TYPE, headers={**rid(i), **headers}
+        )
+        assert r.status_code == 200, r.get_data()
+    r = client.head("/v1/models/000000000000000000000000", headers=AUTH)  # HEAD: like GET
+    assert r.status_code == 404
+    r = client.post(
+        "/v1/sessions",
+        data=body,
+        content_type=CONTENT_TYPE,
+        headers={**AUTH, "Fedsk-Request-Id": "{6f1c2a9e-1f7e-4a51-9d0b-1b2c3d4e5f60}"},
+    )
+    assert r.status_code == 400 and "must be 8-64 characters" in error_of(r)["message"]
+    r = client.post(
+        "/v1/sessions",
+        data=body,
+        content_type=CONTENT_TYPE,
+        headers={**AUTH, **rid(9), "Content-Encoding": "gzip"},
+    )
+    assert r.status_code == 415 and "send the body uncompressed" in error_of(r)["message"]
+
+
 def test_unknown_route_and_method_are_json(client):
     r = client.get("/v1/nothing", headers=AUTH)
     assert r.status_code == 404 and error_of(r)
@@ -349,6 +380,8 @@ def test_audit_log_records_and_detects_edits(tmp_path, host_df, capsys):
     assert [r["status"] for r in records] == [200, 400, 401]
     assert records[0]["peer"] == "bank" and records[2]["peer"] is None
     assert records[1]["session"] == sid and len(records[0]["sha256_in"]) == 64
+    # a body without a valid token is not read into memory (nor digested): only its size
+    assert records[2]["sha256_in"] is None and records[2]["bytes_in"] == 1
     assert not any(TOKEN in line for line in path.read_text().splitlines())
     assert verify(path)[0]
     cfg_path = tmp_path / "host.toml"
