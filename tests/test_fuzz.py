@@ -80,7 +80,7 @@ BAD_AUTH = [
     "Bearer ",
     "Bearer wrong-token-0123456789",
     "Basic Z3Vlc3Q6dG9rZW4=",
-    "bearer " + TOKEN,
+    "Bearer: " + TOKEN,  # ("bearer <token>" is accepted: schemes ignore case)
     TOKEN,
     "Bearer " + TOKEN + "x",
     "Bearer " + TOKEN[:-1],
