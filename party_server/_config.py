@@ -188,6 +188,13 @@ def config_from_dict(raw, base_dir=Path(".")):
 
     models = _get(raw, "models", dict, "", default={})
     audit = _get(raw, "audit", dict, "", default={})
+    for table, where, known in (
+        (models, "models.", {"max_models", "max_age_days"}),
+        (audit, "audit.", {"fsync"}),
+    ):
+        extra = set(table) - known
+        if extra:  # (a typo such as max_age_day would silently keep models forever)
+            _fail(where + sorted(extra)[0], f"is not a known setting (known: {sorted(known)})")
     cfg = Config(
         party=party,
         host=host,
@@ -207,8 +214,8 @@ def config_from_dict(raw, base_dir=Path(".")):
     )
     if cfg.max_body_bytes < 1024:
         _fail("max_body_bytes", "must be at least 1024")
-    if cfg.session_ttl <= 0:
-        _fail("session_ttl", "must be positive (seconds)")
+    if cfg.session_ttl < 1:
+        _fail("session_ttl", "must be at least 1 (seconds a session may stay idle)")
     if cfg.min_key_length < 1024:
         _fail("min_key_length", "must be at least 1024")
     if cfg.max_models < 1:

@@ -384,7 +384,7 @@ def test_vanished_guest_session_is_freed_after_its_ttl(tmp_path, data):
 def test_session_sweeper_frees_memory_without_any_request(tmp_path, data):
     """The background sweeper drops expired sessions even if nobody asks again."""
     _, host, _ = data
-    app = create_app(write_host(tmp_path, host, session_ttl=0.2))
+    app = create_app(write_host(tmp_path, host, session_ttl=1.0))
     store = app.extensions["fedsk"].sessions
     for _ in range(5):
         store.create("bank", "customers")
