@@ -316,6 +316,17 @@ def _loggable(text, limit):
 
 
 def _after(resp):
+    if log.isEnabledFor(logging.INFO):  # party-server --verbose: one line per request
+        ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        log.info(
+            "%s %s %s -> %d (%.1f ms, peer %s)",
+            request.method,
+            g.get("endpoint_name") or _loggable(request.path, 200),
+            g.get("session") or "-",
+            resp.status_code,
+            ms,
+            g.get("peer") or "-",
+        )
     if g.get("skip_audit"):
         return resp
     state = _state()

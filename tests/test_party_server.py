@@ -704,3 +704,18 @@ def test_gunicorn_with_tls_answers_its_own_refusals_in_json(tmp_path, host_df):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_verbose_logs_one_line_per_request(tmp_path, host_df, caplog):
+    import logging
+
+    c = create_app(write_host(tmp_path, host_df)).test_client()
+    with caplog.at_level(logging.INFO, logger="party_server"):
+        sid = open_session(c)["session_id"]
+        c.get("/v1/health")
+        c.get("/nope", headers=AUTH)
+    lines = [r.getMessage() for r in caplog.records if r.name == "party_server"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith(f"POST sessions.create {sid} -> 200") and "peer bank" in lines[0]
+    assert lines[1].startswith("GET health - -> 200") and "-> 404" in lines[2]
+    assert sid not in " ".join(lines[1:]) and TOKEN not in " ".join(lines)
