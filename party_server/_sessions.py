@@ -21,6 +21,10 @@ from fedsk.federation import HostSession
 __all__ = ["SessionStore"]
 
 REPLAY_CACHE = 16  # answers kept per session for retried requests
+# ... and at most this many bytes of them, besides the newest (which a guest's retry of
+# its last request needs, however large): a peer repeating large requests cannot make
+# a session hold 16 answers of up to max_body_bytes each
+REPLAY_CACHE_BYTES = 32 << 20
 MAX_REQUESTS = 1 << 22  # request IDs one session may take (8 bytes of memory each)
 
 
@@ -63,6 +67,11 @@ class _SeenIds:
             self._recent = set()
 
 
+def _size(reply):
+    """Bytes of a kept answer ``(fingerprint, (status, body, content type, ...))``."""
+    return len(reply[1][1])
+
+
 class _Entry:
     __slots__ = ("last", "lock", "replies", "seen", "session")
 
@@ -88,8 +97,12 @@ class _Entry:
     def remember(self, request_id, reply):
         self.seen.add(request_id)
         self.replies[request_id] = reply
-        while len(self.replies) > REPLAY_CACHE:
-            self.replies.popitem(last=False)
+        older = sum(_size(r) for r in list(self.replies.values())[:-1])
+        while len(self.replies) > REPLAY_CACHE or (
+            len(self.replies) > 1 and older > REPLAY_CACHE_BYTES
+        ):
+            _, gone = self.replies.popitem(last=False)
+            older -= _size(gone)
 
     def check_capacity(self):
         if len(self.seen) >= MAX_REQUESTS:

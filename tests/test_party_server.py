@@ -719,3 +719,19 @@ def test_verbose_logs_one_line_per_request(tmp_path, host_df, caplog):
     assert lines[0].startswith(f"POST sessions.create {sid} -> 200") and "peer bank" in lines[0]
     assert lines[1].startswith("GET health - -> 200") and "-> 404" in lines[2]
     assert sid not in " ".join(lines[1:]) and TOKEN not in " ".join(lines)
+
+
+def test_kept_answers_for_retries_are_bounded_in_bytes_but_the_newest_stays(monkeypatch):
+    from fedsk.exceptions import ConflictError
+    from party_server import _sessions
+
+    monkeypatch.setattr(_sessions, "REPLAY_CACHE_BYTES", 1000)
+    entry = _sessions._Entry(session=None)
+    for i in range(5):
+        entry.remember(f"req-{i:05d}", ("fp", (200, b"x" * 400, CONTENT_TYPE, 0)))
+    assert list(entry.replies) == ["req-00002", "req-00003", "req-00004"]  # 800 B + newest
+    entry.remember("req-big00", ("fp", (200, b"x" * 5000, CONTENT_TYPE, 0)))  # over alone
+    assert entry.replay("req-big00") is not None  # the newest is kept for its retry
+    assert list(entry.replies) == ["req-00003", "req-00004", "req-big00"]
+    with pytest.raises(ConflictError, match="already used"):  # not carried out again
+        entry.replay("req-00002")
