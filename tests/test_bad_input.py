@@ -5,13 +5,15 @@ federated estimator and protocol goes through the same guest helpers
 (``check_federated_X``, ``aligned_sessions``), so the checks are shared.
 """
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from fedsk import Federation, LocalFederation, SecureBoostClassifier, SecureBoostRegressor
 from fedsk.exceptions import AuthenticationError, ProtocolError
-from fedsk.federation import InProcessFederation
+from fedsk.federation import InProcessFederation, Message
 from fedsk.stats import federated_pearson
 from party_server import ConfigError, create_app
 
@@ -305,3 +307,15 @@ def test_early_stopping_names_the_class_too_small_to_split(parties):
     clf = clf_of(fed_of(app)).set_params(early_stopping=True)
     with pytest.raises(ValueError, match=r"class\(es\) \['rare'\] have a single sample"):
         clf.fit(guest, labels)
+
+
+def test_a_session_the_host_no_longer_knows_says_why_and_what_to_do(tmp_path, parties):
+    guest, y, _ = parties
+    host = pd.DataFrame(np.ones((N, 2)), index=guest.index, columns=["h0", "h1"])
+    app = create_app(write_host(tmp_path, host, session_ttl=1.0))
+    (client,) = fed_of(app).connect()
+    sid, _ = client.open_session("secureboost")
+    time.sleep(2.5)  # idle past session_ttl (as lost as after a restart of the server)
+    with pytest.raises(ProtocolError, match="no longer knows this session") as err:
+        client.call("psi.intersection", sid, Message(arrays={"host_indices": np.arange(3)}))
+    assert "restarted" in str(err.value) and "Start the fit (or prediction) again" in str(err.value)

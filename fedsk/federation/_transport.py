@@ -80,6 +80,12 @@ class Transport:
                 "server): fit the estimator again, with warm_start=False if it was set "
                 "(a continued fit needs the host's half of the previous one)"
             )
+        if status == 404 and text.startswith("unknown or expired session"):
+            hint = (
+                f". {self.party} no longer knows this session: its party server restarted "
+                "(sessions live in its memory), or the session stayed idle longer than its "
+                "session_ttl. Start the fit (or prediction) again"
+            )
         exc = ProtocolError(
             f"{self.party} refused {method} {path} with {status} [{code}]: {text}{hint}"
         )
