@@ -491,3 +491,35 @@ def test_stock_workers_run_at_idle_priority_and_respect_n_jobs(keypair):
     other_pub, other_priv = generate_keypair(1024)
     with pytest.raises(ValueError, match="another key"):
         encrypt_integers(priv, [1], stock=ObfuscatorStock(other_priv, n_jobs=2))
+
+
+def test_a_killed_worker_process_fails_one_histogram_call_not_the_next(keypair, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+
+    from fedsk.crypto._parallel import _process_pool
+
+    pub, priv = keypair
+    monkeypatch.setattr(_array, "HISTOGRAM_MIN_OPS", 0)  # small sums: to the workers anyway
+    enc = encrypt_integers(priv, [1, 2, 3, 4])
+    bins = np.array([[0, 1], [1, 1], [0, 0], [1, 0]])
+    node = (np.arange(4), bins, np.ones(4, bool), [8] * 4, [2, 2])
+    # buckets (feature 0: rows 0+2, rows 1+3; feature 1: rows 2+3, rows 0+1), two per ciphertext
+    want = [(4 << 8) + 6, (7 << 8) + 3]
+    pool = _process_pool(2)[1]
+    os.kill(pool.submit(os.getpid).result(timeout=60), signal.SIGKILL)
+    outcomes = []
+    for _ in range(3):
+        try:
+            (out,) = packed_histograms(enc, [node], 2, n_jobs=2)
+        except BrokenProcessPool:  # the call that meets the dead worker, and only it
+            outcomes.append("broken")
+        else:
+            assert decrypt_raw(priv, out) == want
+            outcomes.append("ok")
+        time.sleep(0.5)
+    assert "broken" in outcomes[:2] and outcomes[-1] == "ok", outcomes
+    assert _process_pool(2)[1] is not pool
