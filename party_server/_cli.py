@@ -6,6 +6,7 @@ party-server audit show --config host.toml   per-session summary
 """
 
 import argparse
+import difflib
 import errno
 import logging
 import os
@@ -41,7 +42,7 @@ def _serve(args):
         return 1
     print(
         f"party-server: {config.party} serving {len(config.datasets)} dataset(s) on "
-        f"http://{config.bind} (state: {config.state_dir})",
+        f"http://{_url_host(config.host)}:{config.port} (state: {config.state_dir})",
         flush=True,
     )
     signal.signal(signal.SIGTERM, _interrupt)
@@ -161,6 +162,31 @@ def _audit_show(args):
     return 0
 
 
+def _url_host(host):
+    return f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets
+
+
+def _check_options(parser, argv):
+    """A mistyped option is named as such (argparse would call the next word a bad command)."""
+    known = {"-h", "--help", "-v", "--verbose", "--version", "--config"}
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            parser.error(
+                f"unrecognized option {name}" + (f"; did you mean {close[0]}?" if close else "")
+            )
+
+
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedsk")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="party-server",
@@ -169,9 +195,13 @@ def build_parser():
     )
     parser.add_argument("--config", help="TOML config file of this party")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (fedsk {_version()})")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve the party (the default command)")
     serve.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
+    serve.add_argument(
+        "-v", "--verbose", dest="verbose_sub", action="store_true", help="log every request"
+    )
     audit = sub.add_parser("audit", help="check or summarise the hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     for name, text in (
@@ -185,8 +215,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _check_options(parser, argv)
     args = parser.parse_args(argv)
     args.config = getattr(args, "config_sub", None) or args.config
+    args.verbose = args.verbose or getattr(args, "verbose_sub", False)
     if not args.config:
         parser.error("--config host.toml is required")
     logging.basicConfig(

@@ -226,8 +226,8 @@ def config_from_dict(raw, base_dir=Path(".")):
             "must be positive (days a model is kept); leave it out to keep models until "
             "max_models pushes them out",
         )
-    if cfg.threads < 1:
-        _fail("threads", "must be at least 1")
+    if not 1 <= cfg.threads <= 1024:
+        _fail("threads", f"must be 1-1024 (threads serving requests), got {cfg.threads}")
     if cfg.n_jobs == 0:
         _fail("n_jobs", "must be a positive number of workers or -1 for all cores")
     return cfg

@@ -88,7 +88,8 @@ class _Entry:
         if reply is None and request_id in self.seen:
             raise ConflictError(
                 f"request ID {request_id} was already used in this session (its answer is "
-                f"no longer kept: only the last {REPLAY_CACHE} are); a request is carried "
+                f"no longer kept: only the last {REPLAY_CACHE}, up to "
+                f"{REPLAY_CACHE_BYTES >> 20} MiB, are); a request is carried "
                 "out once, so use a fresh ID for every new request",
                 code="request_id_reused",
             )

@@ -183,3 +183,55 @@ def test_readme_python_example_runs_as_written():
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["proba"].shape == (len(scope["X"]) - 500, 2)
     assert scope["clf"].n_estimators_ == 10 and scope["clf"].host_n_features_ == {"insurer": 20}
+
+
+def test_party_server_flags_version_and_typos(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        party_server_main(["--version"])
+    assert exit_.value.code == 0 and re.match(
+        r"party-server \(fedsk \S+\)", capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit) as exit_:
+        party_server_main(["--confg", "host.toml"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized option --confg; did you mean --config?" in err
+    assert party_server_main(["serve", "-v", "--config", "/no/such/host.toml"]) == 2  # -v there
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_party_server_prints_an_ipv6_bind_as_a_url(tmp_path, host_df):
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here ({exc})")
+    cfg = write_host(tmp_path, host_df, bind=f"[::1]:{port}")
+    path = tmp_path / "host.toml"
+    write_toml(path, cfg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "party_server", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert f"http://[::1]:{port} " in line, line
+
+
+def test_wsgi_without_a_config_names_the_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FEDSK_PARTY_CONFIG"}
+    r = subprocess.run(
+        [sys.executable, "-c", "import party_server.wsgi"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "set FEDSK_PARTY_CONFIG" in r.stderr

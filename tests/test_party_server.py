@@ -535,6 +535,7 @@ def _write_toml(path, cfg):
         (lambda c: c.update(session_ttl=-1), "session_ttl"),
         (lambda c: c.update(session_ttl=float("nan")), "session_ttl"),
         (lambda c: c.update(session_ttl=1e-9), "session_ttl"),
+        (lambda c: c.update(threads=100_000), "threads"),
         (lambda c: c.update(models={"max_age_day": 90}), "models.max_age_day"),
         (lambda c: c.update(audit={"fsnyc": False}), "audit.fsnyc"),
         (lambda c: c.update(models={"max_age_days": 0}), "models.max_age_days"),
