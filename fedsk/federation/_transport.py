@@ -84,7 +84,8 @@ class Transport:
             hint = (
                 f". {self.party} no longer knows this session: its party server restarted "
                 "(sessions live in its memory), or the session stayed idle longer than its "
-                "session_ttl. Start the fit (or prediction) again"
+                "session_ttl. Start the fit (or prediction) again: a SecureBoost fit with "
+                "warm_start=True keeps the rounds both sides completed and continues from them"
             )
         exc = ProtocolError(
             f"{self.party} refused {method} {path} with {status} [{code}]: {text}{hint}"
