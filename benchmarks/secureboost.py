@@ -224,6 +224,78 @@ def two_machines(bits, pairs):
     )
 
 
+def host_profile(bits, jobs, fits):
+    """The host's time per fit in its histogram step: bucket sums and packing.
+
+    The host's party server runs in this process (``InProcessFederation``) so that its
+    steps can be timed; the figures are per fit, summed over the fit's requests.
+    """
+    import tempfile
+    from collections import defaultdict
+
+    import fedsk.crypto._array as A
+    import fedsk.ensemble._host as H
+    from fedsk.federation import InProcessFederation
+    from party_server import create_app
+
+    X_tr, _, y_tr, _, guest_cols, host = breast_cancer_split()
+    params = dict(n_estimators=5, max_depth=3, max_bins=32, learning_rate=0.3, random_state=0)
+    spent = defaultdict(float)
+
+    def timed(func, key):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return func(*a, **kw)
+            finally:
+                spent[key] += time.perf_counter() - t
+
+        return wrapper
+
+    real = [(A, "_bucket_sums", "bucket sums"), (A, "_pack_groups", "packing")]
+    real = [(m, name, key, getattr(m, name)) for m, name, key in real]
+    real.append((H, "packed_histograms", "host histograms", H.packed_histograms))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = host.copy()
+        data.insert(0, "customer_id", host.index.to_numpy())
+        data.to_csv(f"{tmp}/customers.csv", index=False, float_format="%.17g")
+        token = "benchmark-token-0123456789"
+        app = create_app(
+            {
+                "party": "host",
+                "bind": "127.0.0.1:8443",
+                "state_dir": f"{tmp}/state",
+                "min_key_length": 1024,
+                "n_jobs": jobs,
+                "datasets": {
+                    "customers": {"path": f"{tmp}/customers.csv", "id_column": "customer_id"}
+                },
+                "peers": {"bank": {"token": token}},
+            }
+        )
+        fed = InProcessFederation({"host": (app, "customers", token)})
+        clf = SecureBoostClassifier(federation=fed, key_length=bits, n_jobs=jobs, **params)
+        clf.fit(X_tr[guest_cols], y_tr)  # warm-up
+        for module, name, key, func in real:
+            setattr(module, name, timed(func, key))
+        try:
+            print(
+                f"\nHost profile, reference job in one process, {bits}-bit, {jobs} jobs (s per fit)"
+            )
+            for _ in range(fits):
+                spent.clear()
+                t = time.perf_counter()
+                clf.fit(X_tr[guest_cols], y_tr)
+                fit = time.perf_counter() - t
+                print(
+                    f"  fit {fit:.2f}  "
+                    + "  ".join(f"{k} {v:.3f}" for k, v in sorted(spent.items()))
+                )
+        finally:
+            for module, name, _, func in real:
+                setattr(module, name, func)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bits", type=int, default=2048)
@@ -241,7 +313,18 @@ def main():
         metavar="PAIRS",
         help="only: one core per party, randomness made ahead on/off (5 pairs)",
     )
+    ap.add_argument(
+        "--host-profile",
+        type=int,
+        nargs="?",
+        const=3,
+        metavar="FITS",
+        help="only: the host's bucket sums and packing per fit, host in this process",
+    )
     args = ap.parse_args()
+    if args.host_profile:
+        host_profile(args.bits, args.jobs, args.host_profile)
+        return
     if args.two_machines:
         two_machines(args.bits, args.two_machines)
         return
