@@ -31,7 +31,7 @@ from fedsk.federation import (
     message_to_wire,
 )
 
-from ._audit import AuditLog
+from ._audit import AuditLog, printable
 from ._config import Config, ConfigError, config_from_dict, load_config
 from ._datasets import load_datasets
 from ._models import ModelStore
@@ -193,7 +193,7 @@ def _make_view(route):
     def view(**params):
         state = _state()
         g.endpoint_name = route.name
-        g.session = _loggable(params.get("session_id"), 40)  # (the URL's, as sent)
+        g.session = printable(params.get("session_id"), 40)  # (the URL's, as sent)
         if route.name == "health":
             g.skip_audit = True
             return jsonify({"status": "ok", "party": state.config.party})
@@ -303,25 +303,14 @@ def _before():
     g.request_id = rid if rid and REQUEST_ID.match(rid) else None
 
 
-def _loggable(text, limit):
-    """``text`` as an audit record may hold it: printable ASCII, at most ``limit`` chars.
-
-    The URL's session ID and path come from the client, before authentication; a
-    terminal escape or a newline in them must not reach an operator's terminal through
-    ``party-server audit show``.
-    """
-    if text is None:
-        return None
-    return text[:limit].encode("unicode_escape").decode("ascii")[:limit]
-
-
 def _after(resp):
+    endpoint = g.get("endpoint_name") or printable(request.path, 200)
     if log.isEnabledFor(logging.INFO):  # party-server --verbose: one line per request
         ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         log.info(
             "%s %s %s -> %d (%.1f ms, peer %s)",
             request.method,
-            g.get("endpoint_name") or _loggable(request.path, 200),
+            endpoint,
             g.get("session") or "-",
             resp.status_code,
             ms,
@@ -343,7 +332,7 @@ def _after(resp):
         state.audit.append(
             peer=g.get("peer"),
             method=request.method,
-            endpoint=g.get("endpoint_name") or _loggable(request.path, 200),
+            endpoint=endpoint,
             session=g.get("session"),
             request_id=g.get("request_id"),
             status=resp.status_code,

@@ -30,7 +30,7 @@ from pathlib import Path
 from ._config import ConfigError
 from ._storage import StorageError
 
-__all__ = ["AuditLog", "head_path", "summarize", "verify"]
+__all__ = ["AuditLog", "head_path", "printable", "summarize", "verify"]
 
 GENESIS = "0" * 64
 log = logging.getLogger("party_server")
@@ -74,6 +74,19 @@ def _records(path):
         for lineno, line in enumerate(fh, start=1):
             if line.strip():
                 yield lineno, line
+
+
+def printable(text, limit=None):
+    """``text`` as printable ASCII (escaped), at most ``limit`` characters.
+
+    The URL's session ID and path come from the client, before authentication; a
+    terminal escape or a newline in them must not reach an audit record, nor an
+    operator's terminal through ``party-server audit show``.
+    """
+    if text is None:
+        return None
+    text = str(text)[:limit]
+    return text.encode("unicode_escape").decode("ascii")[:limit]
 
 
 class AuditLog:

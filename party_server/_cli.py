@@ -129,12 +129,8 @@ def _audit_verify(args):
     return 1
 
 
-def _printable(text):
-    return str(text).encode("unicode_escape").decode("ascii")
-
-
 def _audit_show(args):
-    from ._audit import summarize
+    from ._audit import printable, summarize
 
     path = load_state_dir(args.config) / "audit.log"
     if not path.exists():
@@ -152,10 +148,10 @@ def _audit_show(args):
     print(header)
     for sid, s in sessions.items():
         # (records written before fedsk escaped them can hold what a client sent)
-        sid = _printable(sid)
-        eps = ", ".join(f"{_printable(k)} x{v}" for k, v in sorted(s["endpoints"].items()))
+        sid = printable(sid)
+        eps = ", ".join(f"{printable(k)} x{v}" for k, v in sorted(s["endpoints"].items()))
         print(
-            f"{sid:34} {_printable(s['peer'] or '-'):12} {s['first'] or '-':24} {s['requests']:5d} "
+            f"{sid:34} {printable(s['peer'] or '-'):12} {s['first'] or '-':24} {s['requests']:5d} "
             f"{s['errors']:5d} {s['ct_in']:8d} {s['ct_out']:8d} {s['bytes_in'] / 1e6:8.2f} "
             f"{s['bytes_out'] / 1e6:8.2f}  {eps}"
         )

@@ -187,21 +187,19 @@ def parallel_chunks(
     ops_per_item=1,
     prefer=None,
     min_ops=MIN_PARALLEL_OPS,
-    weights=None,
 ):
     """Run ``func(*args_for_chunk(start, stop))`` over chunks of ``range(n_items)``.
 
     Returns the list of per-chunk results in order. Runs inline when ``n_jobs``
     resolves to one worker or the work (``n_items * ops_per_item`` modular
-    multiplications) is below ``min_ops``, too small to be worth shipping. Items of
-    unequal cost give ``weights``, so that every worker gets the same share of work.
+    multiplications) is below ``min_ops``, too small to be worth shipping.
     """
     workers = resolve_n_jobs(n_jobs)
     # threads cost far less to start than worker processes: split smaller work for them
     minimum = min_ops // 8 if prefer == "threads" else min_ops
     if workers == 1 or n_items * ops_per_item < minimum or n_items < 2:
         return [func(*args_for_chunk(0, n_items))]
-    bounds = chunk_bounds(n_items, workers, weights)
+    bounds = chunk_bounds(n_items, workers)
     return run_tasks(
         [(func, args_for_chunk(start, stop)) for start, stop in bounds],
         workers=workers,
