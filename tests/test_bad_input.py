@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsk import Federation, LocalFederation, SecureBoostClassifier, SecureBoostRegressor
+from fedsk import (
+    FederatedLogisticRegression,
+    Federation,
+    LocalFederation,
+    SecureBoostClassifier,
+    SecureBoostRegressor,
+)
 from fedsk.exceptions import AuthenticationError, ProtocolError
 from fedsk.federation import InProcessFederation, Message
 from fedsk.stats import federated_pearson
@@ -319,3 +325,19 @@ def test_a_session_the_host_no_longer_knows_says_why_and_what_to_do(tmp_path, pa
     with pytest.raises(ProtocolError, match="no longer knows this session") as err:
         client.call("psi.intersection", sid, Message(arrays={"host_indices": np.arange(3)}))
     assert "restarted" in str(err.value) and "Start the fit (or prediction) again" in str(err.value)
+
+
+def test_labels_indexed_by_other_ids_or_in_another_order_are_refused(parties):
+    guest, y, app = parties
+    fed = fed_of(app)
+    shuffled = y.sample(frac=1.0, random_state=0)
+    for est in (clf_of(fed), FederatedLogisticRegression(federation=fed, key_length=KEY)):
+        with pytest.raises(ValueError, match=r"another order.*y = y.loc\[X.index\]"):
+            est.fit(guest, shuffled)
+    other = y.set_axis([f"x{i}" for i in range(N)])
+    with pytest.raises(ValueError, match=r"does not match X's sample IDs \(e.g. \['x0'"):
+        clf_of(fed).fit(guest, other)
+    # aligned, a default index (positional, as in scikit-learn) or an array: all fitted alike
+    a = clf_of(fed).fit(guest, shuffled.loc[guest.index]).predict_proba(guest)
+    b = clf_of(fed).fit(guest, y.reset_index(drop=True)).predict_proba(guest)
+    np.testing.assert_array_equal(a, b)

@@ -17,7 +17,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from .._progress import progress_bar
 from ..federation import (
@@ -154,7 +154,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 delattr(self, attr)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the boosted trees (federated when ``federation`` is set).
 
         Parameters
@@ -163,6 +163,13 @@ class BaseSecureBoost(BaseEstimator, ABC):
             The guest's columns. With a federation it must be indexed by sample ID;
             every ID must be held by every host.
         y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples: they scale each sample's gradient and
+            hessian (so ``min_child_weight`` compares weighted hessian sums), the
+            baseline score and ``train_score_`` / ``validation_score_``. Bins and
+            ``min_samples_leaf`` count rows, unweighted (as in HistGradientBoosting).
+            They stay with the guest; in a federated fit every round then encrypts h
+            (see Notes).
 
         Returns
         -------
@@ -171,7 +178,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
         fed = self.federation
         check_key_and_workers(self)
         if fed is not None:
-            check_federated_X(X, self)
+            check_federated_X(X, self, y=y)
             ids = X.index.to_numpy()
         _check_labels(y, X)
         if fed is not None and X.shape[1] == 0:  # a guest holding labels only
@@ -188,6 +195,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
             y_numeric=not isinstance(self, ClassifierMixin),
         )
         y, loss = self._encode_y(y)
+        weights = _check_weights(sample_weight, X_arr)
         if not self.warm_start:
             self._clear_state()
         if self._is_fitted():
@@ -229,7 +237,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
         started = perf_counter()
         if fed is None:
             engine = LocalEngine(X_arr, train_pos, self.max_bins)
-            self._boost(engine, X_arr, y, loss, train_pos, val_pos, decisions=None)
+            self._boost(engine, X_arr, y, weights, loss, train_pos, val_pos, decisions=None)
             self._host_names, self._host_model_ids, self._host_feature_names = [], [], []
         else:
             model_ids = self._host_model_ids if self._is_fitted() else None
@@ -261,7 +269,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 ]
                 decisions = engine.existing_decisions(n) if self._is_fitted() else None
                 try:
-                    self._boost(engine, X_arr, y, loss, train_pos, val_pos, decisions)
+                    self._boost(engine, X_arr, y, weights, loss, train_pos, val_pos, decisions)
                 finally:
                     self._crypto_counts = dict(engine.counts)
         self.fit_time_ = perf_counter() - started
@@ -272,10 +280,10 @@ class BaseSecureBoost(BaseEstimator, ABC):
         active = max(1, round(self.subsample * n_train)) if self.subsample < 1.0 else n_train
         return active * loss.n_trees_per_round
 
-    def _boost(self, engine, X, y, loss, train_pos, val_pos, decisions):
+    def _boost(self, engine, X, y, weights, loss, train_pos, val_pos, decisions):
         n = X.shape[0]
         if not self._is_fitted():
-            self._baseline = loss.baseline(y[train_pos])
+            self._baseline = loss.baseline(y[train_pos], _take(weights, train_pos))
             self._predictors = []
             self.train_score_, self.validation_score_ = np.empty(0), np.empty(0)
             self._n_features_total = engine.n_features_total
@@ -284,7 +292,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
             for k, tree in enumerate(round_trees):
                 raw[:, k] += tree.predict(X, decisions)
         if not len(self.train_score_):
-            self._record_scores(loss, y, raw, train_pos, val_pos)
+            self._record_scores(loss, y, weights, raw, train_pos, val_pos)
         params = SplitParams(
             self.l2_regularization,
             self.min_child_weight,
@@ -313,18 +321,22 @@ class BaseSecureBoost(BaseEstimator, ABC):
                     features = np.sort(rng.choice(engine.n_features_total, size, replace=False))
                 specs = []
                 for k, (g, h) in enumerate(loss.gradients(y, raw)):
+                    if weights is not None:
+                        g, h = g * weights, h * weights
                     g = np.where(active, g, 0.0)
                     h = np.where(active, h, 0.0)
                     specs.append(TreeSpec(quantize(g, h), features, slot=k))
                 # The hosts persist their half of the round with its last request, so the
                 # round counts once grow_trees has returned. Every h equal is public in a
                 # fresh fit's first round (one baseline score) and for a loss with a
-                # constant hessian.
+                # constant hessian, unless sample weights scale them: then whether the
+                # weights differ is the guest's to keep, and h is always encrypted.
                 engine.start_round(
                     specs,
                     active,
                     n_rounds=len(self._predictors) + 1,
-                    same_h_is_public=loss.constant_hessian or not self._predictors,
+                    same_h_is_public=weights is None
+                    and (loss.constant_hessian or not self._predictors),
                     next_round=it + 1 < self.n_estimators,
                 )
                 trees = grow_trees(
@@ -343,19 +355,19 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 self._predictors.append(predictors)
                 for k, t in enumerate(trees):
                     raw[:, k] += t.leaf_values_of_rows(n)
-                self._record_scores(loss, y, raw, train_pos, val_pos)
+                self._record_scores(loss, y, weights, raw, train_pos, val_pos)
                 progress.update(1)
                 if len(val_pos) and self._should_stop(self.validation_score_):
                     break
         finally:
             progress.close()
 
-    def _record_scores(self, loss, y, raw, train_pos, val_pos):
-        self.train_score_ = np.append(self.train_score_, -loss.loss(y[train_pos], raw[train_pos]))
+    def _record_scores(self, loss, y, weights, raw, train_pos, val_pos):
+        train = -loss.loss(y[train_pos], raw[train_pos], _take(weights, train_pos))
+        self.train_score_ = np.append(self.train_score_, train)
         if len(val_pos):
-            self.validation_score_ = np.append(
-                self.validation_score_, -loss.loss(y[val_pos], raw[val_pos])
-            )
+            val = -loss.loss(y[val_pos], raw[val_pos], _take(weights, val_pos))
+            self.validation_score_ = np.append(self.validation_score_, val)
 
     def _should_stop(self, scores):
         ref = self.n_iter_no_change + 1
@@ -458,6 +470,18 @@ class BaseSecureBoost(BaseEstimator, ABC):
         return raw
 
 
+def _check_weights(sample_weight, X):
+    """``None`` for no weights (or all 1: the same fit), else float64 weights >= 0."""
+    if sample_weight is None:
+        return None
+    weights = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+    return None if (weights == 1).all() else weights
+
+
+def _take(weights, positions):
+    return None if weights is None else weights[positions]
+
+
 def _check_labels(y, X):
     """Missing or infinite labels: say how many, where, and what to do."""
     arr = np.asarray(y)
@@ -504,8 +528,10 @@ _NOTES = """
     thresholds. What a host learns: the guest's public key, ciphertexts, which rows are
     in each node (the instance space of every split) and its own winning candidates, and
     from the record layout whether only g is encrypted (a fresh fit's first round, where
-    every h is equal by construction, and every round of the regressor, whose h is 1). It
-    never sees labels, gradients, the guest's features or its splits.
+    every h is equal by construction, and every round of the regressor, whose h is 1;
+    never in a fit with ``sample_weight``, so that it cannot tell whether the weights
+    differ). It never sees labels, gradients, sample weights, the guest's features or
+    its splits.
 
     Losslessness: gradients are quantised on the local path too, so a fit with
     ``federation=None`` on the joined columns grows exactly the same trees (same

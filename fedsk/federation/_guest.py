@@ -54,11 +54,12 @@ def in_model_order(sessions, host_names):
     return [by_name[h] for h in host_names]
 
 
-def check_federated_X(X, estimator, *, predict=False):
+def check_federated_X(X, estimator, *, predict=False, y=None):
     """With a federation, X must be a DataFrame indexed by sample IDs.
 
     Unique IDs to fit (each row is one sample); to predict, an ID may repeat (the same
-    customer scored twice, a bootstrap resample): see :func:`unique_ids`.
+    customer scored twice, a bootstrap resample): see :func:`unique_ids`. A ``y`` with
+    an index of sample IDs must list them in X's order.
     """
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
@@ -74,6 +75,39 @@ def check_federated_X(X, estimator, *, predict=False):
             f"index (e.g. {dup}); each row must have its own ID"
         )
     check_numeric_frame(X, "X")
+    if y is not None:
+        _check_y_index(y, X.index)
+
+
+def _check_y_index(y, index):
+    """Labels indexed by sample ID must be indexed like X: labels are matched to rows by
+    position (as everywhere in scikit-learn), so a ``y`` holding the same IDs in another
+    order would silently give rows the wrong labels."""
+    y_index = getattr(y, "index", None)
+    if not isinstance(y_index, pd.Index) or len(y_index) != len(index):
+        return  # arrays, lists and length mismatches: validate_data has the words
+    if y_index.equals(index):
+        return
+    if _is_row_positions(y_index):
+        return  # a default index (e.g. pd.Series(labels)): positional, as in scikit-learn
+    if y_index.isin(index).all():
+        what = "in another order" if y_index.is_unique else "with some repeated"
+        raise ValueError(
+            f"y holds the sample IDs of X {what}; labels are taken by position, so rows "
+            "would get other rows' labels. Align them first: y = y.loc[X.index]"
+        )
+    if _is_row_positions(index):
+        return  # X's IDs look like row positions, which the sample alignment calls out
+    missing = y_index[~y_index.isin(index)][:3].tolist()
+    raise ValueError(
+        f"y's index does not match X's sample IDs (e.g. {missing} are not in X.index); "
+        "index y by the same IDs as X (y = y.loc[X.index]), or pass y.to_numpy() if its "
+        "rows are already in X's order"
+    )
+
+
+def _is_row_positions(index):
+    return isinstance(index, pd.RangeIndex) and index.equals(pd.RangeIndex(len(index)))
 
 
 def check_id_index(index, what):

@@ -341,7 +341,7 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         check_key_and_workers(self)
         federated = self.federation is not None
         if federated:
-            check_federated_X(X, self)
+            check_federated_X(X, self, y=y)
             ids = X.index.to_numpy()
         X, y = validate_data(self, X, y, dtype=np.float64, order="C")
         check_classification_targets(y)
