@@ -341,3 +341,13 @@ def test_labels_indexed_by_other_ids_or_in_another_order_are_refused(parties):
     a = clf_of(fed).fit(guest, shuffled.loc[guest.index]).predict_proba(guest)
     b = clf_of(fed).fit(guest, y.reset_index(drop=True)).predict_proba(guest)
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_categorical_column_of_numbers_is_taken_as_its_numbers(parties):
+    guest, y, app = parties
+    grades = np.tile([1, 2, 3, 5], N // 4)
+    as_category = _with(guest, grade=pd.Categorical(grades))
+    as_int = _with(guest, grade=grades)
+    a = clf_of(fed_of(app)).fit(as_category, y).predict_proba(as_category)
+    b = clf_of(fed_of(app)).fit(as_int, y).predict_proba(as_int)
+    np.testing.assert_array_equal(a, b)

@@ -174,13 +174,17 @@ def unique_ids(X):
 
 
 def non_numeric_columns(df):
-    """Columns of ``df`` that are neither numeric nor boolean (complex counts as text)."""
-    return [
-        c
-        for c, dtype in df.dtypes.items()
-        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
-        or pd.api.types.is_complex_dtype(dtype)
-    ]
+    """Columns of ``df`` that are neither numeric nor boolean (complex counts as text); a
+    categorical column of numbers is numeric (as for scikit-learn)."""
+    return [c for c, dtype in df.dtypes.items() if not _is_number_dtype(dtype)]
+
+
+def _is_number_dtype(dtype):
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _is_number_dtype(dtype.categories.dtype)
+    return (
+        pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+    ) and not pd.api.types.is_complex_dtype(dtype)
 
 
 def infinite_columns(df):
