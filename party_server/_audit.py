@@ -17,6 +17,7 @@ to detect that. What is never logged: tokens, keys, plaintext values, request bo
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -33,6 +34,8 @@ from ._storage import StorageError
 __all__ = ["AuditLog", "head_path", "printable", "summarize", "verify"]
 
 GENESIS = "0" * 64
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_UNSUPPORTED = (None, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # (None: no fallocate)
 log = logging.getLogger("party_server")
 
 
@@ -102,6 +105,8 @@ class AuditLog:
     def __init__(self, path, *, fsync=True):
         self.path = Path(path)
         self.head = head_path(self.path)
+        self.reserve = self.path.with_name(f".{self.path.stem}.reserve")
+        self._no_reserve = False
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.fsync = fsync
         self._lock = threading.Lock()
@@ -117,6 +122,7 @@ class AuditLog:
                 f"config key 'state_dir': cannot write the audit log {self.path} or its "
                 f"head ({exc.strerror or exc})"
             ) from None
+        self._make_reserve()  # (a disk already full: check_space refuses until it is made)
 
     def _repair_tail(self):
         """Drop a trailing partial line left by a crash in the middle of an append."""
@@ -187,20 +193,70 @@ class AuditLog:
     # record would likely not fit, and a request carried out but then refused as
     # unlogged has happened all the same (a session opened, a model saved).
     MIN_FREE_BYTES = 1 << 20
+    # A file of this size is kept next to the log. When the disk fills up *while* a
+    # request is carried out (another process, a model written by the request itself),
+    # the append deletes it and takes its place: the request is logged all the same.
+    # Until it can be made again, requests are refused before they are carried out.
+    RESERVE_BYTES = 256 << 10
 
     def check_space(self):
-        """Raise StorageError, before a request is carried out, if the disk is nearly full."""
+        """Raise StorageError, before a request is carried out, if the disk is nearly full
+        (or the space kept aside for the log was used and cannot be made again)."""
         try:
             st = os.statvfs(self.path.parent)
         except (AttributeError, OSError):  # no statvfs here: the append will tell
-            return
-        free = st.f_bavail * st.f_frsize
-        if free < self.MIN_FREE_BYTES:
+            free = None
+        else:
+            free = st.f_bavail * st.f_frsize
+        if free is not None and free < self.MIN_FREE_BYTES:
             raise StorageError(
                 f"the state directory's disk has {free // 1024} KiB free; the request was "
                 "refused before it was carried out, so that no request goes unlogged. The "
                 "host's operator must free space; then retry"
             )
+        if not self.reserve.exists() and not self._make_reserve():
+            raise StorageError(
+                "the state directory's disk filled up: the space kept aside for the audit "
+                "log is used up and cannot be made again, so the request was refused "
+                "before it was carried out. The host's operator must free space; then retry"
+            )
+
+    def _make_reserve(self):
+        """Make the reserve file (blocks allocated, not sparse). False if the disk is full;
+        True, without a reserve from then on, where the file system cannot make one."""
+        if self._no_reserve:
+            return True
+        fd = None
+        try:
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.RESERVE_BYTES)
+            except (AttributeError, OSError) as exc:
+                if getattr(exc, "errno", None) not in _UNSUPPORTED:
+                    raise
+                if os.write(fd, bytes(self.RESERVE_BYTES)) != self.RESERVE_BYTES:
+                    raise OSError(errno.ENOSPC, "short write") from None
+                os.fsync(fd)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.reserve.unlink()
+            if exc.errno in _FULL:
+                return False
+            self._no_reserve = True
+            log.warning("cannot keep space aside for the audit log (%s): %s", exc, self.reserve)
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _write(self, fd, line, record):
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(28, "short write")
+        if self.fsync:
+            os.fsync(fd)
+        self._write_head(record["seq"], record["hash"])
 
     def append(self, **fields):
         """Append one record; raise StorageError (nothing half-written) if the disk refuses."""
@@ -221,14 +277,18 @@ class AuditLog:
             try:
                 size = os.fstat(fd).st_size
                 try:
-                    written = os.write(fd, line)
-                    if written != len(line):
-                        raise OSError(28, "short write")
-                    if self.fsync:
-                        os.fsync(fd)
-                    self._write_head(record["seq"], record["hash"])
+                    try:
+                        self._write(fd, line, record)
+                    except OSError:
+                        os.ftruncate(fd, size)  # the log and its head stay as they were
+                        if not self.reserve.exists():
+                            raise
+                        self.reserve.unlink()  # the space kept for this: use it
+                        log.warning("disk full: the audit log used its reserve; %s", self.path)
+                        self._write(fd, line, record)
                 except OSError as exc:
-                    os.ftruncate(fd, size)  # the log and its head stay as they were
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)
                     raise StorageError(
                         f"cannot append to the audit log ({exc.strerror or exc}); the request "
                         "was refused so that no request goes unlogged"

@@ -377,9 +377,9 @@ def test_vanished_guest_session_is_freed_after_its_ttl(tmp_path, data):
                 client.call("psi.intersection", other)
         client.open_session("x")
         after = _files(srv.state_dir)
-    # sessions never touch the disk: only the audit log (and its head, both created at
-    # start) and the (empty) model store
-    assert before == during == after == ["audit.head", "audit.log", "models"]
+    # sessions never touch the disk: only the audit log (its head and reserve, all
+    # created at start) and the (empty) model store
+    assert before == during == after == [".audit.reserve", "audit.head", "audit.log", "models"]
 
 
 def test_session_sweeper_frees_memory_without_any_request(tmp_path, data):
@@ -581,6 +581,62 @@ def test_audit_log_write_failure_refuses_the_request_and_keeps_the_chain(
     _audit_ok(log_path)
     make_clf(fed, n_estimators=1).fit(guest, y)  # space freed: the chain continues
     assert _audit_ok(log_path) > 0
+
+
+def test_a_disk_that_fills_during_a_request_still_logs_it_from_the_reserve(
+    tmp_path, data, monkeypatch
+):
+    """The disk fills while a request is carried out (another process, a model): the
+    audit append gives up the reserve kept next to the log and logs the request all the
+    same; later requests are refused before they are carried out until space is freed.
+    (Seams: os.write and os.posix_fallocate of the audit module, failing while "full".)"""
+    from party_server import _audit
+
+    guest, host, y = data
+    app = create_app(write_host(tmp_path, host))
+    state = app.extensions["fedsk"]
+    reserve = state.audit.reserve
+    assert reserve.stat().st_size == state.audit.RESERVE_BYTES
+    log_path = tmp_path / "insurer" / "state" / "audit.log"
+    full = {"now": False}
+    real_write, real_fallocate = os.write, os.posix_fallocate
+
+    def write(fd, data):
+        if full["now"] and reserve.exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def fallocate(fd, offset, size):
+        if full["now"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fallocate(fd, offset, size)
+
+    monkeypatch.setattr(_audit.os, "write", write)
+    monkeypatch.setattr(_audit.os, "posix_fallocate", fallocate)
+    c = app.test_client()
+
+    def open_one(i):
+        return c.post(
+            "/v1/sessions",
+            data=message_to_wire(Message({"dataset": "customers"})),
+            content_type="application/x-fedsk-message",
+            headers={"Authorization": f"Bearer {TOKEN}", "Fedsk-Request-Id": f"filling-{i}"},
+        )
+
+    full["now"] = True  # fills after the free-space check, while the session is opened
+    r = open_one(0)
+    assert r.status_code == 200 and len(state.sessions) == 1  # carried out ...
+    assert not reserve.exists()
+    last = json.loads(log_path.read_bytes().splitlines()[-1])
+    assert last["request_id"] == "filling-0" and last["status"] == 200  # ... and logged
+    r = open_one(1)  # no reserve left, none can be made: refused before it is carried out
+    assert r.status_code == 409 and r.json["error"]["code"] == "insufficient_storage"
+    assert "space kept aside for the audit log" in r.json["error"]["message"]
+    assert len(state.sessions) == 1
+    full["now"] = False  # the operator frees space
+    assert open_one(1).status_code == 200 and len(state.sessions) == 2
+    assert reserve.stat().st_size == state.audit.RESERVE_BYTES
+    _audit_ok(log_path)
 
 
 def test_a_nearly_full_disk_refuses_a_request_before_carrying_it_out(tmp_path, data, monkeypatch):
