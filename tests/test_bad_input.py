@@ -115,6 +115,24 @@ def test_rows_the_host_does_not_hold(parties):
         clf.predict(X)
 
 
+def test_every_host_lacking_rows_is_named_in_one_error(tmp_path, parties):
+    guest, y, _ = parties
+    ids = guest.index
+    hosts = {"one": ids[5:], "two": ids[:-7]}  # each lacks other rows
+    apps = {
+        name: (
+            create_app(write_host(tmp_path, pd.DataFrame({"h": 1.0}, index=keep), name=name)),
+            "customers",
+            TOKEN,
+        )
+        for name, keep in hosts.items()
+    }
+    with pytest.raises(ValueError, match=f"12 of {N} rows of X .* a host does not hold") as err:
+        clf_of(InProcessFederation(apps)).fit(guest, y)
+    assert f"host 'one' does not hold 5 (e.g. {ids[:3].tolist()})" in str(err.value)
+    assert f"host 'two' does not hold 7 (e.g. {ids[-7:-4].tolist()})" in str(err.value)
+
+
 def test_duplicate_and_missing_ids(parties):
     guest, y, app = parties
     dup = guest.copy()
@@ -327,13 +345,16 @@ def test_a_session_the_host_no_longer_knows_says_why_and_what_to_do(tmp_path, pa
     assert "restarted" in str(err.value) and "Start the fit (or prediction) again" in str(err.value)
 
 
-def test_labels_indexed_by_other_ids_or_in_another_order_are_refused(parties):
+def test_labels_or_weights_indexed_by_other_ids_or_in_another_order_are_refused(parties):
     guest, y, app = parties
     fed = fed_of(app)
     shuffled = y.sample(frac=1.0, random_state=0)
     for est in (clf_of(fed), FederatedLogisticRegression(federation=fed, key_length=KEY)):
         with pytest.raises(ValueError, match=r"another order.*y = y.loc\[X.index\]"):
             est.fit(guest, shuffled)
+        w = pd.Series(np.linspace(0.5, 2, N), index=guest.index).iloc[::-1]
+        with pytest.raises(ValueError, match=r"sample_weight holds the sample IDs of X in an"):
+            est.fit(guest, y, sample_weight=w)
     other = y.set_axis([f"x{i}" for i in range(N)])
     with pytest.raises(ValueError, match=r"does not match X's sample IDs \(e.g. \['x0'"):
         clf_of(fed).fit(guest, other)
@@ -351,3 +372,20 @@ def test_a_categorical_column_of_numbers_is_taken_as_its_numbers(parties):
     a = clf_of(fed_of(app)).fit(as_category, y).predict_proba(as_category)
     b = clf_of(fed_of(app)).fit(as_int, y).predict_proba(as_int)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("Est", [SecureBoostClassifier, FederatedLogisticRegression])
+def test_labels_of_mixed_kinds_or_missing_get_the_same_words_from_both(Est):
+    X = pd.DataFrame({"a": np.arange(20.0)}, index=[f"r{i}" for i in range(20)])
+    for y in ([1] * 10 + ["no"] * 10, ["no"] * 10 + [1] * 10):  # whatever comes first
+        with pytest.raises(ValueError, match=r"mixes labels of types \['int', 'str'\]"):
+            Est().fit(X, pd.Series(y, dtype=object))
+    missing = pd.Series(["yes", "no"] * 10, dtype=object)
+    missing.iloc[3] = None
+    for y in (
+        missing,
+        missing.fillna(np.nan),
+        (missing == "yes").astype(float).where(missing.notna()),
+    ):
+        with pytest.raises(ValueError, match=r"1 of 20 labels are missing \(e.g. rows \['r3'\]\)"):
+            Est().fit(X, y)

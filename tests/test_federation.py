@@ -187,6 +187,10 @@ def test_local_federation_rejects_duplicate_ids():
             pd.DataFrame({"x": [1.0]}, index=pd.MultiIndex.from_tuples([("b1", 7)])),
             "MultiIndex of 2 levels",
         ),
+        (
+            pd.DataFrame({"x": [1.0]}, index=pd.Index([("b1", 7)], tupleize_cols=False)),
+            r"sample IDs of type tuple.*df.index.map\(str\)",
+        ),
     ],
 )
 def test_local_federation_names_the_host_frame_it_cannot_serve(df, match):

@@ -117,6 +117,22 @@ def test_exact_reaches_sklearns_optimum(fed, data, C):
     )
 
 
+@pytest.mark.parametrize("protocol", ["taylor", "exact"])
+def test_a_guest_holding_labels_only_fits_on_the_hosts_columns(fed, data, protocol):
+    G, H, y = data
+    labels_only = G.iloc[:, :0]
+    est = fit(fed, labels_only, y, protocol=protocol, tol=1e-8, max_iter=500)
+    assert est.coef_.shape == (1, 0) and est.n_host_features_ == {"host0": DH}
+    ref = FederatedLogisticRegression(protocol=protocol, tol=1e-8, max_iter=500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref.fit(H.loc[G.index].to_numpy(), y)  # (the intercept stays with the guest)
+    np.testing.assert_allclose(
+        est.decision_function(labels_only), ref.decision_function(H.to_numpy()), atol=1e-4
+    )
+    np.testing.assert_allclose(host_coef(fed, est)[:, 0], ref.coef_[0], atol=1e-4)
+
+
 def test_multiclass_one_vs_rest(tmp_path):
     G, H, y = make_data(n_classes=3, seed=2)
     fed = inproc(tmp_path, H)

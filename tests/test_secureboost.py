@@ -27,9 +27,8 @@ KEY = 1024
 
 
 def _expected_failures(estimator):
-    # as for sklearn's HistGradientBoosting*: bin edges come from the rows (unweighted)
-    # and each round's gradient quantisation step from the largest weighted gradient,
-    # so a weight of 2 is not the same fit as a repeated row
+    # bin edges come from the rows (unweighted; a repeated row moves the quantiles) and
+    # each round's gradient quantisation step from the largest weighted gradient
     return {
         "check_sample_weight_equivalence_on_dense_data": (
             "bins are the unweighted rows' quantiles and the gradients' quantisation "

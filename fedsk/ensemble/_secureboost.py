@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from .._labels import check_labels, encode_classes
 from .._progress import progress_bar
 from ..federation import (
     Federation,
@@ -178,9 +177,9 @@ class BaseSecureBoost(BaseEstimator, ABC):
         fed = self.federation
         check_key_and_workers(self)
         if fed is not None:
-            check_federated_X(X, self, y=y)
+            check_federated_X(X, self, y=y, sample_weight=sample_weight)
             ids = X.index.to_numpy()
-        _check_labels(y, X)
+        check_labels(y, X)
         if fed is not None and X.shape[1] == 0:  # a guest holding labels only
             X = np.empty((len(X), 0))  # (sklearn's checks need a dtype, which no column has)
         # a continued fit must see the columns of the first (reset=False checks them)
@@ -482,26 +481,6 @@ def _take(weights, positions):
     return None if weights is None else weights[positions]
 
 
-def _check_labels(y, X):
-    """Missing or infinite labels: say how many, where, and what to do."""
-    arr = np.asarray(y)
-    if arr.ndim != 1 or arr.dtype.kind not in "fO":
-        return  # validate_data reports the other problems
-    missing = pd.isna(arr)
-    infinite = np.zeros(len(arr), bool) if arr.dtype.kind == "O" else np.isinf(arr)
-    named = isinstance(X, pd.DataFrame) and len(X) == len(arr)
-    for bad, what, word in ((missing, "NaN", "missing"), (infinite, "infinity", "infinite")):
-        if bad.any():
-            if named:
-                where = f"rows {X.index[bad][:3].tolist()}"
-            else:
-                where = f"positions {np.flatnonzero(bad)[:3].tolist()}"
-            raise ValueError(
-                f"Input y contains {what}: {int(bad.sum())} of {len(arr)} labels are {word} "
-                f"(e.g. {where}); drop those rows from X and y before fitting"
-            )
-
-
 _NOTES = """
     Notes
     -----
@@ -638,16 +617,7 @@ class SecureBoostClassifier(ClassifierMixin, BaseSecureBoost):
     )
 
     def _encode_y(self, y):
-        encoder = LabelEncoder()
-        try:
-            check_classification_targets(y)
-            encoded = encoder.fit_transform(y)
-        except TypeError as exc:  # labels that cannot be ordered, e.g. 1 and "a"
-            kinds = sorted({type(v).__name__ for v in np.asarray(y, dtype=object).tolist()})
-            raise ValueError(
-                f"y mixes labels of types {kinds}, which cannot be sorted into classes; "
-                "give every label the same type (e.g. y.astype(str))"
-            ) from exc
+        encoder, encoded = encode_classes(y)
         if (
             self._is_fitted()
             and self.warm_start

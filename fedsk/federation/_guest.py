@@ -54,12 +54,12 @@ def in_model_order(sessions, host_names):
     return [by_name[h] for h in host_names]
 
 
-def check_federated_X(X, estimator, *, predict=False, y=None):
+def check_federated_X(X, estimator, *, predict=False, y=None, sample_weight=None):
     """With a federation, X must be a DataFrame indexed by sample IDs.
 
     Unique IDs to fit (each row is one sample); to predict, an ID may repeat (the same
-    customer scored twice, a bootstrap resample): see :func:`unique_ids`. A ``y`` with
-    an index of sample IDs must list them in X's order.
+    customer scored twice, a bootstrap resample): see :func:`unique_ids`. A ``y`` or
+    ``sample_weight`` with an index of sample IDs must list them in X's order.
     """
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
@@ -75,34 +75,36 @@ def check_federated_X(X, estimator, *, predict=False, y=None):
             f"index (e.g. {dup}); each row must have its own ID"
         )
     check_numeric_frame(X, "X")
-    if y is not None:
-        _check_y_index(y, X.index)
+    for values, name in ((y, "y"), (sample_weight, "sample_weight")):
+        if values is not None:
+            _check_aligned(values, X.index, name)
 
 
-def _check_y_index(y, index):
-    """Labels indexed by sample ID must be indexed like X: labels are matched to rows by
-    position (as everywhere in scikit-learn), so a ``y`` holding the same IDs in another
-    order would silently give rows the wrong labels."""
-    y_index = getattr(y, "index", None)
-    if not isinstance(y_index, pd.Index) or len(y_index) != len(index):
+def _check_aligned(values, index, name):
+    """Labels or weights indexed by sample ID must be indexed like X: they are matched to
+    rows by position (as everywhere in scikit-learn), so a ``y`` holding the same IDs in
+    another order would silently give rows other rows' labels."""
+    v_index = getattr(values, "index", None)
+    if not isinstance(v_index, pd.Index) or len(v_index) != len(index):
         return  # arrays, lists and length mismatches: validate_data has the words
-    if y_index.equals(index):
+    if v_index.equals(index):
         return
-    if _is_row_positions(y_index):
+    if _is_row_positions(v_index):
         return  # a default index (e.g. pd.Series(labels)): positional, as in scikit-learn
-    if y_index.isin(index).all():
-        what = "in another order" if y_index.is_unique else "with some repeated"
+    if v_index.isin(index).all():
+        what = "in another order" if v_index.is_unique else "with some repeated"
         raise ValueError(
-            f"y holds the sample IDs of X {what}; labels are taken by position, so rows "
-            "would get other rows' labels. Align them first: y = y.loc[X.index]"
+            f"{name} holds the sample IDs of X {what}; {name} is taken by position, so "
+            f"rows would get other rows' values. Align it first: {name} = "
+            f"{name}.loc[X.index]"
         )
     if _is_row_positions(index):
         return  # X's IDs look like row positions, which the sample alignment calls out
-    missing = y_index[~y_index.isin(index)][:3].tolist()
+    missing = v_index[~v_index.isin(index)][:3].tolist()
     raise ValueError(
-        f"y's index does not match X's sample IDs (e.g. {missing} are not in X.index); "
-        "index y by the same IDs as X (y = y.loc[X.index]), or pass y.to_numpy() if its "
-        "rows are already in X's order"
+        f"{name}'s index does not match X's sample IDs (e.g. {missing} are not in "
+        f"X.index); index {name} by the same IDs as X ({name} = {name}.loc[X.index]), or "
+        f"pass {name}.to_numpy() if its rows are already in X's order"
     )
 
 
@@ -241,33 +243,53 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
         raise TypeError(f"federation must be a fedsk Federation, got {type(federation).__name__}")
     sessions = []
     try:
+        lacking = {}  # host -> positions of the rows it does not hold
         for client in federation.connect():
             sid, info = client.open_session(protocol)
             session = GuestSession(client, sid, info)
             sessions.append(session)
             found = align(client, sid, ids, n_jobs=n_jobs)
             if len(found) != len(ids):
-                missing = np.setdiff1d(np.arange(len(ids)), found)
-                example = pd.Index(ids).take(missing[:3]).tolist()  # (plain Python values)
-                positions = len(found) == 0 and _looks_like_positions(ids)
-                raise ValueError(
-                    f"{len(missing)} of {len(ids)} rows of X have sample IDs that host "
-                    f"{client.name!r} does not hold (e.g. {example}). Federated training and "
-                    "prediction use rows every party holds: drop those rows from X, or ask the "
-                    "host to add them to its dataset."
-                    + (
-                        " X's index is 0, 1, 2, ...: row positions rather than sample IDs? "
-                        "(reset_index() or a numpy round trip drops the IDs; keep them as "
-                        "the index.)"
-                        if positions
-                        else ""
-                    )
-                )
+                lacking[client.name] = np.setdiff1d(np.arange(len(ids)), found)
+        if lacking:
+            raise ValueError(_lacking_message(ids, lacking))
         yield sessions
     finally:
         for s in sessions:
             with suppress(FedskError):
                 s.close()
+
+
+def _lacking_message(ids, lacking):
+    """Every host's rows it does not hold, in one message (not one host per fit)."""
+    index = pd.Index(ids)
+    missing = np.unique(np.concatenate(list(lacking.values())))
+    parts = [
+        f"host {name!r} does not hold {len(pos)} (e.g. {index.take(pos[:3]).tolist()})"
+        for name, pos in lacking.items()
+    ]
+    if len(parts) == 1:
+        ((name, pos),) = lacking.items()
+        head = (
+            f"{len(missing)} of {len(ids)} rows of X have sample IDs that host {name!r} does "
+            f"not hold (e.g. {index.take(pos[:3]).tolist()})."
+        )
+    else:
+        head = (
+            f"{len(missing)} of {len(ids)} rows of X have sample IDs that a host does not "
+            "hold: " + "; ".join(parts) + "."
+        )
+    positions = any(len(pos) == len(ids) for pos in lacking.values()) and _looks_like_positions(ids)
+    return (
+        head + " Federated training and prediction use rows every party holds: drop those "
+        "rows from X, or ask the host to add them to its dataset."
+        + (
+            " X's index is 0, 1, 2, ...: row positions rather than sample IDs? "
+            "(reset_index() or a numpy round trip drops the IDs; keep them as the index.)"
+            if positions
+            else ""
+        )
+    )
 
 
 @contextmanager

@@ -278,6 +278,14 @@ def _check_host_frame(name, df):
     if df.index.has_duplicates:
         raise ValueError(f"{what} has duplicate sample IDs in its index")
     kinds = {type(v).__name__ for v in df.index[:100_000].tolist()}
+    containers = sorted(kinds & {"tuple", "list", "dict", "set", "frozenset"})
+    if containers:
+        raise ValueError(
+            f"{what} has sample IDs of type {containers[0]}, which a party server cannot "
+            "read from its data file; make them text on every party, e.g. df.index = "
+            "df.index.map(str) (an ID matches its text: the guest may keep its own as "
+            "they are)"
+        )
     if len(kinds) > 1 and not kinds <= {"int", "float"}:
         raise ValueError(
             f"{what} mixes sample IDs of types {sorted(kinds)} in its index; give "

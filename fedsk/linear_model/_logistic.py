@@ -8,12 +8,11 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state, compute_class_weight
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from .._labels import check_labels, encode_classes
 from ..exceptions import ProtocolError
 from ..federation import Federation, check_federated_X, check_key_and_workers, unique_ids
 from ._protocol import federated_fit, federated_scores
@@ -341,11 +340,20 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         check_key_and_workers(self)
         federated = self.federation is not None
         if federated:
-            check_federated_X(X, self, y=y)
+            check_federated_X(X, self, y=y, sample_weight=sample_weight)
             ids = X.index.to_numpy()
-        X, y = validate_data(self, X, y, dtype=np.float64, order="C")
-        check_classification_targets(y)
-        encoder = LabelEncoder().fit(y)
+        check_labels(y, X)
+        if federated and X.shape[1] == 0:  # a guest holding labels only
+            X = np.empty((len(X), 0))  # (sklearn's checks need a dtype, which no column has)
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            dtype=np.float64,
+            order="C",
+            ensure_min_features=0 if federated else 1,  # a guest may hold labels only
+        )
+        encoder, _ = encode_classes(y)
         classes = encoder.classes_
         if len(classes) < 2:
             raise ValueError(
@@ -488,7 +496,11 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
                 )
             check_federated_X(X, self, predict=True)
             ids, rows = unique_ids(X)  # (an ID may repeat: each row is scored)
-        Xv = validate_data(self, X, reset=False, dtype=np.float64)
+        if models and X.shape[1] == 0:  # a guest holding labels only
+            X = np.empty((len(X), 0))
+        Xv = validate_data(
+            self, X, reset=False, dtype=np.float64, ensure_min_features=0 if models else 1
+        )
         scores = Xv @ self.coef_.T + self.intercept_
         if models:
             scores = (
