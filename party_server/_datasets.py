@@ -73,6 +73,7 @@ def load_dataset(cfg):
         ids=ids.to_numpy(),
         X=np.ascontiguousarray(X),
         feature_names=[str(c) for c in columns] if cfg.publish_feature_names else None,
+        columns=[str(c) for c in columns],
     )
 
 

@@ -389,3 +389,45 @@ def test_labels_of_mixed_kinds_or_missing_get_the_same_words_from_both(Est):
     ):
         with pytest.raises(ValueError, match=r"1 of 20 labels are missing \(e.g. rows \['r3'\]\)"):
             Est().fit(X, y)
+
+
+@pytest.mark.parametrize("publish", [True, False])
+def test_a_host_data_file_exported_again_keeps_each_models_columns(tmp_path, publish):
+    """The host's file gets its columns in another order and one more: stored models
+    still apply to the columns they were trained on (by name, host-side); with a
+    column gone, prediction is refused rather than made on other columns."""
+    rng = np.random.default_rng(0)
+    ids = [f"c{i:03d}" for i in range(N)]
+    host = pd.DataFrame(rng.normal(size=(N, 3)), index=ids, columns=["h0", "h1", "h2"])
+    guest = pd.DataFrame(rng.normal(size=(N, 2)), index=ids, columns=["g0", "g1"])
+    y = pd.Series((guest.g0 + host.h0 - host.h2 > 0).astype(int), index=ids)
+
+    app = create_app(write_host(tmp_path, host, publish=publish))
+    fed = InProcessFederation({"insurer": (app, "customers", TOKEN)})
+
+    def fed_with(df):  # the host restarts on its file exported again (seam: the dataset)
+        again = create_app(write_host(tmp_path / f"{len(df.columns)}", df, publish=publish))
+        app.extensions["fedsk"].datasets["customers"] = again.extensions["fedsk"].datasets[
+            "customers"
+        ]
+        return fed
+
+    sb = clf_of(fed).set_params(n_estimators=3, warm_start=True).fit(guest, y)
+    lr = FederatedLogisticRegression(federation=fed, key_length=KEY, warm_start=True)
+    lr.fit(guest, y)
+    before = sb.predict_proba(guest), lr.predict_proba(guest)
+    moved = host[["h2", "h0", "h1"]].assign(new=rng.normal(size=N))[["new", "h2", "h0", "h1"]]
+    for est, expected in zip((sb, lr), before):
+        est.federation = fed_with(moved)
+        np.testing.assert_allclose(est.predict_proba(guest), expected, rtol=0, atol=1e-12)
+    sb.set_params(n_estimators=4).fit(guest, y)  # warm start continues on the moved file
+    lone = clf_of(fed_with(host)).set_params(n_estimators=4).fit(guest, y)
+    fed_with(moved)
+    np.testing.assert_allclose(sb.predict_proba(guest), lone.predict_proba(guest), atol=1e-12)
+    with pytest.raises(ProtocolError, match="warm_start cannot continue it"):
+        lr.fit(guest, y)
+    for est in (sb, lr):
+        est.federation = fed_with(host.drop(columns="h0"))
+        with pytest.raises(ProtocolError, match=r"409.*no longer in dataset 'customers'") as err:
+            est.predict_proba(guest)
+        assert "h0" not in str(err.value)  # (names stay on the host: they may be unpublished)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..crypto import EncryptedArray, packed_histograms
 from ..exceptions import BadMessageError, ConflictError
-from ..federation import Message, aligned_rows, public_key_from_wire
+from ..federation import Message, aligned_rows, model_columns, public_key_from_wire
 from ..tree import BinMapper
 from ._gh import (
     G_MAX_VALUES,
@@ -62,10 +62,19 @@ def _state(ctx):
 
 
 def _load_records(ctx, model_id):
+    """A stored model's split records, their features as this dataset's columns now."""
     meta, arrays = ctx.models.load(model_id, ctx.session.peer)
     if meta.get("kind") != KIND or meta.get("dataset") != ctx.dataset.name:
         raise ConflictError("that model was not trained by SecureBoost on this dataset")
-    return {k: arrays[k] for k in ("feature", "threshold", "missing_left")}
+    columns = model_columns(meta, ctx.dataset, model_id)
+    feature = arrays["feature"].astype(np.int64)
+    if feature.size and (feature.min() < 0 or feature.max() >= len(columns)):
+        raise ConflictError(f"model {model_id} does not match this dataset's columns")
+    return {
+        "feature": columns[feature].astype(np.int32),
+        "threshold": arrays["threshold"],
+        "missing_left": arrays["missing_left"],
+    }
 
 
 def _empty_records():
@@ -323,6 +332,7 @@ def _persist(ctx, st, n_rounds):
             "kind": KIND,
             "dataset": ctx.dataset.name,
             "n_features": ctx.dataset.n_features,
+            "columns": ctx.dataset.columns,  # (host-side: records follow them by name)
             "n_rounds": n_rounds,
             "n_records": len(recs["feature"]),
         },

@@ -11,7 +11,14 @@ from ._guest import (
     sample_ids,
     unique_ids,
 )
-from ._hostapi import HostContext, HostDataset, HostSession, ModelStoreAPI, aligned_rows
+from ._hostapi import (
+    HostContext,
+    HostDataset,
+    HostSession,
+    ModelStoreAPI,
+    aligned_rows,
+    model_columns,
+)
 from ._local import LocalFederation
 from ._routes import ON_SESSION_OPEN, ROUTES, Route, route, url_for
 from ._transport import HttpTransport, InProcessTransport, Transport
@@ -50,6 +57,7 @@ __all__ = [
     "keyed_sessions",
     "message_from_wire",
     "message_to_wire",
+    "model_columns",
     "public_key_from_wire",
     "public_key_to_wire",
     "route",

@@ -6,9 +6,12 @@ request from ``msg`` (validated accessors), keep per-session state in
 raise :class:`~fedsk.exceptions.RequestError` subclasses for anything they refuse.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
+_log = logging.getLogger("party_server")
 
 __all__ = ["HostContext", "HostDataset", "HostSession", "ModelStoreAPI"]
 
@@ -18,13 +21,17 @@ class HostDataset:
     """A host's dataset: sample IDs and numeric feature columns.
 
     ``feature_names`` is ``None`` when the host does not publish its column names; then
-    peers only ever see column positions.
+    peers only ever see column positions. ``columns`` are the names of the columns all
+    the same, for the host alone: a stored model remembers them, so that a data file
+    exported again with its columns in another order still gets each model's columns
+    (see :func:`model_columns`); ``None`` if unknown.
     """
 
     name: str
     ids: np.ndarray
     X: np.ndarray  # float64, shape (n_rows, n_features), NaN = missing
     feature_names: list | None = None
+    columns: list | None = None
 
     @property
     def n_rows(self):
@@ -90,4 +97,44 @@ def aligned_rows(ctx):
     return rows
 
 
-__all__ += ["aligned_rows"]
+def model_columns(meta, dataset, model_id):
+    """Where the columns a stored model was trained on are in ``dataset`` now, by name.
+
+    A model's ``meta["columns"]`` names its columns (host-side only). The dataset's file
+    may have been exported again since, with its columns in another order or with more
+    of them: each model column is found by its name. One that is gone, or a model
+    without names whose number of columns differs, is a :class:`ConflictError`: the
+    host would otherwise apply thresholds or coefficients to other columns. The names
+    go to the host's log, not to the peer (they may be unpublished).
+    """
+    from ..exceptions import ConflictError
+
+    saved = meta.get("columns")
+    if saved is None or dataset.columns is None:
+        n = meta.get("n_features", dataset.n_features)
+        if n != dataset.n_features:
+            raise ConflictError(
+                f"model {model_id} was trained on {n} of this host's columns; its dataset "
+                f"{dataset.name!r} has {dataset.n_features} now (its data file changed "
+                "since): fit the model again"
+            )
+        return np.arange(n)
+    where = {str(c): j for j, c in enumerate(dataset.columns)}
+    gone = [c for c in saved if c not in where]
+    if gone:
+        _log.warning(
+            "model %s: columns %s of dataset %r are gone from its data file",
+            model_id,
+            gone,
+            dataset.name,
+        )
+        raise ConflictError(
+            f"{len(gone)} of the {len(saved)} host columns model {model_id} was trained on "
+            f"are no longer in dataset {dataset.name!r} (its data file changed since; the "
+            "host's log names them): fit the model again, or ask the host's operator to "
+            "restore them"
+        )
+    return np.array([where[c] for c in saved], dtype=np.int64)
+
+
+__all__ += ["aligned_rows", "model_columns"]

@@ -14,6 +14,7 @@ the model and used again when scoring.
 See :mod:`fedsk.linear_model._protocol` for the guest half and the message flow.
 """
 
+import logging
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,13 @@ from ..crypto import (
     unpack_signed,
 )
 from ..exceptions import BadMessageError, ConflictError, FedskError, RequestError
-from ..federation import Message, aligned_rows, public_key_from_wire, public_key_to_wire
+from ..federation import (
+    Message,
+    aligned_rows,
+    model_columns,
+    public_key_from_wire,
+    public_key_to_wire,
+)
 from ._core import (
     EXP_C,
     EXP_ENC,
@@ -53,6 +60,8 @@ from ._core import (
     slot_groups,
     slot_layout,
 )
+
+_log = logging.getLogger("party_server")
 
 __all__ = ["scores", "setup", "step"]
 
@@ -191,21 +200,34 @@ def setup(ctx, msg):
         j = int(np.abs(X).max(axis=0).argmax())
         names = ctx.dataset.feature_names  # (None unless the host publishes them)
         column = f"column {names[j]!r}" if names else f"column {j} of the host's"
+        _log.warning(  # the value for the host's operator only: it is a customer's
+            "logistic regression refused: %s of dataset %r holds %.3g, beyond 2**%d",
+            column,
+            ctx.dataset.name,
+            np.abs(X).max(),
+            MAX_X_BITS,
+        )
         raise RequestError(
-            f"host feature values must be below 2**{MAX_X_BITS} in absolute value (found "
-            f"{np.abs(X).max():.3g} in {column}); standardise the host's columns"
+            f"host {column} holds values of 2**{MAX_X_BITS} or more in absolute value, "
+            "too large for logistic regression: ask the host's operator to standardise "
+            "that column (its log has the details)"
         )
     d = X.shape[1]
     W = np.zeros((d, n_targets))
     if warm is not None:
         meta, arrays = ctx.models.load(warm, ctx.session.peer)
         coef = arrays.get("coef")
-        if (
-            meta.get("kind") != MODEL_KIND
-            or meta.get("dataset") != ctx.session.dataset
-            or coef is None
-            or coef.shape != W.shape
-        ):
+        if meta.get("kind") != MODEL_KIND or meta.get("dataset") != ctx.session.dataset:
+            raise ConflictError(
+                f"warm_start model {warm} was not fitted by logistic regression on this dataset"
+            )
+        if not np.array_equal(model_columns(meta, ctx.dataset, warm), np.arange(d)):
+            raise ConflictError(
+                f"the host's columns changed since model {warm} was fitted (its data file "
+                "was exported again with other or moved columns): warm_start cannot "
+                "continue it; fit afresh (warm_start=False)"
+            )
+        if coef is None or coef.shape != W.shape:
             raise ConflictError(
                 "warm_start model does not match this fit (dataset, features or classes)"
             )
@@ -618,6 +640,7 @@ def _finish(ctx, fit, msg):
         "dataset": ctx.session.dataset,
         "protocol": fit.protocol,
         "n_features": int(fit.X.shape[1]),
+        "columns": ctx.dataset.columns,  # (host-side: prediction follows them by name)
         "n_targets": int(fit.K),
     }
     ctx.models.save(
@@ -662,10 +685,11 @@ def scores(ctx, msg):
             f"not on {ctx.session.dataset!r}"
         )
     coef = np.asarray(arrays["coef"], dtype=np.float64)
-    if coef.shape[0] != ctx.dataset.n_features:
-        raise ConflictError("the dataset's columns changed since the model was trained")
+    columns = model_columns(meta, ctx.dataset, model_id)
+    if coef.shape[0] != len(columns):
+        raise ConflictError(f"model {model_id} does not match this dataset's columns")
     rows = aligned_rows(ctx)
-    X, _ = prepare_features(ctx.dataset.X[rows], arrays.get("means"))
+    X, _ = prepare_features(ctx.dataset.X[np.ix_(rows, columns)], arrays.get("means"))
     out = Message()
     out.add_array("scores", X @ coef)
     return out
