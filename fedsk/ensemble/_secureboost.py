@@ -509,8 +509,9 @@ _NOTES = """
     from the record layout whether only g is encrypted (a fresh fit's first round, where
     every h is equal by construction, and every round of the regressor, whose h is 1;
     never in a fit with ``sample_weight``, so that it cannot tell whether the weights
-    differ). It never sees labels, gradients, sample weights, the guest's features or
-    its splits.
+    differ), and with early stopping which rows are held out for validation (they are
+    in no node). It never sees labels, gradients, sample weights, the guest's features
+    or its splits.
 
     Losslessness: gradients are quantised on the local path too, so a fit with
     ``federation=None`` on the joined columns grows exactly the same trees (same
