@@ -253,3 +253,38 @@ def test_stopping_a_server_stops_its_worker_processes():
         fed.close()
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
+
+
+def test_connection_failures_say_what_to_check():
+    import socket
+    import threading
+
+    def spec(url, **kw):
+        return {"h": {"url": url, "dataset": "d", "token": "t" * 16, **kw}}
+
+    with pytest.raises(ValueError, match=r"the CA bundle '/missing/ca.pem' does not exist"):
+        Federation(spec("https://h.example", verify="/missing/ca.pem"))
+    cases = []
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        cases.append((f"http://127.0.0.1:{s.getsockname()[1]}", "Nothing accepted"))
+    server = socket.create_server(("127.0.0.1", 0))  # closes every connection unanswered
+
+    def close_each():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    cases.append((f"http://127.0.0.1:{server.getsockname()[1]}", "use https://"))
+    cases.append(("https://no-such-host.invalid", r"does not resolve \(DNS\)"))
+    try:
+        for url, advice in cases:
+            with pytest.raises(PartyUnavailableError, match=advice):
+                Federation(spec(url), retries=0).intersect(["a"])
+    finally:
+        server.close()

@@ -155,8 +155,15 @@ class Federation:
                 )
             if ("token" in spec) == ("token_env" in spec):
                 raise ValueError(f"hosts[{name!r}] needs exactly one of 'token' or 'token_env'")
-            if spec.get("verify", True) is False:
+            verify = spec.get("verify", True)
+            if verify is False:
                 raise ValueError(f"hosts[{name!r}]['verify'] cannot be False; give a CA bundle")
+            if isinstance(verify, (str, os.PathLike)) and not os.path.exists(verify):
+                raise ValueError(
+                    f"hosts[{name!r}]['verify']: the CA bundle {os.fspath(verify)!r} does not "
+                    "exist; give the path of the PEM file that signed the host's certificate "
+                    "(or True for the system's CAs)"
+                )
             checked[name] = dict(spec)
         if len(timeout) != 2 or min(timeout) <= 0:
             raise ValueError("timeout must be (connect_seconds, read_seconds), both > 0")

@@ -195,10 +195,35 @@ class HttpTransport(Transport):
                 f"{time.monotonic() - started:.1f} s (connect timeout {self.timeout[0]:g} s,"
                 f" read timeout {self.timeout[1]:g} s)"
             )
-            raise PartyUnavailableError(self.party, self.url, tried, type(exc).__name__) from None
+            raise PartyUnavailableError(
+                self.party, self.url, tried, type(exc).__name__, advice=_advice(exc, self.url)
+            ) from None
         return self._answer(
             method, path, resp.status_code, resp.headers.get("Content-Type"), resp.content
         )
+
+
+def _advice(exc, url):
+    """What to do about a connection that failed, when its cause says more than "retry"."""
+    text = repr(exc)
+    if any(k in text for k in ("NameResolutionError", "Failed to resolve", "not known")):
+        return (
+            f"The host name of {url} does not resolve (DNS): check the URL's spelling, or "
+            "the machine's DNS settings."
+        )
+    if url.startswith("http://") and any(
+        k in text for k in ("RemoteDisconnected", "BadStatusLine", "Connection aborted")
+    ):
+        return (
+            "The server closed the connection without an HTTP answer: if it serves TLS, "
+            "use https:// in the URL; otherwise check that its party server is running."
+        )
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return (
+            "Nothing accepted the connection at that address: check that its party server "
+            "is running and listens on that host and port, then retry."
+        )
+    return None
 
 
 class InProcessTransport(Transport):
