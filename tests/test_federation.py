@@ -288,3 +288,25 @@ def test_connection_failures_say_what_to_check():
                 Federation(spec(url), retries=0).intersect(["a"])
     finally:
         server.close()
+
+
+def test_a_server_killed_outright_leaves_no_worker_processes():
+    """kill -9 (or the OOM killer) runs no clean-up: the workers notice on their own."""
+    import signal
+
+    psutil = pytest.importorskip("psutil")
+    ids = [f"u{i}" for i in range(21_000)]
+    df = pd.DataFrame({"x": np.arange(21_000.0)}, index=ids)
+    fed = LocalFederation(hosts={"h": df}, n_jobs=2)
+    try:
+        [client] = fed.connect()
+        sid, _ = client.open_session("t")
+        align(client, sid, ids)  # large enough for the host to use its worker processes
+        server = psutil.Process(fed.pid("h"))
+        workers = [p for p in server.children(recursive=True) if "loky" in " ".join(p.cmdline())]
+        assert workers, "the host did not start worker processes"
+        os.kill(server.pid, signal.SIGKILL)
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        fed.close()

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
@@ -61,8 +62,32 @@ def _process_pool(workers):
     with _pools_lock:
         pool = _process_pools.get(key)
         if pool is None:
-            pool = _process_pools[key] = LokyExecutor(workers, timeout=_IDLE_SECONDS)
+            pool = _process_pools[key] = LokyExecutor(
+                workers, timeout=_IDLE_SECONDS, initializer=_exit_with_parent
+            )
     return key, pool
+
+
+def _exit_with_parent():
+    """Worker initialiser: exit soon after the process that started this worker is gone.
+
+    A party server killed outright (``kill -9``, the OOM killer) runs no clean-up, and
+    its idle workers would wait for work for minutes, each restart adding more.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="fedsk-parent-watch", daemon=True).start()
+
+
+def _idle_worker():
+    """Initialiser of the idle-priority workers."""
+    _exit_with_parent()
+    _lower_priority()
 
 
 def _lower_priority():
@@ -104,7 +129,7 @@ def submit_idle(func, args, *, workers):
         pool = _idle_pools.get(key)
         if pool is None:
             pool = _idle_pools[key] = LokyExecutor(
-                workers, timeout=_IDLE_SECONDS, initializer=_lower_priority
+                workers, timeout=_IDLE_SECONDS, initializer=_idle_worker
             )
     try:
         return pool.submit(func, *args)
