@@ -89,7 +89,7 @@ def _check_aligned(values, index, name):
         return  # arrays, lists and length mismatches: validate_data has the words
     if v_index.equals(index):
         return
-    if _is_row_positions(v_index):
+    if _looks_like_positions(v_index):
         return  # a default index (e.g. pd.Series(labels)): positional, as in scikit-learn
     if v_index.isin(index).all():
         what = "in another order" if v_index.is_unique else "with some repeated"
@@ -98,7 +98,7 @@ def _check_aligned(values, index, name):
             f"rows would get other rows' values. Align it first: {name} = "
             f"{name}.loc[X.index]"
         )
-    if _is_row_positions(index):
+    if _looks_like_positions(index):
         return  # X's IDs look like row positions, which the sample alignment calls out
     missing = v_index[~v_index.isin(index)][:3].tolist()
     raise ValueError(
@@ -106,10 +106,6 @@ def _check_aligned(values, index, name):
         f"X.index); index {name} by the same IDs as X ({name} = {name}.loc[X.index]), or "
         f"pass {name}.to_numpy() if its rows are already in X's order"
     )
-
-
-def _is_row_positions(index):
-    return isinstance(index, pd.RangeIndex) and index.equals(pd.RangeIndex(len(index)))
 
 
 def check_id_index(index, what):
