@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import importlib
 import logging
+import os
 import re
 import threading
 import time
@@ -36,13 +37,14 @@ from ._config import Config, ConfigError, config_from_dict, load_config
 from ._datasets import load_datasets
 from ._models import ModelStore
 from ._sessions import SessionStore
-from ._storage import StorageError, check_writable
+from ._storage import StateDirInUse, StateDirLock, StorageError, check_writable
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("party_server")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
+CLAIM_WAIT = 30.0  # seconds a forked worker waits for the one it replaces to let go
 
 
 class Unauthorized(RequestError):
@@ -68,6 +70,9 @@ class State:
                 f"config key 'state_dir': cannot write to {config.state_dir} "
                 f"({exc.strerror or exc})"
             ) from None
+        # one process per state_dir: two would fork the audit chain (see StateDirLock)
+        self.lock = StateDirLock.acquire(config.state_dir)
+        self._refusing = False
         self.datasets = load_datasets(config)
         self.models = ModelStore(
             config.state_dir / "models",
@@ -85,6 +90,29 @@ class State:
                 with contextlib.suppress(NotFoundError):  # not shipped here: logged, then 404
                     self.handler(route)
         self.on_session_open = [_resolve(path) for path in ON_SESSION_OPEN]
+
+    def claim(self):
+        """Make sure this process owns the state directory before it serves a request.
+
+        A process forked after the app was created (gunicorn ``--preload``) takes the
+        lock over at its first request and reads the audit log's head from disk (the
+        copy in its memory is the forking process's, perhaps behind the log). A second
+        such process is refused: it cannot serve without forking the audit chain.
+        """
+        try:
+            taken = self.lock.claim(wait=CLAIM_WAIT)
+        except StateDirInUse as exc:
+            if not self._refusing:  # (the details are for the operator, once)
+                self._refusing = True
+                log.error("process %d cannot serve: %s", os.getpid(), exc)
+            raise RequestError(
+                "this party server process cannot serve: another process of the server "
+                "holds its state directory; its operator must run one server process",
+                code="state_dir_in_use",
+                status=503,
+            ) from None
+        if taken:
+            self.audit.reload()
 
     def handler(self, route):
         fn = self.handlers.get(route.name)
@@ -301,6 +329,11 @@ def _before():
     g.started = time.perf_counter()
     rid = request.headers.get(REQUEST_ID_HEADER)
     g.request_id = rid if rid and REQUEST_ID.match(rid) else None
+    try:
+        _state().claim()
+    except RequestError:
+        g.skip_audit = True  # the log belongs to the process that holds the lock
+        raise
 
 
 def _after(resp):

@@ -124,6 +124,12 @@ class AuditLog:
             ) from None
         self._make_reserve()  # (a disk already full: check_space refuses until it is made)
 
+    def reload(self):
+        """Read the chain's head from the files again (another process appended to it)."""
+        with self._lock:
+            self._repair_tail()
+            self._seq, self._prev = self._reconcile()
+
     def _repair_tail(self):
         """Drop a trailing partial line left by a crash in the middle of an append."""
         if not self.path.exists():

@@ -1,5 +1,9 @@
 """Loading a party's datasets (CSV or Parquet) into the arrays the protocols use."""
 
+import csv
+import gzip
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -20,8 +24,7 @@ def load_dataset(cfg):
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(cfg.path)
         elif suffix in (".csv", ".txt", ".gz"):
-            # IDs are text: "00017" stays "00017" (not 17), and "007" and "7" stay apart
-            df = pd.read_csv(cfg.path, dtype={cfg.id_column: str})
+            df = _read_csv(cfg.path, cfg.id_column, key)
         else:
             raise ConfigError(
                 f"config key '{key}.path': use a .csv or .parquet file, got {cfg.path.name}"
@@ -34,7 +37,8 @@ def load_dataset(cfg):
             'pip install "fedsk[parquet]" (pyarrow)'
         ) from None
     except Exception as exc:
-        raise ConfigError(f"config key '{key}.path': cannot read {cfg.path}: {exc}") from None
+        problem = " ".join(str(exc).split())  # (pandas' messages can end in a newline)
+        raise ConfigError(f"config key '{key}.path': cannot read {cfg.path}: {problem}") from None
     if len(df) == 0:
         raise ConfigError(
             f"config key '{key}.path': {cfg.path.name} has no rows (only a header); "
@@ -75,6 +79,70 @@ def load_dataset(cfg):
         feature_names=[str(c) for c in columns] if cfg.publish_feature_names else None,
         columns=[str(c) for c in columns],
     )
+
+
+def _read_csv(path, id_column, key):
+    """A CSV file with the columns its header names, whatever trailing commas its rows have.
+
+    IDs are text: "00017" stays "00017" (not 17), and "007" and "7" stay apart. pandas
+    would take the first column as the index when the rows have one field more than the
+    header (``index_col=False`` stops that), and with ``index_col=False`` it would drop
+    fields beyond the header without a word. So rows longer than the header are accepted
+    only if what is beyond it is empty (trailing commas); otherwise the line is named.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            df = pd.read_csv(path, dtype={id_column: str}, index_col=False)
+        except pd.errors.ParserError:
+            df = None  # e.g. a later row longer than the first one
+    if df is not None and not any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        unnamed = _unnamed_at_end(df)  # (the header ends in commas too)
+        if df[unnamed].isna().all().all():
+            return df.drop(columns=unnamed)
+    header, widest = _check_row_lengths(path, key)
+    names = header + [f"__beyond_{i}" for i in range(widest - len(header))]
+    df = pd.read_csv(
+        path, dtype={id_column: str}, index_col=False, header=None, skiprows=1, names=names
+    )
+    return df.drop(columns=names[len(header) :])  # empty (checked above)
+
+
+def _unnamed_at_end(df):
+    """The last columns, if their names in the header are empty (pandas: "Unnamed: 4")."""
+    columns = list(df.columns)
+    while columns and str(columns[-1]).startswith("Unnamed: "):
+        columns.pop()
+    return list(df.columns[len(columns) :])
+
+
+def _check_row_lengths(path, key):
+    """``(header, most fields in a row)``; ConfigError naming the first line with a
+    non-empty field beyond the header."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        while header and not header[-1].strip():  # a header ending in commas
+            header.pop()
+        header = [name or f"Unnamed: {i}" for i, name in enumerate(header)]
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise ConfigError(
+                f"config key '{key}.path': the header of {path.name} names column "
+                f"{repeated[0]!r} twice; give each column its own name"
+            )
+        widest = len(header)
+        for row in reader:
+            if len(row) > len(header):
+                if any(field.strip() for field in row[len(header) :]):
+                    raise ConfigError(
+                        f"config key '{key}.path': line {reader.line_num} of {path.name} has "
+                        f"{len(row)} fields but the header names {len(header)} columns; fix "
+                        "that row or name the extra column in the header"
+                    )
+                widest = max(widest, len(row))
+    return header, widest
 
 
 def load_datasets(config):

@@ -5,11 +5,17 @@ atomically (temp file, fsync, rename), read back with ``allow_pickle=False``. Ea
 model belongs to the peer that trained it; another peer is told it does not exist.
 Retention keeps at most ``max_models`` per peer (oldest first out) and, optionally,
 drops models older than ``max_age_days``.
+
+A file that cannot be read as a model (truncated, empty, not a ``.npz``: a partial
+restore, a disk error) concerns only its own model: listing and retention skip it with
+a warning in the server log (it is neither counted nor deleted), and a request for that
+model is a JSON 409 saying what to do.
 """
 
 import contextlib
 import io
 import json
+import logging
 import re
 import secrets
 import threading
@@ -27,6 +33,16 @@ from ._storage import StorageError, atomic_write, check_writable
 __all__ = ["ModelStore"]
 
 _ID = re.compile(r"^[0-9a-f]{24}$")
+# what reading a damaged file raises: zipfile.BadZipFile (truncated), EOFError (empty),
+# ValueError (not a .npz, or bad JSON), KeyError (no metadata), TypeError (metadata of
+# the wrong shape)
+_DAMAGED = (zipfile.BadZipFile, EOFError, ValueError, KeyError, TypeError)
+log = logging.getLogger("party_server")
+
+
+def _created(meta):
+    created = meta.get("created")
+    return created if isinstance(created, (int, float)) else 0
 
 
 class ModelStore(ModelStoreAPI):
@@ -36,6 +52,7 @@ class ModelStore(ModelStoreAPI):
         self.max_models = max_models
         self.max_age_days = max_age_days
         self._lock = threading.Lock()
+        self._warned = set()  # unreadable files already in the server log
         for tmp in self.root.glob(".tmp-*"):  # left by a crash mid-write: never a model
             tmp.unlink(missing_ok=True)
         self._apply_retention(None)  # models that expired while the server was down
@@ -49,17 +66,41 @@ class ModelStore(ModelStoreAPI):
         return secrets.token_hex(12)
 
     def _read(self, path):
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # (a .npy file: one array)
+            raise ValueError("not a .npz archive")
+        with data:
             arrays = {k: data[k] for k in data.files}
         meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+        if not isinstance(meta, dict):
+            raise TypeError("the model's metadata is not a JSON object")
         return meta, arrays
+
+    def _read_checked(self, model_id):
+        """``_read`` of a model by ID, its failures as answers for the peer."""
+        try:
+            return self._read(self._path(model_id))
+        except FileNotFoundError:
+            raise NotFoundError(f"unknown model {model_id}") from None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read model {model_id} ({exc.strerror or exc}); the host's operator "
+                "must make its state directory readable again"
+            ) from None
+        except _DAMAGED as exc:
+            self._warn_unreadable(self._path(model_id), exc)
+            raise StorageError(
+                f"model {model_id} is damaged on disk ({type(exc).__name__}); the host's "
+                "operator must restore it from a backup, or you fit it again",
+                code="model_damaged",
+            ) from None
 
     def save(self, model_id, peer, meta, arrays):
         path = self._path(model_id)
         with self._lock:
             created = time.time()
             if path.exists():
-                old, _ = self._read(path)
+                old, _ = self._read_checked(model_id)  # (whose it is must be known)
                 if old.get("owner") != peer:
                     raise NotFoundError("unknown model")
                 created = old.get("created", created)
@@ -72,21 +113,7 @@ class ModelStore(ModelStoreAPI):
             self._apply_retention(peer)
 
     def load(self, model_id, peer):
-        path = self._path(model_id)
-        try:
-            meta, arrays = self._read(path)
-        except FileNotFoundError:
-            raise NotFoundError(f"unknown model {model_id}") from None
-        except OSError as exc:
-            raise StorageError(
-                f"cannot read model {model_id} ({exc.strerror or exc}); the host's operator "
-                "must make its state directory readable again"
-            ) from None
-        except (ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise StorageError(
-                f"model {model_id} is damaged on disk ({type(exc).__name__}); the host's "
-                "operator must restore it from a backup, or you fit it again"
-            ) from None
+        meta, arrays = self._read_checked(model_id)
         if meta.get("owner") != peer:
             raise NotFoundError(f"unknown model {model_id}")
         if self._expired(meta, time.time()):  # (retention runs when models are saved)
@@ -120,13 +147,32 @@ class ModelStore(ModelStoreAPI):
         """Metadata of every model (of ``peer`` if given), oldest first."""
         out = []
         for path in self.root.glob("*.npz"):
+            if not _ID.match(path.stem):  # not a model's name: never served, never deleted
+                continue
             try:
                 meta, _ = self._read(path)
-            except (OSError, ValueError, KeyError):
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            except (OSError, *_DAMAGED) as exc:  # one bad file is no reason to stop
+                self._warn_unreadable(path, exc)
                 continue
             if peer is None or meta.get("owner") == peer:
-                out.append(meta)
-        return sorted(out, key=lambda m: m.get("created", 0))
+                out.append(dict(meta, model_id=path.stem))  # (the file's, for retention)
+        return sorted(out, key=_created)
+
+    def _warn_unreadable(self, path, exc):
+        key = (path.name, type(exc).__name__)
+        if key in self._warned:  # once per file: retention lists at every save
+            return
+        self._warned.add(key)
+        log.warning(
+            "model file %s cannot be read (%s: %s); it is left out of listing and retention. "
+            "Restore it from a backup, or move it out of %s (its model is then gone)",
+            path,
+            type(exc).__name__,
+            exc,
+            self.root,
+        )
 
     def _apply_retention(self, peer):
         """Delete ``peer``'s expired models and its oldest beyond ``max_models``

@@ -1,13 +1,24 @@
-"""Durable files: atomic write-then-rename with fsync, and a writability probe."""
+"""Durable files: atomic write-then-rename with fsync, a writability probe, and the lock
+that keeps a state directory to one server process."""
 
 import contextlib
 import os
 import secrets
+import threading
+import time
+import weakref
 from pathlib import Path
 
 from fedsk.exceptions import RequestError
 
-__all__ = ["StorageError", "atomic_write", "check_writable"]
+from ._config import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None
+
+__all__ = ["StateDirInUse", "StateDirLock", "StorageError", "atomic_write", "check_writable"]
 
 
 class StorageError(RequestError):
@@ -78,3 +89,113 @@ def check_writable(directory, *, parents=True):
         fh.flush()
         os.fsync(fh.fileno())
     probe.unlink()
+
+
+class StateDirInUse(ConfigError):
+    """Another process holds the state directory's lock."""
+
+
+class StateDirLock:
+    """An exclusive ``flock`` on ``state_dir/.lock``, so one process at a time serves it.
+
+    Two processes on one state directory would each append to the audit log from their
+    own in-memory head (forking the chain) and each apply retention to the same models.
+    The lock is taken when the app's state is created and held while that state lives
+    (``.lock`` holds the owner's pid, for the message). Apps of one process on the same
+    directory share one lock. A process forked from the owner (gunicorn ``--preload``)
+    shares the owner's lock, so the lock is per process: the first request a forked
+    process serves calls :meth:`claim`, which takes the lock over for that process (the
+    process that forked does not serve), or fails if another process already has it.
+    Without ``fcntl`` (Windows) there is no lock.
+    """
+
+    _held = weakref.WeakValueDictionary()  # resolved directory -> lock of this process
+    _held_lock = threading.Lock()
+
+    def __init__(self, directory):
+        self.path = Path(directory) / ".lock"
+        self.pid = os.getpid()
+        self._fd = None
+        self._claim_lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls, directory, *, wait=0.0):
+        """The lock of ``directory`` for this process; raise :class:`StateDirInUse`
+        after ``wait`` seconds if another process holds it."""
+        key = str(Path(directory).resolve())
+        with cls._held_lock:
+            lock = cls._held.get(key)
+            if lock is not None and lock.pid == os.getpid():
+                return lock
+            lock = cls(directory)
+            lock._fd = lock._take(wait)
+            cls._held[key] = lock
+            return lock
+
+    def _take(self, wait):
+        if fcntl is None:  # pragma: no cover
+            return None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    owner = _read_pid(fd)
+                    os.close(fd)
+                    raise StateDirInUse(
+                        f"config key 'state_dir': {self.path.parent} is in use by another "
+                        f"party server process{f' (pid {owner})' if owner else ''}; stop that "
+                        "server first, or give each server its own state_dir (under gunicorn: "
+                        "one worker process, workers = 1)"
+                    ) from None
+                time.sleep(0.1)
+            except OSError:
+                os.close(fd)
+                raise
+        with contextlib.suppress(OSError):  # (only for the message above)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def claim(self, *, wait=0.0):
+        """Make this process the lock's owner. True if it took the lock over from the
+        process it was forked from (whose in-memory state may be behind the files)."""
+        if self.pid == os.getpid():
+            return False
+        with self._claim_lock:
+            if self.pid == os.getpid():
+                return False
+            if self._fd is not None:
+                # shared with the process that forked this one: let go of it there too
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
+            self._fd = self._take(wait)
+            self.pid = os.getpid()
+            return True
+
+    def __del__(self):
+        if self._fd is not None and self.pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+
+
+def _read_pid(fd):
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+    return None
+
+
+def _reset_after_fork():
+    # a thread of the parent may have held these when it forked
+    StateDirLock._held_lock = threading.Lock()
+    for lock in list(StateDirLock._held.values()):
+        lock._claim_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -11,18 +11,31 @@ config, this module makes those answers the JSON ``{"error": {"code", "message",
 "request_id"}}`` of every other refusal (a 501 is a 400 here: the fedsk client never
 sends a transfer coding, so it is the peer's mistake). These requests never reach the
 app, so they are not in the audit log; gunicorn's own logs have them. Options given on
-the command line override the settings below. gunicorn is not a dependency of fedsk:
-``pip install "fedsk[gunicorn]"``.
+the command line override the settings below, except that ``--workers`` other than 1
+is refused: a party server is one process (its state directory is locked to it).
+gunicorn is not a dependency of fedsk: ``pip install "fedsk[gunicorn]"``.
 """
 
 import json as _json
 
 from gunicorn import util as _util
 
-workers = 1  # one process: sessions live in its memory
+workers = 1  # one process: sessions and the audit log's head live in its memory
 threads = 8  # concurrency comes from threads
 worker_class = "gthread"
 timeout = 600  # seconds a request may take (a large encrypted histogram can take minutes)
+
+
+def on_starting(server):
+    """Refuse more than one worker process before any starts (``--workers 2`` overrides
+    the setting above): the state directory is locked to one process, so a second
+    worker could not serve (and without the lock it would fork the audit chain)."""
+    if server.cfg.workers != 1:
+        raise SystemExit(
+            f"party_server.gunicorn_config: --workers {server.cfg.workers} is not supported: "
+            "a party server is one process (sessions and the audit log's head live in its "
+            "memory); use --workers 1 and raise --threads for concurrency"
+        )
 
 
 def _write_json_error(sock, status_int, reason, mesg):

@@ -4,16 +4,21 @@
         gunicorn -c python:party_server.gunicorn_config --certfile cert.pem \\
                  --keyfile key.pem --bind 0.0.0.0:8443 party_server.wsgi:app
 
-Use one worker process (sessions live in that process's memory) with several threads;
-:mod:`party_server.gunicorn_config` sets that, and answers the requests gunicorn
-refuses itself in JSON.
+Use one worker process with several threads: sessions and the audit log's head live in
+that process's memory, and a state directory is locked to one process (a second worker
+is refused). :mod:`party_server.gunicorn_config` sets that, refuses ``--workers`` other
+than 1, and answers the requests gunicorn refuses itself in JSON.
 """
 
 import os
 import sys
+import time
 
 from ._app import create_app
 from ._config import ConfigError
+from ._storage import StateDirInUse
+
+LOCK_WAIT = 30.0  # seconds (gunicorn's default graceful_timeout)
 
 
 def _config_path():
@@ -28,7 +33,20 @@ def _config_path():
     )
 
 
+def _create_app(path, wait=LOCK_WAIT):
+    """The app; a worker that replaces another (gunicorn's HUP, max_requests) waits for it
+    to let go of the state directory, up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return create_app(path)
+        except StateDirInUse:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
 try:
-    app = create_app(_config_path())
+    app = _create_app(_config_path())
 except ConfigError as exc:  # one line naming the key, in gunicorn's log
     sys.exit(f"party_server.wsgi: {exc}")

@@ -32,7 +32,7 @@ from fedsk.federation import (
     public_key_to_wire,
 )
 from fedsk.federation._psi import align
-from party_server import create_app
+from party_server import ConfigError, create_app
 from party_server._audit import verify
 
 from ._servers import FaultProxy, PartyServer, Reply, array_span
@@ -379,7 +379,12 @@ def test_vanished_guest_session_is_freed_after_its_ttl(tmp_path, data):
         after = _files(srv.state_dir)
     # sessions never touch the disk: only the audit log (its head and reserve, all
     # created at start) and the (empty) model store
-    assert before == during == after == [".audit.reserve", "audit.head", "audit.log", "models"]
+    assert (
+        before
+        == during
+        == after
+        == [".audit.reserve", ".lock", "audit.head", "audit.log", "models"]
+    )
 
 
 def test_session_sweeper_frees_memory_without_any_request(tmp_path, data):
@@ -672,3 +677,57 @@ def test_a_nearly_full_disk_refuses_a_request_before_carrying_it_out(tmp_path, d
     assert c.get("/v1/health").status_code == 200  # (health needs no disk)
     monkeypatch.undo()
     assert open_one(1).status_code == 200 and len(sessions) == 1  # same ID: now carried out
+
+
+# -- one process per state directory -------------------------------------------------------------
+def test_a_second_server_on_the_same_state_dir_is_refused_in_one_line(tmp_path, data):
+    """Two servers on one state_dir would fork the audit chain (each appends from its own
+    head): the second is refused at start, naming the directory and the first one's pid,
+    and the first one's log stays intact."""
+    from ._servers import free_port, write_toml
+
+    guest, host, _ = data
+    srv = PartyServer(tmp_path, host)
+    with srv:
+        fed = Federation({"insurer": srv.host_spec()})
+        assert fed.intersect(guest.index[:5])["insurer"].all()
+        twin = tmp_path / "twin.toml"  # the same config on another port
+        write_toml(twin, dict(srv.cfg, bind=f"127.0.0.1:{free_port()}"))
+        code, err = _serve_expecting_failure(twin)
+        assert code == 2, err
+        assert err == (
+            f"party-server: config key 'state_dir': {srv.state_dir} is in use by another "
+            f"party server process (pid {srv.pid}); stop that server first, or give each "
+            "server its own state_dir (under gunicorn: one worker process, workers = 1)"
+        )
+        with pytest.raises(ConfigError, match="is in use by another party server process"):
+            create_app(srv.cfg)  # (the same from the app factory)
+        assert fed.intersect(guest.index[:5])["insurer"].all()  # the first one serves on
+    n = _audit_ok(srv.state_dir / "audit.log")  # both intersections, in one chain
+    srv.start()  # stopped: the directory is free again
+    srv.stop()
+    assert _audit_ok(srv.state_dir / "audit.log") == n > 0
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_gunicorn_with_more_than_one_worker_is_refused(tmp_path, data, workers):
+    """The documented gunicorn config refuses --workers > 1 before any worker starts."""
+    from ._servers import free_port, write_toml
+
+    pytest.importorskip("gunicorn")
+    _, host, _ = data
+    cfg_path = tmp_path / "host.toml"
+    write_toml(cfg_path, write_host(tmp_path, host))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "python:party_server.gunicorn_config"]
+        + ["--workers", str(workers), "--bind", f"127.0.0.1:{free_port()}"]
+        + ["party_server.wsgi:app"],
+        env=dict(os.environ, FEDSK_PARTY_CONFIG=str(cfg_path)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0, proc.stderr
+    assert f"--workers {workers} is not supported" in proc.stderr
+    assert "Booting worker" not in proc.stderr

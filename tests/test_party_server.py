@@ -10,6 +10,7 @@ from fedsk.federation import CONTENT_TYPE, Message, message_from_wire, message_t
 from party_server import ConfigError, create_app
 from party_server._audit import verify
 from party_server._cli import main as cli_main
+from party_server._storage import StorageError
 
 from .conftest import TOKEN, write_host
 
@@ -736,3 +737,179 @@ def test_kept_answers_for_retries_are_bounded_in_bytes_but_the_newest_stays(monk
     assert list(entry.replies) == ["req-00003", "req-00004", "req-big00"]
     with pytest.raises(ConflictError, match="already used"):  # not carried out again
         entry.replay("req-00002")
+
+
+def _in_child(fn):
+    """Run ``fn()`` in a forked process (as gunicorn --preload forks its worker); return
+    what it returned, or raise what it raised, in text."""
+    import os
+    import traceback
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        try:
+            out = json.dumps(["ok", fn()])
+        except BaseException:
+            out = json.dumps(["error", traceback.format_exc()])
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    kind, value = json.loads(data)
+    assert kind == "ok", value
+    return value
+
+
+def test_a_forked_worker_takes_the_state_dir_over_and_a_second_one_is_refused(
+    tmp_path, host_df, monkeypatch
+):
+    """gunicorn --preload creates the app once and forks its workers from that process.
+    The first worker to serve takes the state_dir's lock over (and reads the audit head
+    from disk, so a replacement worker continues the chain); a second worker alive at the
+    same time answers 503 state_dir_in_use and appends nothing."""
+    import os
+    import signal
+
+    import party_server._app as app_mod
+
+    monkeypatch.setattr(app_mod, "CLAIM_WAIT", 0.0)
+    app = create_app(write_host(tmp_path, host_df))
+    state = tmp_path / "insurer" / "state"
+    log = state / "audit.log"
+
+    def serve():  # two requests; then who the lock file names
+        c = app.test_client()
+        sid = open_session(c)["session_id"]
+        assert c.delete(f"/v1/sessions/{sid}", headers={**AUTH, **rid(5)}).status_code == 200
+        return int((state / ".lock").read_text()) == os.getpid()
+
+    assert _in_child(serve) is True
+    assert verify(log) == (True, 2, None)
+    # a worker that replaces it starts from the forking process's (stale) head: it
+    # continues the chain all the same
+    assert _in_child(serve) is True
+    assert verify(log) == (True, 4, None)
+    # two workers at once: the first holds the directory, the second is refused
+    ready, go = os.pipe()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - the child
+        serve()
+        os.write(go, b"x")
+        signal.pause()
+    try:
+        assert os.read(ready, 1) == b"x"
+
+        def refused():
+            r = app.test_client().get("/v1/health")
+            return r.status_code, error_of(r)["code"], error_of(r)["message"]
+
+        status, code, message = _in_child(refused)
+        assert (status, code) == (503, "state_dir_in_use")
+        assert "must run one server process" in message and str(state) not in message
+    finally:
+        os.kill(first, signal.SIGTERM)
+        os.waitpid(first, 0)
+    assert verify(log) == (True, 6, None)  # the refused request is in no log
+
+
+def _damaged_model_files(root):
+    """Files in the model store that are not models: what a partial restore or a disk
+    error leaves. Returns their model IDs."""
+    import io
+
+    root.mkdir(parents=True, exist_ok=True)
+    npy, not_json, not_object = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    np.save(npy, np.arange(3.0))
+    np.savez(not_json, __meta__=np.frombuffer(b"{not json", dtype=np.uint8))
+    np.savez(not_object, __meta__=np.frombuffer(b"[1, 2]", dtype=np.uint8))
+    files = {
+        "truncated": b"PK\x03\x04truncated",
+        "empty": b"",
+        "npy": npy.getvalue(),
+        "no metadata": _npz(w=np.zeros(2)),
+        "meta not JSON": not_json.getvalue(),
+        "meta not an object": not_object.getvalue(),
+    }
+    ids = {}
+    for i, (what, data) in enumerate(files.items()):
+        ids[what] = f"{i:024x}"
+        (root / f"{ids[what]}.npz").write_bytes(data)
+    return ids
+
+
+def _npz(**arrays):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_damaged_model_files_concern_only_their_own_model(tmp_path, host_df, caplog):
+    """A truncated, empty or foreign file in state_dir/models does not stop the server
+    from starting, nor other models from being saved (retention lists every model), nor
+    listing: it is skipped with one warning for the operator and left in place. Asking
+    for that model is a JSON 409 saying what to do."""
+    cfg = write_host(tmp_path, host_df, models={"max_models": 2})
+    damaged = _damaged_model_files(tmp_path / "insurer" / "state" / "models")
+    with caplog.at_level("WARNING", logger="party_server"):
+        app = create_app(cfg)  # retention at start reads every file
+    store, c = app.extensions["fedsk"].models, app.test_client()
+    for mid in damaged.values():
+        assert sum(f"{mid}.npz cannot be read" in r.message for r in caplog.records) == 1
+    ids = []
+    for i in range(3):  # retention runs at every save: still once per file in the log
+        ids.append(store.create("bank", "t"))
+        store.save(ids[-1], "bank", {"i": i}, {"w": np.zeros(2)})
+    assert [m["model_id"] for m in store.list("bank")] == ids[1:]
+    assert all((store.root / f"{mid}.npz").exists() for mid in damaged.values())
+    assert len(caplog.records) == len(damaged)
+    for what, mid in damaged.items():
+        for r in (
+            c.get(f"/v1/models/{mid}", headers=AUTH),
+            c.delete(f"/v1/models/{mid}", headers={**AUTH, **rid()}),
+        ):
+            err = error_of(r)
+            assert r.status_code == 409 and err["code"] == "model_damaged", (what, err)
+            assert f"model {mid} is damaged on disk" in err["message"]
+            assert "restore it from a backup, or you fit it again" in err["message"]
+        with pytest.raises(StorageError, match="damaged on disk"):  # nor overwritten
+            store.save(mid, "bank", {}, {"w": np.zeros(2)})
+    assert c.get(f"/v1/models/{ids[-1]}", headers=AUTH).status_code == 200
+    assert c.get("/v1/health").status_code == 200
+
+
+def test_csv_rows_ending_in_commas_keep_the_configured_id_column(tmp_path, host_df):
+    """Spreadsheet exports end rows in commas: pandas would then take the first column
+    as the index, and the first *feature* would become the sample IDs."""
+    cfg = write_host(tmp_path, host_df)
+    path = tmp_path / "insurer" / "customers.csv"
+    lines = path.read_text().splitlines()
+    path.write_text(
+        "\n".join([lines[0] + ","] + [line + "," for line in lines[1:30]] + lines[30:]) + "\n"
+    )
+    ds = create_app(cfg).extensions["fedsk"].datasets["customers"]
+    assert ds.ids.tolist() == host_df.index.tolist()
+    assert ds.feature_names == list(host_df.columns)
+    np.testing.assert_array_equal(ds.X, host_df.to_numpy())
+
+
+@pytest.mark.parametrize("row", [3, 40])
+def test_a_csv_row_with_more_fields_than_the_header_is_a_one_line_error(tmp_path, host_df, row):
+    """What a row holds beyond the header would be dropped (or shift the columns)."""
+    cfg = write_host(tmp_path, host_df)
+    path = tmp_path / "insurer" / "customers.csv"
+    lines = path.read_text().splitlines()
+    lines = [line + "," for line in lines]  # trailing commas everywhere: fine
+    lines[row - 1] += "17.5"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as err:
+        create_app(cfg)
+    assert str(err.value) == (
+        f"config key 'datasets.customers.path': line {row} of customers.csv has 5 fields but "
+        "the header names 4 columns; fix that row or name the extra column in the header"
+    )

@@ -42,7 +42,7 @@ def test_soak_200_fits_and_predicts(capsys):
     assert fig["sessions_left_open"] == 0
     # retention: at most max_models models on disk, nothing else but the audit log
     assert fig["models_on_disk"] == MAX_MODELS
-    # models/, audit.log, its head and reserve
-    assert len(fig["files_in_state_dir"]) == MAX_MODELS + 4
+    # models/, audit.log, its head and reserve, the lock
+    assert len(fig["files_in_state_dir"]) == MAX_MODELS + 5
     assert not any(".tmp-" in f for f in fig["files_in_state_dir"])
     assert fig["audit_ok"], fig["audit_problem"]
