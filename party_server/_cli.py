@@ -3,6 +3,8 @@
 party-server --config host.toml              serve (waitress, plain HTTP on loopback)
 party-server audit verify --config host.toml exit 0 if the chain is intact
 party-server audit show --config host.toml   per-session summary
+party-server models list --config host.toml  the models the peers trained here
+party-server models delete ID --config host.toml
 """
 
 import argparse
@@ -13,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from ._config import ConfigError, load_config, load_state_dir
 
@@ -158,6 +161,46 @@ def _audit_show(args):
     return 0
 
 
+def _models_list(args):
+    from ._audit import printable
+    from ._models import describe_models
+
+    root = load_state_dir(args.config) / "models"
+    models = describe_models(root)
+    print(f"model store {root}: {len(models)} model file(s)")
+    print(
+        f"{'model':24} {'peer':12} {'kind':12} {'dataset':14} {'created (UTC)':20} "
+        f"{'updated (UTC)':20} {'KB':>8}  state"
+    )
+    for m in models:
+        print(
+            f"{m['model_id']:24} {printable(m.get('owner') or '-'):12} "
+            f"{printable(m.get('kind') or '-'):12} {printable(m.get('dataset') or '-'):14} "
+            f"{_utc(m.get('created')):20} {_utc(m.get('updated')):20} "
+            f"{m['bytes'] / 1024:8.1f}  {m['state']}"
+        )
+    return 0
+
+
+def _models_delete(args):
+    from ._models import delete_model_file
+
+    root = load_state_dir(args.config) / "models"
+    try:
+        delete_model_file(root, args.model_id)
+    except LookupError as exc:
+        print(f"party-server: {exc}", file=sys.stderr)
+        return 1
+    print(f"deleted model {args.model_id} from {root}")
+    return 0
+
+
+def _utc(timestamp):
+    if not isinstance(timestamp, (int, float)):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
 def _url_host(host):
     return f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets
 
@@ -206,6 +249,15 @@ def build_parser():
     ):
         p = audit_sub.add_parser(name, help=text)
         p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
+    models = sub.add_parser("models", help="list or delete the models the peers trained here")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    p = models_sub.add_parser("list", help="every model: ID, peer, kind, dataset, times, size")
+    p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
+    p = models_sub.add_parser(
+        "delete", help="delete one model (also while the server runs; not in the audit log)"
+    )
+    p.add_argument("model_id", help="the model's ID, as models list shows it")
+    p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
     return parser
 
 
@@ -224,6 +276,8 @@ def main(argv=None):
     )
     _exit_with_parent()
     try:
+        if args.command == "models":
+            return _models_list(args) if args.models_command == "list" else _models_delete(args)
         if args.command == "audit":
             try:
                 return _audit_verify(args) if args.audit_command == "verify" else _audit_show(args)

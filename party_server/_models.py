@@ -30,7 +30,7 @@ from fedsk.federation import ModelStoreAPI
 
 from ._storage import StorageError, atomic_write, check_writable
 
-__all__ = ["ModelStore"]
+__all__ = ["ModelStore", "delete_model_file", "describe_models"]
 
 _ID = re.compile(r"^[0-9a-f]{24}$")
 # what reading a damaged file raises: zipfile.BadZipFile (truncated), EOFError (empty),
@@ -43,6 +43,62 @@ log = logging.getLogger("party_server")
 def _created(meta):
     created = meta.get("created")
     return created if isinstance(created, (int, float)) else 0
+
+
+def _read_model(path):
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):  # (a .npy file: one array)
+        raise ValueError("not a .npz archive")
+    with data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    if not isinstance(meta, dict):
+        raise TypeError("the model's metadata is not a JSON object")
+    return meta, arrays
+
+
+_DESCRIBED = ("owner", "kind", "dataset", "created", "updated")
+
+
+def describe_models(root):
+    """Every model file of a store, for its operator (``party-server models list``):
+    ID, owner, kind, dataset, times, size and whether it can be read; oldest first."""
+    out = []
+    for path in Path(root).glob("*.npz"):
+        if not _ID.match(path.stem):
+            continue
+        try:
+            info = {"model_id": path.stem, "bytes": path.stat().st_size, "state": "ok"}
+            meta, _ = _read_model(path)
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+        except (OSError, *_DAMAGED) as exc:
+            info["state"] = f"damaged ({type(exc).__name__})"
+        else:
+            info.update(
+                {k: meta.get(k) for k in ("owner", "kind", "dataset", "created", "updated")}
+            )
+        out.append(info)
+    return sorted(out, key=_created)
+
+
+def delete_model_file(root, model_id):
+    """Delete one model's file (``party-server models delete``); LookupError saying why not.
+
+    The server reads models from disk at every use, so this works while it runs: the
+    peer's next request for that model is told it is unknown.
+    """
+    if not isinstance(model_id, str) or not _ID.match(model_id):
+        raise LookupError(
+            f"{model_id!r} is not a model ID (24 hex digits, as party-server models list shows)"
+        )
+    path = Path(root) / f"{model_id}.npz"
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        raise LookupError(f"there is no model {model_id} in {root}") from None
+    except OSError as exc:
+        raise LookupError(f"cannot delete {path}: {exc.strerror or exc}") from None
 
 
 class ModelStore(ModelStoreAPI):
@@ -66,15 +122,7 @@ class ModelStore(ModelStoreAPI):
         return secrets.token_hex(12)
 
     def _read(self, path):
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):  # (a .npy file: one array)
-            raise ValueError("not a .npz archive")
-        with data:
-            arrays = {k: data[k] for k in data.files}
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-        if not isinstance(meta, dict):
-            raise TypeError("the model's metadata is not a JSON object")
-        return meta, arrays
+        return _read_model(path)
 
     def _read_checked(self, model_id):
         """``_read`` of a model by ID, its failures as answers for the peer."""

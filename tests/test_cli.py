@@ -166,7 +166,10 @@ def test_docs_install_extras_that_exist():
     assert {("deploy.md", "parquet"), ("deploy.md", "gunicorn")} <= named
 
 
-@pytest.mark.parametrize("command", [["serve"], ["audit", "verify"], ["audit", "show"]])
+@pytest.mark.parametrize(
+    "command",
+    [["serve"], ["audit", "verify"], ["audit", "show"], ["models", "list"], ["models", "delete"]],
+)
 def test_party_server_help_names_the_config_option_plainly(capsys, command):
     with pytest.raises(SystemExit) as exit_:
         party_server_main([*command, "--help"])

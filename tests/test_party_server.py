@@ -913,3 +913,38 @@ def test_a_csv_row_with_more_fields_than_the_header_is_a_one_line_error(tmp_path
         f"config key 'datasets.customers.path': line {row} of customers.csv has 5 fields but "
         "the header names 4 columns; fix that row or name the extra column in the header"
     )
+
+
+def test_the_operator_lists_and_deletes_models_with_the_cli(tmp_path, host_df, capsys):
+    import pandas as pd
+
+    from fedsk import SecureBoostClassifier
+    from fedsk.exceptions import ProtocolError
+    from fedsk.federation import InProcessFederation
+
+    cfg = write_host(tmp_path, host_df)
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    app = create_app(cfg)
+    fed = InProcessFederation({"insurer": (app, "customers", TOKEN)})
+    guest = pd.DataFrame({"g": np.arange(len(host_df), dtype=float)}, index=host_df.index)
+    y = (host_df.age > 0).astype(int)
+    clf = SecureBoostClassifier(federation=fed, n_estimators=1, key_length=1024).fit(guest, y)
+    (mid,) = clf._host_model_ids
+    (tmp_path / "insurer" / "state" / "models" / f"{'0' * 24}.npz").write_bytes(b"cut")
+    capsys.readouterr()
+    assert cli_main(["models", "list", "--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 model file(s)" in out
+    line = next(row for row in out.splitlines() if row.startswith(mid))
+    assert line.split()[1:4] == ["bank", "secureboost", "customers"] and line.endswith("ok")
+    assert f"{'0' * 24} " in out and "damaged (ValueError)" in out
+    # deleting works while the server runs: the peer is told the model is gone
+    assert cli_main(["models", "delete", mid, "--config", str(cfg_path)]) == 0
+    assert f"deleted model {mid}" in capsys.readouterr().out
+    with pytest.raises(ProtocolError, match="404"):
+        clf.predict(guest)
+    for bad, what in ((mid, "there is no model"), ("../audit", "is not a model ID")):
+        assert cli_main(["models", "delete", bad, "--config", str(cfg_path)]) == 1
+        assert what in capsys.readouterr().err
+    assert (tmp_path / "insurer" / "state" / "audit.log").exists()
