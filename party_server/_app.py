@@ -44,6 +44,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("party_server")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
+MODEL_ID = re.compile(r"^[0-9a-f]{24}$")
 CLAIM_WAIT = 30.0  # seconds a forked worker waits for the one it replaces to let go
 
 
@@ -179,7 +180,14 @@ def _message_in():
         )
     msg = message_from_wire(request.get_data(cache=True))
     g.ct_in = msg.n_ciphertexts
+    _note_model(msg.meta.get("model_id") or msg.meta.get("warm_start"))
     return msg
+
+
+def _note_model(model_id):
+    """The model a request uses or makes, for its audit record (which file is whose)."""
+    if isinstance(model_id, str) and MODEL_ID.match(model_id):
+        g.model_id = model_id
 
 
 def _reply(msg):
@@ -191,6 +199,7 @@ def _reply(msg):
             code="non_finite_result",
         )
     g.ct_out = msg.n_ciphertexts
+    _note_model(msg.meta.get("model_id"))
     return Response(message_to_wire(msg), status=200, content_type=CONTENT_TYPE)
 
 
@@ -317,6 +326,7 @@ def _create_session(state, msg):
 
 
 def _models(state, route, model_id):
+    _note_model(model_id)
     meta, _ = state.models.load(model_id, g.peer)
     if route.name == "models.delete":
         state.models.delete(model_id, g.peer)
@@ -368,6 +378,8 @@ def _after(resp):
             endpoint=endpoint,
             session=g.get("session"),
             request_id=g.get("request_id"),
+            model=g.get("model_id"),
+            addr=printable(request.remote_addr, 64),
             status=resp.status_code,
             bytes_in=request.content_length or len(body),
             bytes_out=resp.calculate_content_length() or 0,

@@ -1,7 +1,8 @@
 """The hash-chained audit log: one JSON line per request the server takes.
 
-Each record holds the time, the peer, the endpoint, the session, the request ID, byte
-sizes and SHA-256 of the bodies, ciphertext counts each way and the HTTP status. It
+Each record holds the time, the peer, the endpoint, the session, the request ID, the
+model the request uses or makes (if any), the client's address, byte sizes and SHA-256
+of the bodies, ciphertext counts each way and the HTTP status. It
 also holds ``prev`` (the previous record's hash) and its own ``hash``:
 ``sha256(prev + canonical JSON of the record without its hash)``. Editing, inserting
 or deleting a record in the middle breaks the chain at that record.

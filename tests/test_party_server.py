@@ -931,6 +931,11 @@ def test_the_operator_lists_and_deletes_models_with_the_cli(tmp_path, host_df, c
     y = (host_df.age > 0).astype(int)
     clf = SecureBoostClassifier(federation=fed, n_estimators=1, key_length=1024).fit(guest, y)
     (mid,) = clf._host_model_ids
+    clf.predict(guest)
+    log = tmp_path / "insurer" / "state" / "audit.log"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    uses = [r["endpoint"] for r in records if r.get("model") == mid]  # which file is whose
+    assert {"secureboost.setup", "secureboost.decisions"} <= set(uses), uses
     (tmp_path / "insurer" / "state" / "models" / f"{'0' * 24}.npz").write_bytes(b"cut")
     capsys.readouterr()
     assert cli_main(["models", "list", "--config", str(cfg_path)]) == 0
