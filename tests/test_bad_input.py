@@ -355,9 +355,15 @@ def test_labels_or_weights_indexed_by_other_ids_or_in_another_order_are_refused(
         w = pd.Series(np.linspace(0.5, 2, N), index=guest.index).iloc[::-1]
         with pytest.raises(ValueError, match=r"sample_weight holds the sample IDs of X in an"):
             est.fit(guest, y, sample_weight=w)
-    other = y.set_axis([f"x{i}" for i in range(N)])
-    with pytest.raises(ValueError, match=r"does not match X's sample IDs \(e.g. \['x0'"):
+    other = y.set_axis([f"x{i}" if i < 5 else guest.index[i] for i in range(N)])
+    with pytest.raises(ValueError, match=r"some of X's sample IDs but not all \(e.g. \['x0'"):
         clf_of(fed).fit(guest, other)
+    # what a cross-validation split leaves of a default index is positional, as in sklearn
+    positional = y.reset_index(drop=True)
+    keep = np.arange(N) % 3 > 0
+    a = clf_of(fed).fit(guest[keep], positional[keep], sample_weight=positional[keep] + 1.0)
+    b = clf_of(fed).fit(guest[keep], y[keep].to_numpy(), sample_weight=y[keep].to_numpy() + 1.0)
+    np.testing.assert_array_equal(a.predict_proba(guest), b.predict_proba(guest))
     # aligned, a default index (positional, as in scikit-learn) or an array: all fitted alike
     a = clf_of(fed).fit(guest, shuffled.loc[guest.index]).predict_proba(guest)
     b = clf_of(fed).fit(guest, y.reset_index(drop=True)).predict_proba(guest)
@@ -431,3 +437,12 @@ def test_a_host_data_file_exported_again_keeps_each_models_columns(tmp_path, pub
         with pytest.raises(ProtocolError, match=r"409.*no longer in dataset 'customers'") as err:
             est.predict_proba(guest)
         assert "h0" not in str(err.value)  # (names stay on the host: they may be unpublished)
+
+
+@pytest.mark.parametrize("Est", [SecureBoostClassifier, FederatedLogisticRegression])
+def test_a_local_fit_without_columns_says_so(Est):
+    X = pd.DataFrame(index=[f"r{i}" for i in range(20)])
+    with pytest.raises(
+        ValueError, match=r"0 feature\(s\) \(shape=\(20, 0\)\) while a minimum of 1"
+    ):
+        Est().fit(X, np.arange(20) % 2)

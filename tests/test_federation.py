@@ -282,12 +282,27 @@ def test_connection_failures_say_what_to_check():
     threading.Thread(target=close_each, daemon=True).start()
     cases.append((f"http://127.0.0.1:{server.getsockname()[1]}", "use https://"))
     cases.append(("https://no-such-host.invalid", r"does not resolve \(DNS\)"))
+    plain = socket.create_server(("127.0.0.1", 0))  # answers a TLS hello in plain HTTP
+
+    def answer_plainly():
+        while True:
+            try:
+                conn, _ = plain.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer_plainly, daemon=True).start()
+    cases.append((f"https://127.0.0.1:{plain.getsockname()[1]}", "does not speak TLS"))
     try:
         for url, advice in cases:
             with pytest.raises(PartyUnavailableError, match=advice):
                 Federation(spec(url), retries=0).intersect(["a"])
     finally:
         server.close()
+        plain.close()
 
 
 def test_a_server_killed_outright_leaves_no_worker_processes():

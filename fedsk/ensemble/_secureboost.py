@@ -24,6 +24,7 @@ from ..federation import (
     aligned_sessions,
     check_federated_X,
     check_key_and_workers,
+    columnless,
     in_model_order,
     keyed_sessions,
     unique_ids,
@@ -180,8 +181,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
             check_federated_X(X, self, y=y, sample_weight=sample_weight)
             ids = X.index.to_numpy()
         check_labels(y, X)
-        if fed is not None and X.shape[1] == 0:  # a guest holding labels only
-            X = np.empty((len(X), 0))  # (sklearn's checks need a dtype, which no column has)
+        X = columnless(X)  # (a guest holding labels only; locally: sklearn says no columns)
         # a continued fit must see the columns of the first (reset=False checks them)
         X_arr, y = validate_data(
             self,
@@ -445,7 +445,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
             check_federated_X(X, self, predict=True)
             X_arr = validate_data(
                 self,
-                X if X.shape[1] else np.empty((len(X), 0)),
+                columnless(X),
                 dtype=np.float64,
                 ensure_all_finite="allow-nan",
                 ensure_min_features=0,
@@ -460,7 +460,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
             decisions = {h: d[rows] for h, d in decisions.items()}
         else:
             X_arr = validate_data(
-                self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False
+                self, columnless(X), dtype=np.float64, ensure_all_finite="allow-nan", reset=False
             )
         raw = np.tile(self._baseline, (X_arr.shape[0], 1)).astype(np.float64)
         for round_trees in self._predictors:

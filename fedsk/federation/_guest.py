@@ -22,6 +22,7 @@ __all__ = [
     "check_id_index",
     "check_key_and_workers",
     "check_numeric_frame",
+    "columnless",
     "in_model_order",
     "sample_ids",
     "unique_ids",
@@ -82,30 +83,39 @@ def check_federated_X(X, estimator, *, predict=False, y=None, sample_weight=None
 
 def _check_aligned(values, index, name):
     """Labels or weights indexed by sample ID must be indexed like X: they are matched to
-    rows by position (as everywhere in scikit-learn), so a ``y`` holding the same IDs in
-    another order would silently give rows other rows' labels."""
+    rows by position (as everywhere in scikit-learn), so a ``y`` holding X's IDs in
+    another order would silently give rows other rows' labels. An index that holds none
+    of X's IDs is no sample-ID index (e.g. a default one, or what is left of it after a
+    cross-validation split): positional, as in scikit-learn."""
     v_index = getattr(values, "index", None)
     if not isinstance(v_index, pd.Index) or len(v_index) != len(index):
         return  # arrays, lists and length mismatches: validate_data has the words
-    if v_index.equals(index):
+    if v_index.equals(index) or _looks_like_positions(v_index):
         return
-    if _looks_like_positions(v_index):
-        return  # a default index (e.g. pd.Series(labels)): positional, as in scikit-learn
-    if v_index.isin(index).all():
+    known = v_index.isin(index)
+    if not known.any():
+        return
+    if known.all():
         what = "in another order" if v_index.is_unique else "with some repeated"
         raise ValueError(
             f"{name} holds the sample IDs of X {what}; {name} is taken by position, so "
             f"rows would get other rows' values. Align it first: {name} = "
             f"{name}.loc[X.index]"
         )
-    if _looks_like_positions(index):
-        return  # X's IDs look like row positions, which the sample alignment calls out
-    missing = v_index[~v_index.isin(index)][:3].tolist()
+    missing = v_index[~known][:3].tolist()
     raise ValueError(
-        f"{name}'s index does not match X's sample IDs (e.g. {missing} are not in "
-        f"X.index); index {name} by the same IDs as X ({name} = {name}.loc[X.index]), or "
+        f"{name}'s index holds some of X's sample IDs but not all (e.g. {missing} are not "
+        f"in X.index); index {name} by the same IDs as X ({name} = {name}.loc[X.index]), or "
         f"pass {name}.to_numpy() if its rows are already in X's order"
     )
+
+
+def columnless(X):
+    """A DataFrame without columns (a guest holding labels only) as an (n, 0) array:
+    scikit-learn's checks need a dtype, which no column has. Anything else as it is."""
+    if isinstance(X, pd.DataFrame) and X.shape[1] == 0:
+        return np.empty((len(X), 0))
+    return X
 
 
 def check_id_index(index, what):

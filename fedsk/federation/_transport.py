@@ -186,7 +186,7 @@ class HttpTransport(Transport):
                     time.sleep(self.backoff * 2**attempt)
         except requests.exceptions.SSLError as exc:
             raise PartyUnavailableError(
-                self.party, self.url, "TLS verification failed", str(exc)
+                self.party, self.url, "TLS failed", str(exc), advice=_advice(exc, self.url)
             ) from None
         except requests.exceptions.RequestException as exc:
             attempts = self.retries + 1
@@ -206,6 +206,16 @@ class HttpTransport(Transport):
 def _advice(exc, url):
     """What to do about a connection that failed, when its cause says more than "retry"."""
     text = repr(exc)
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return (
+            "The server at that address does not speak TLS: check the port, or (for a party "
+            "server on this machine, which serves plain HTTP on loopback) use http://."
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "Its certificate is not signed by a CA this machine trusts: give the CA bundle "
+            "that signed it as the host's 'verify' (a PEM file), or fix the certificate."
+        )
     if any(k in text for k in ("NameResolutionError", "Failed to resolve", "not known")):
         return (
             f"The host name of {url} does not resolve (DNS): check the URL's spelling, or "

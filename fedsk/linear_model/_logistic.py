@@ -14,7 +14,13 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from .._labels import check_labels, encode_classes
 from ..exceptions import ProtocolError
-from ..federation import Federation, check_federated_X, check_key_and_workers, unique_ids
+from ..federation import (
+    Federation,
+    check_federated_X,
+    check_key_and_workers,
+    columnless,
+    unique_ids,
+)
 from ._protocol import federated_fit, federated_scores
 from ._solvers import Problem, plain_fit
 
@@ -343,8 +349,7 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
             check_federated_X(X, self, y=y, sample_weight=sample_weight)
             ids = X.index.to_numpy()
         check_labels(y, X)
-        if federated and X.shape[1] == 0:  # a guest holding labels only
-            X = np.empty((len(X), 0))  # (sklearn's checks need a dtype, which no column has)
+        X = columnless(X)  # (a guest holding labels only; locally: sklearn says no columns)
         X, y = validate_data(
             self,
             X,
@@ -496,8 +501,7 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
                 )
             check_federated_X(X, self, predict=True)
             ids, rows = unique_ids(X)  # (an ID may repeat: each row is scored)
-        if models and X.shape[1] == 0:  # a guest holding labels only
-            X = np.empty((len(X), 0))
+        X = columnless(X)
         Xv = validate_data(
             self, X, reset=False, dtype=np.float64, ensure_min_features=0 if models else 1
         )
