@@ -588,6 +588,16 @@ def test_audit_log_write_failure_refuses_the_request_and_keeps_the_chain(
     assert _audit_ok(log_path) > 0
 
 
+def _open_session(client, request_id):
+    """POST /v1/sessions through a Flask test client, as the peer 'bank'."""
+    return client.post(
+        "/v1/sessions",
+        data=message_to_wire(Message({"dataset": "customers"})),
+        content_type="application/x-fedsk-message",
+        headers={"Authorization": f"Bearer {TOKEN}", "Fedsk-Request-Id": request_id},
+    )
+
+
 def test_a_disk_that_fills_during_a_request_still_logs_it_from_the_reserve(
     tmp_path, data, monkeypatch
 ):
@@ -621,12 +631,7 @@ def test_a_disk_that_fills_during_a_request_still_logs_it_from_the_reserve(
     c = app.test_client()
 
     def open_one(i):
-        return c.post(
-            "/v1/sessions",
-            data=message_to_wire(Message({"dataset": "customers"})),
-            content_type="application/x-fedsk-message",
-            headers={"Authorization": f"Bearer {TOKEN}", "Fedsk-Request-Id": f"filling-{i}"},
-        )
+        return _open_session(c, f"filling-{i}")
 
     full["now"] = True  # fills after the free-space check, while the session is opened
     r = open_one(0)
@@ -656,12 +661,7 @@ def test_a_nearly_full_disk_refuses_a_request_before_carrying_it_out(tmp_path, d
     c = app.test_client()
 
     def open_one(i):
-        return c.post(
-            "/v1/sessions",
-            data=message_to_wire(Message({"dataset": "customers"})),
-            content_type="application/x-fedsk-message",
-            headers={"Authorization": f"Bearer {TOKEN}", "Fedsk-Request-Id": f"nearly-full-{i}"},
-        )
+        return _open_session(c, f"nearly-full-{i}")
 
     sid = message_from_wire(open_one(0).get_data()).meta["session_id"]
     monkeypatch.setattr(AuditLog, "MIN_FREE_BYTES", 1 << 62)  # more than any disk has free

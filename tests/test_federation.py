@@ -238,15 +238,22 @@ def test_a_closed_local_federation_says_so():
     assert time.monotonic() - t < 1  # no retries against servers known to be gone
 
 
+def _host_with_worker_processes():
+    """A LocalFederation whose host has started its worker processes (a large PSI)."""
+    ids = [f"u{i}" for i in range(21_000)]
+    fed = LocalFederation(
+        hosts={"h": pd.DataFrame({"x": np.arange(21_000.0)}, index=ids)}, n_jobs=2
+    )
+    [client] = fed.connect()
+    sid, _ = client.open_session("t")
+    align(client, sid, ids)  # large enough for the host to use its worker processes
+    return fed
+
+
 def test_stopping_a_server_stops_its_worker_processes():
     psutil = pytest.importorskip("psutil")
-    ids = [f"u{i}" for i in range(21_000)]
-    df = pd.DataFrame({"x": np.arange(21_000.0)}, index=ids)
-    fed = LocalFederation(hosts={"h": df}, n_jobs=2)
+    fed = _host_with_worker_processes()
     try:
-        [client] = fed.connect()
-        sid, _ = client.open_session("t")
-        align(client, sid, ids)  # large enough for the host to use its worker processes
         children = psutil.Process(fed.pid("h")).children(recursive=True)
         assert children, "the host did not start worker processes"
     finally:
@@ -255,9 +262,31 @@ def test_stopping_a_server_stops_its_worker_processes():
     assert not alive
 
 
-def test_connection_failures_say_what_to_check():
+def _answering_server(reply):
+    """A TCP server on 127.0.0.1 that reads each connection's first bytes, sends ``reply``
+    (nothing if None) and closes it, until the server is closed."""
     import socket
     import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            if reply:
+                conn.sendall(reply)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def test_connection_failures_say_what_to_check():
+    import socket
 
     def spec(url, **kw):
         return {"h": {"url": url, "dataset": "d", "token": "t" * 16, **kw}}
@@ -268,33 +297,10 @@ def test_connection_failures_say_what_to_check():
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         cases.append((f"http://127.0.0.1:{s.getsockname()[1]}", "Nothing accepted"))
-    server = socket.create_server(("127.0.0.1", 0))  # closes every connection unanswered
-
-    def close_each():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.close()
-
-    threading.Thread(target=close_each, daemon=True).start()
+    server = _answering_server(None)  # closes every connection unanswered
     cases.append((f"http://127.0.0.1:{server.getsockname()[1]}", "use https://"))
     cases.append(("https://no-such-host.invalid", r"does not resolve \(DNS\)"))
-    plain = socket.create_server(("127.0.0.1", 0))  # answers a TLS hello in plain HTTP
-
-    def answer_plainly():
-        while True:
-            try:
-                conn, _ = plain.accept()
-            except OSError:
-                return
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-            conn.close()
-
-    threading.Thread(target=answer_plainly, daemon=True).start()
+    plain = _answering_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
     cases.append((f"https://127.0.0.1:{plain.getsockname()[1]}", "does not speak TLS"))
     try:
         for url, advice in cases:
@@ -310,13 +316,8 @@ def test_a_server_killed_outright_leaves_no_worker_processes():
     import signal
 
     psutil = pytest.importorskip("psutil")
-    ids = [f"u{i}" for i in range(21_000)]
-    df = pd.DataFrame({"x": np.arange(21_000.0)}, index=ids)
-    fed = LocalFederation(hosts={"h": df}, n_jobs=2)
+    fed = _host_with_worker_processes()
     try:
-        [client] = fed.connect()
-        sid, _ = client.open_session("t")
-        align(client, sid, ids)  # large enough for the host to use its worker processes
         server = psutil.Process(fed.pid("h"))
         workers = [p for p in server.children(recursive=True) if "loky" in " ".join(p.cmdline())]
         assert workers, "the host did not start worker processes"
