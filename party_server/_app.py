@@ -8,6 +8,7 @@ only). The server holds no algorithm code: each session route names its host hal
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -16,6 +17,7 @@ import os
 import re
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -44,6 +46,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("party_server")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
+TOKEN_EXPIRES_HEADER = "Fedsk-Token-Expires"
 MODEL_ID = re.compile(r"^[0-9a-f]{24}$")
 CLAIM_WAIT = 30.0  # seconds a forked worker waits for the one it replaces to let go
 
@@ -85,7 +88,9 @@ class State:
         self.created = {}  # (peer, request_id) -> (fingerprint, answer) of sessions.create
         self.created_lock = threading.Lock()
         self.handlers = {}
-        self._tokens = [(p.token.encode(), p.name) for p in config.peers.values()]
+        self._tokens = _token_table(config.peers)
+        self._expired_seen = set()  # (peer, which token) already logged as expired
+        _warn_expiring(config.peers)
         for route in ROUTES:  # import every host half now, not during a peer's request
             if route.handler:
                 with contextlib.suppress(NotFoundError):  # not shipped here: logged, then 404
@@ -140,13 +145,100 @@ class State:
         if scheme.lower() != "bearer" or not token.strip():  # (schemes ignore case: RFC 7235)
             raise Unauthorized("missing 'Authorization: Bearer <token>' header")
         token = token.strip().encode()
-        peer = None
-        for known, name in self._tokens:  # check every token: time does not depend on which
+        match = None
+        for known, *entry in self._tokens:  # check every token: time does not depend on which
             if hmac.compare_digest(known, token):
-                peer = name
-        if peer is None:
+                match = entry
+        if match is None:
             raise Unauthorized("unknown token")
+        peer, expires, which = match
+        if expires is not None:
+            g.token_expires = expires
+            if _now() >= expires:
+                if (peer, which) not in self._expired_seen:
+                    self._expired_seen.add((peer, which))
+                    log.warning(
+                        "peer %s presented its %s, which expired at %s", peer, which, _when(expires)
+                    )
+                raise Unauthorized(
+                    f"this token expired at {_when(expires)}; ask the operator of "
+                    f"{self.config.party} for a new one",
+                    code="token_expired",
+                )
         return peer
+
+    def reload_peers(self):
+        """Read the config file again and serve its ``[peers]`` from now on.
+
+        Tokens, their expiry and the datasets each peer may use change without a
+        restart, so sessions in progress go on (a token rotation, a new peer, a peer
+        removed). Other settings need a restart: a change to them is logged and left.
+        A config that does not load leaves everything as it was. Returns whether the
+        peers were replaced.
+        """
+        source = self.config.source
+        if source is None:
+            log.error("reload: this server was not started from a config file")
+            return False
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            log.error("reload: %s; still serving the peers loaded before", exc)
+            return False
+        changed = [
+            f.name
+            for f in dataclasses.fields(Config)
+            if f.name not in ("peers", "source")
+            and getattr(new, f.name) != getattr(self.config, f.name)
+        ]
+        if changed:
+            log.warning("reload: %s changed; that takes a restart", ", ".join(changed))
+        old = self.config.peers
+        # requests look up config.peers after authenticating: a peer is in it before its
+        # tokens are accepted and stays in it until they are no longer accepted
+        self.config.peers = {**old, **new.peers}
+        self._tokens = _token_table(new.peers)
+        self.config.peers = new.peers
+        self._expired_seen = set()
+        added, removed = sorted(set(new.peers) - set(old)), sorted(set(old) - set(new.peers))
+        log.info(
+            "reload: serving %d peer(s) from %s%s%s",
+            len(new.peers),
+            source,
+            f"; added {', '.join(added)}" if added else "",
+            f"; removed {', '.join(removed)}" if removed else "",
+        )
+        _warn_expiring(new.peers)
+        return True
+
+
+EXPIRY_WARNING_DAYS = 14  # the server log (and the guest) hear of an expiry this early
+
+
+def _now():
+    return datetime.now(timezone.utc)
+
+
+def _when(moment):
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _token_table(peers):
+    """``[(token bytes, peer, expires, which)]`` of every token the peers may present."""
+    return [
+        (token.encode(), peer.name, expires, which)
+        for peer in peers.values()
+        for token, expires, which in peer.tokens()
+    ]
+
+
+def _warn_expiring(peers):
+    soon = _now() + timedelta(days=EXPIRY_WARNING_DAYS)
+    for peer in peers.values():
+        for _, expires, which in peer.tokens():
+            if expires is not None and expires <= soon:
+                verb = "expired" if expires <= _now() else "expires"
+                log.warning("peer %s: its %s %s at %s", peer.name, which, verb, _when(expires))
 
 
 def _error(status, code, message):
@@ -348,6 +440,8 @@ def _before():
 
 def _after(resp):
     endpoint = g.get("endpoint_name") or printable(request.path, 200)
+    if g.get("token_expires") is not None:  # the guest warns its user ahead of time
+        resp.headers[TOKEN_EXPIRES_HEADER] = g.token_expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     if log.isEnabledFor(logging.INFO):  # party-server --verbose: one line per request
         ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         log.info(

@@ -5,6 +5,7 @@ party-server audit verify --config host.toml exit 0 if the chain is intact
 party-server audit show --config host.toml   per-session summary
 party-server models list --config host.toml  the models the peers trained here
 party-server models delete ID --config host.toml
+party-server reload --config host.toml       the running server rereads its [peers]
 """
 
 import argparse
@@ -49,6 +50,9 @@ def _serve(args):
         flush=True,
     )
     signal.signal(signal.SIGTERM, _interrupt)
+    if hasattr(signal, "SIGHUP"):  # party-server reload: tokens change, sessions go on
+        state = app.extensions["fedsk"]
+        signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_peers())
     try:
         server.run()
     finally:
@@ -195,6 +199,40 @@ def _models_delete(args):
     return 0
 
 
+def _reload(args):
+    """Check the config, then ask the server running on its state_dir to reread its peers."""
+    from ._storage import running_server_pid
+
+    # a mistake is named here, not only in the server's log; the server's environment
+    # (token_env) is not this shell's, so variables are left for the server to check
+    config = load_config(args.config, environ=None)
+    pid = running_server_pid(config.state_dir)
+    if pid is None:
+        print(
+            f"party-server: no party server is running on {config.state_dir}; the config "
+            "is valid and applies when the server starts",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"party-server: the server process {pid} is gone", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(
+            f"party-server: not allowed to signal the server process {pid}; run this as "
+            "the user the server runs as",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"asked party server process {pid} to reread the [peers] of {config.source}; "
+        "its log says what it loaded"
+    )
+    return 0
+
+
 def _utc(timestamp):
     if not isinstance(timestamp, (int, float)):
         return "-"
@@ -258,6 +296,12 @@ def build_parser():
     )
     p.add_argument("model_id", help="the model's ID, as models list shows it")
     p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
+    p = sub.add_parser(
+        "reload",
+        help="the running server rereads the config's [peers] (tokens, their expiry, "
+        "datasets) without a restart",
+    )
+    p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
     return parser
 
 
@@ -276,6 +320,8 @@ def main(argv=None):
     )
     _exit_with_parent()
     try:
+        if args.command == "reload":
+            return _reload(args)
         if args.command == "models":
             return _models_list(args) if args.models_command == "list" else _models_delete(args)
         if args.command == "audit":

@@ -4,10 +4,12 @@ A bad file fails with :class:`ConfigError`, whose message is one line naming the
 and what is wrong with it.
 """
 
+import datetime as dt
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from fedsk.federation._federation import is_loopback_host
@@ -55,6 +57,17 @@ class PeerConfig:
     name: str
     token: str = field(repr=False)
     datasets: list | None = None  # None: every dataset
+    expires: datetime | None = None  # the token is refused from then on (UTC)
+    # during a rotation the peer's old token keeps working until its own expiry
+    previous_token: str | None = field(default=None, repr=False)
+    previous_expires: datetime | None = None
+
+    def tokens(self):
+        """``(token, expires, which)`` of every token this peer may present."""
+        out = [(self.token, self.expires, "token")]
+        if self.previous_token is not None:
+            out.append((self.previous_token, self.previous_expires, "previous_token"))
+        return out
 
 
 @dataclass
@@ -102,6 +115,73 @@ def _get(table, key, kind, where, default=...):
     return value
 
 
+_PEER_KEYS = {
+    "token",
+    "token_env",
+    "token_file",
+    "expires",
+    "previous_token",
+    "previous_token_env",
+    "previous_token_file",
+    "previous_expires",
+    "datasets",
+}
+
+
+def _peer_token(table, where, key, base_dir, environ):
+    """The token of ``key``, ``key + '_env'`` or ``key + '_file'`` (exactly one of them).
+
+    ``environ`` is where ``_env`` variables are looked up; None accepts any name
+    (``party-server reload`` checks a config for a server whose environment it lacks).
+    """
+    given = [k for k in (key, key + "_env", key + "_file") if k in table]
+    if len(given) != 1:
+        _fail(where + key, f"give exactly one of '{key}', '{key}_env' or '{key}_file'")
+    if key in table:
+        token = _get(table, key, str, where)
+    elif given[0].endswith("_env"):
+        env = _get(table, given[0], str, where)
+        if environ is None:
+            return f"(environment variable {env} of the server)"
+        token = environ.get(env)
+        if not token:
+            _fail(where + given[0], f"environment variable {env} is not set")
+    else:
+        path = Path(_get(table, given[0], str, where))
+        if not path.is_absolute():
+            path = base_dir / path
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(where + given[0], f"cannot read {path}: {getattr(exc, 'strerror', exc)}")
+    if len(token) < 16:
+        _fail(where + key, "must be at least 16 characters (use a random token)")
+    return token
+
+
+def _expiry(table, where, key):
+    """A TOML date (00:00 UTC that day) or offset date-time as an aware UTC datetime."""
+    if key not in table:
+        return None
+    value = table[key]
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value) if "T" in value else dt.date.fromisoformat(value)
+        except ValueError:
+            value = None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            _fail(
+                where + key,
+                "needs a time zone (e.g. 2027-01-31T00:00:00Z), or give a date: a date "
+                "means 00:00 UTC of that day",
+            )
+        return value.astimezone(dt.timezone.utc)
+    if isinstance(value, dt.date):
+        return datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    _fail(where + key, "must be a date such as 2027-01-31 or a date-time with a time zone")
+
+
 def _parse_bind(text):
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -109,8 +189,12 @@ def _parse_bind(text):
     return host.strip("[]"), int(port)
 
 
-def config_from_dict(raw, base_dir=Path(".")):
-    """Validate a parsed TOML document (also used by tests and LocalFederation)."""
+def config_from_dict(raw, base_dir=Path("."), environ=os.environ):
+    """Validate a parsed TOML document (also used by tests and LocalFederation).
+
+    ``environ`` holds the ``token_env`` variables; None takes them on trust (to check a
+    config meant for a server whose environment this process does not have).
+    """
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         _fail(sorted(unknown)[0], "is not a known setting")
@@ -151,29 +235,35 @@ def config_from_dict(raw, base_dir=Path(".")):
         where = f"peers.{name}."
         if not _NAME.match(name) or not isinstance(table, dict):
             _fail(f"peers.{name}", "must be a table with a valid name")
-        extra = set(table) - {"token", "token_env", "datasets"}
+        extra = set(table) - _PEER_KEYS
         if extra:
             _fail(where + sorted(extra)[0], "is not a known peer setting")
-        if ("token" in table) == ("token_env" in table):
-            _fail(where + "token", "give exactly one of 'token' or 'token_env'")
-        if "token" in table:
-            token = _get(table, "token", str, where)
-        else:
-            env = _get(table, "token_env", str, where)
-            token = os.environ.get(env)
-            if not token:
-                _fail(where + "token_env", f"environment variable {env} is not set")
-        if len(token) < 16:
-            _fail(where + "token", "must be at least 16 characters (use a random token)")
+        token = _peer_token(table, where, "token", base_dir, environ)
+        expires = _expiry(table, where, "expires")
+        previous = previous_expires = None
+        if {"previous_token", "previous_token_env", "previous_token_file"} & set(table):
+            previous = _peer_token(table, where, "previous_token", base_dir, environ)
+            previous_expires = _expiry(table, where, "previous_expires")
+            if previous_expires is None:
+                _fail(
+                    where + "previous_expires",
+                    "is required with a previous token: the date the old token stops "
+                    "working (e.g. previous_expires = 2027-01-31), so that it does not "
+                    "stay valid forever",
+                )
+            if previous == token:
+                _fail(where + "previous_token", "is the same as the peer's token")
+        elif "previous_expires" in table:
+            _fail(where + "previous_expires", "needs a previous_token (or _env, _file)")
         allowed = _get(table, "datasets", list, where, default=None)
         if allowed is not None:
             for d in allowed:
                 if d not in datasets:
                     _fail(where + "datasets", f"names unknown dataset {d!r}")
-        peers[name] = PeerConfig(name, token, allowed)
+        peers[name] = PeerConfig(name, token, allowed, expires, previous, previous_expires)
     if not peers:
         _fail("peers", "at least one [peers.<name>] table is required")
-    tokens = [p.token for p in peers.values()]
+    tokens = [t for p in peers.values() for t, _, _ in p.tokens()]
     if len(set(tokens)) != len(tokens):
         _fail("peers", "two peers share a token; give each peer its own")
 
@@ -233,10 +323,10 @@ def config_from_dict(raw, base_dir=Path(".")):
     return cfg
 
 
-def load_config(path):
-    """Read and validate a TOML config file."""
+def load_config(path, environ=os.environ):
+    """Read and validate a TOML config file (``environ``: see :func:`config_from_dict`)."""
     path = Path(path)
-    cfg = config_from_dict(_read_toml(path), path.resolve().parent)
+    cfg = config_from_dict(_read_toml(path), path.resolve().parent, environ)
     cfg.source = path.resolve()
     return cfg
 

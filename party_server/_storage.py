@@ -184,6 +184,23 @@ class StateDirLock:
                 os.close(self._fd)
 
 
+def running_server_pid(directory):
+    """The pid of the process that holds ``directory``'s lock, or None if none does."""
+    path = Path(directory) / ".lock"
+    if fcntl is None or not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_pid(fd):
     with contextlib.suppress(OSError, ValueError):
         return int(os.pread(fd, 32, 0).decode().strip() or 0) or None

@@ -38,6 +38,17 @@ def on_starting(server):
         )
 
 
+def post_worker_init(worker):
+    """``party-server reload`` signals the worker (the process that holds the state
+    directory) with SIGHUP: it rereads the config's ``[peers]`` instead of exiting.
+    (A HUP to gunicorn's master process restarts the worker instead, which loses the
+    sessions in progress.)"""
+    import signal
+
+    state = worker.wsgi.extensions["fedsk"]
+    signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_peers())
+
+
 def _write_json_error(sock, status_int, reason, mesg):
     """gunicorn's ``util.write_error``, answering JSON instead of HTML."""
     status = 400 if status_int == 501 else status_int

@@ -7,6 +7,7 @@ passes it on, delays it, truncates it, corrupts it or replaces it.
 """
 
 import contextlib
+import datetime
 import http.client
 import io
 import json
@@ -38,6 +39,8 @@ def free_port():
 
 
 def _toml_value(value):
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()  # (a TOML date or offset date-time, unquoted)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -170,6 +173,56 @@ class PartyServer:
 
     def host_spec(self, url=None):
         return {"url": url or self.url, "dataset": "customers", "token": self.token}
+
+
+@contextlib.contextmanager
+def gunicorn_server(tmp_path, config_path, crt, key):
+    """The documented deployment: gunicorn with TLS serving ``party_server.wsgi:app``.
+
+    Yields ``(url, port, process)`` once it answers its health check.
+    """
+    import os
+
+    import gunicorn
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ,
+        FEDSK_PARTY_CONFIG=str(config_path),
+        PYTHONPATH=os.pathsep.join([str(root), str(Path(gunicorn.__file__).parents[1])]),
+    )
+    log_path = Path(tmp_path) / "gunicorn.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:party_server.gunicorn_config"]
+        + ["--certfile", str(crt), "--keyfile", str(key), "--bind", f"127.0.0.1:{port}"]
+        + ["party_server.wsgi:app"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/v1/health", verify=str(crt), timeout=2).ok:
+                    break
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        yield url, port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 # -- the proxy -------------------------------------------------------------------------------

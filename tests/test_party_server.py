@@ -624,61 +624,15 @@ def _raw_https(port, cafile, data):
 @pytest.mark.integration
 def test_gunicorn_with_tls_answers_its_own_refusals_in_json(tmp_path, host_df):
     """The deployment docs/deploy.md documents: gunicorn's own 414 and 400 are JSON too."""
-    import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     import requests
 
-    from ._servers import free_port, write_toml
+    from ._servers import gunicorn_server, write_toml
 
-    gunicorn = pytest.importorskip("gunicorn")
-    port = free_port()
+    pytest.importorskip("gunicorn")
     cfg_path = tmp_path / "host.toml"
     write_toml(cfg_path, write_host(tmp_path, host_df))
     crt, key = _self_signed(tmp_path)
-    root = Path(__file__).resolve().parents[1]
-    env = dict(
-        os.environ,
-        FEDSK_PARTY_CONFIG=str(cfg_path),
-        PYTHONPATH=os.pathsep.join([str(root), str(Path(gunicorn.__file__).parents[1])]),
-    )
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:party_server.gunicorn_config",
-            "--certfile",
-            str(crt),
-            "--keyfile",
-            str(key),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "party_server.wsgi:app",
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"https://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/v1/health", verify=str(crt), timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
-            time.sleep(0.1)
+    with gunicorn_server(tmp_path, cfg_path, crt, key) as (url, port, _):
         # gunicorn's own refusal of a request line over its limit
         r = requests.get(url + "/v1/models/" + "x" * 5000, verify=str(crt), timeout=10)
         assert r.status_code == 414 and r.headers["Content-Type"] == "application/json"
@@ -698,14 +652,6 @@ def test_gunicorn_with_tls_answers_its_own_refusals_in_json(tmp_path, host_df):
         r = requests.post(url + "/v1/sessions", data=b"x", verify=str(crt), timeout=10)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
         assert requests.get(url + "/v1/health", verify=str(crt), timeout=5).ok
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_verbose_logs_one_line_per_request(tmp_path, host_df, caplog):

@@ -10,7 +10,10 @@ tests that still go through the real server code and the real wire format.
 import io
 import json
 import secrets
+import threading
 import time
+import warnings
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import requests
@@ -23,6 +26,10 @@ from ._wire import CONTENT_TYPE, message_from_wire, message_to_wire
 __all__ = ["HttpTransport", "InProcessTransport", "Transport", "new_request_id", "ping"]
 
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
+TOKEN_EXPIRES_HEADER = "Fedsk-Token-Expires"
+TOKEN_WARNING_DAYS = 14
+_warned_expiry = set()  # (party, url, expiry) warned of in this process
+_warned_lock = threading.Lock()
 
 
 def new_request_id():
@@ -42,6 +49,29 @@ class Transport:
         pass
 
     # shared answer handling -----------------------------------------------------------
+    def _note_expiry(self, value):
+        """Warn (once per process) when the party says our token expires within 14 days."""
+        if not value:
+            return
+        try:
+            expires = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            return  # (a header we cannot read changes nothing)
+        left = expires - datetime.now(timezone.utc)
+        if left > timedelta(days=TOKEN_WARNING_DAYS) or left <= timedelta(0):
+            return  # (far off, or past: then the party refuses the token, saying so)
+        with _warned_lock:
+            if (self.party, self.url, value) in _warned_expiry:
+                return
+            _warned_expiry.add((self.party, self.url, value))
+        days = left.total_seconds() / 86400
+        warnings.warn(
+            f"the token for {self.party} expires at {expires:%Y-%m-%d %H:%M} UTC (in {days:.1f} "
+            f"days); ask its operator for a new one and put it in this federation",
+            UserWarning,
+            stacklevel=2,
+        )
+
     def _answer(self, method, path, status, content_type, body):
         if status == 200:
             if (content_type or "").split(";")[0].strip() != CONTENT_TYPE:
@@ -64,9 +94,13 @@ class Transport:
         except (ValueError, KeyError, TypeError):
             pass
         if status in (401, 403):
+            what = (
+                "this federation's token for it has expired: ask its operator for a new one"
+                if code == "token_expired"
+                else "check the token this federation uses for it"
+            )
             raise AuthenticationError(
-                f"{self.party} at {self.url} refused our token ({text}); check the token this "
-                "federation uses for it"
+                f"{self.party} at {self.url} refused our token ({text}); {what}"
             )
         if status in (502, 503, 504):
             raise PartyUnavailableError(
@@ -198,6 +232,7 @@ class HttpTransport(Transport):
             raise PartyUnavailableError(
                 self.party, self.url, tried, type(exc).__name__, advice=_advice(exc, self.url)
             ) from None
+        self._note_expiry(resp.headers.get(TOKEN_EXPIRES_HEADER))
         return self._answer(
             method, path, resp.status_code, resp.headers.get("Content-Type"), resp.content
         )
@@ -271,6 +306,7 @@ class InProcessTransport(Transport):
         finally:
             if hasattr(chunks, "close"):
                 chunks.close()
+        self._note_expiry(captured["headers"].get(TOKEN_EXPIRES_HEADER))
         return self._answer(
             method, path, captured["status"], captured["headers"].get("Content-Type"), data
         )
