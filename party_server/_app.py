@@ -47,6 +47,7 @@ log = logging.getLogger("party_server")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
 TOKEN_EXPIRES_HEADER = "Fedsk-Token-Expires"
+MODELS_REMOVED_HEADER = "Fedsk-Models-Removed"
 MODEL_ID = re.compile(r"^[0-9a-f]{24}$")
 CLAIM_WAIT = 30.0  # seconds a forked worker waits for the one it replaces to let go
 
@@ -353,8 +354,13 @@ def _make_view(route):
             if cached is not None:
                 return _from_replay(cached, fingerprint)
             entry.check_capacity()
+            state.models.pushed_out_count(reset=True)
             try:
                 resp = _reply(state.handler(route)(_context(state, entry.session), msg))
+                pushed_out = state.models.pushed_out_count(reset=True)
+                if pushed_out:  # the guest warns its user (a replayed answer does not)
+                    limit = state.models.max_models
+                    resp.headers[MODELS_REMOVED_HEADER] = f"{pushed_out}; max_models={limit}"
             except StorageError:
                 raise  # nothing was saved: the same request may be sent again
             except Exception as exc:  # a refusal is an answer too: a retry gets it again

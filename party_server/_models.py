@@ -108,6 +108,7 @@ class ModelStore(ModelStoreAPI):
         self.max_models = max_models
         self.max_age_days = max_age_days
         self._lock = threading.Lock()
+        self._pushed_out = threading.local()  # models max_models removed in this thread
         self._warned = set()  # unreadable files already in the server log
         for tmp in self.root.glob(".tmp-*"):  # left by a crash mid-write: never a model
             tmp.unlink(missing_ok=True)
@@ -229,8 +230,20 @@ class ModelStore(ModelStoreAPI):
         now = time.time()
         doomed = [m for m in models if self._expired(m, now)]
         keep = [m for m in models if m not in doomed]
+        pushed = []
         if peer is not None and len(keep) > self.max_models:
-            doomed += keep[: len(keep) - self.max_models]
-        for m in doomed:
+            pushed = keep[: len(keep) - self.max_models]
+        for m in doomed + pushed:
             with contextlib.suppress(OSError):  # (a later save or load tries again)
                 self._path(m["model_id"]).unlink(missing_ok=True)
+        if pushed:
+            log.info("peer %s: %d model(s) over max_models removed", peer, len(pushed))
+            self._pushed_out.count = self.pushed_out_count() + len(pushed)
+
+    def pushed_out_count(self, *, reset=False):
+        """How many models ``max_models`` removed during this thread's saves (the request
+        being served): the peer is told, since its estimators using them stop working."""
+        count = getattr(self._pushed_out, "count", 0)
+        if reset:
+            self._pushed_out.count = 0
+        return count

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedsk.exceptions import NotFoundError
@@ -899,3 +900,28 @@ def test_the_operator_lists_and_deletes_models_with_the_cli(tmp_path, host_df, c
         assert cli_main(["models", "delete", bad, "--config", str(cfg_path)]) == 1
         assert what in capsys.readouterr().err
     assert (tmp_path / "insurer" / "state" / "audit.log").exists()
+
+
+def test_the_guest_is_warned_when_retention_removes_its_models(tmp_path, host_df):
+    """A fit past ``max_models`` pushes the peer's oldest model out: the fit that did it
+    warns, so a user holding the older estimator knows before predicting with it."""
+    import warnings
+
+    from fedsk import FederatedLogisticRegression, SecureBoostClassifier
+    from fedsk.exceptions import ProtocolError
+    from fedsk.federation import InProcessFederation
+
+    app = create_app(write_host(tmp_path, host_df, models={"max_models": 2}))
+    fed = InProcessFederation({"insurer": (app, "customers", TOKEN)})
+    guest = pd.DataFrame({"x": np.arange(60.0)}, index=host_df.index)
+    y = (host_df["age"] > 0).astype(int)
+    sb = dict(federation=fed, key_length=1024, n_estimators=1, max_depth=2)
+    first = SecureBoostClassifier(**sb).fit(guest, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning while within max_models
+        SecureBoostClassifier(**sb).fit(guest, y)
+    said = r"insurer removed 1 of your older models to keep at most 2 per peer"
+    with pytest.warns(UserWarning, match=said):
+        FederatedLogisticRegression(federation=fed, key_length=1024).fit(guest, y)
+    with pytest.raises(ProtocolError, match="no longer holds"):
+        first.predict_proba(guest)

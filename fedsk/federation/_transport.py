@@ -27,6 +27,7 @@ __all__ = ["HttpTransport", "InProcessTransport", "Transport", "new_request_id",
 
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
 TOKEN_EXPIRES_HEADER = "Fedsk-Token-Expires"
+MODELS_REMOVED_HEADER = "Fedsk-Models-Removed"
 TOKEN_WARNING_DAYS = 14
 _warned_expiry = set()  # (party, url, expiry) warned of in this process
 _warned_lock = threading.Lock()
@@ -71,6 +72,22 @@ class Transport:
             UserWarning,
             stacklevel=2,
         )
+
+    def _note_headers(self, headers):
+        self._note_expiry(headers.get(TOKEN_EXPIRES_HEADER))
+        removed = headers.get(MODELS_REMOVED_HEADER)
+        if removed:
+            count, _, limit = removed.partition("; max_models=")
+            if count.isdigit() and limit.isdigit():
+                warnings.warn(
+                    f"{self.party} removed {count} of your older models to keep at most "
+                    f"{limit} per peer (its retention, oldest first): estimators fitted "
+                    "with them can no longer predict (fit them again). If you need more at "
+                    f"once (e.g. a grid search's estimators), ask {self.party}'s operator "
+                    "to raise max_models",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
     def _answer(self, method, path, status, content_type, body):
         if status == 200:
@@ -232,7 +249,7 @@ class HttpTransport(Transport):
             raise PartyUnavailableError(
                 self.party, self.url, tried, type(exc).__name__, advice=_advice(exc, self.url)
             ) from None
-        self._note_expiry(resp.headers.get(TOKEN_EXPIRES_HEADER))
+        self._note_headers(resp.headers)
         return self._answer(
             method, path, resp.status_code, resp.headers.get("Content-Type"), resp.content
         )
@@ -306,7 +323,7 @@ class InProcessTransport(Transport):
         finally:
             if hasattr(chunks, "close"):
                 chunks.close()
-        self._note_expiry(captured["headers"].get(TOKEN_EXPIRES_HEADER))
+        self._note_headers(captured["headers"])
         return self._answer(
             method, path, captured["status"], captured["headers"].get("Content-Type"), data
         )
