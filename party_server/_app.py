@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -214,6 +215,25 @@ class State:
 
 
 EXPIRY_WARNING_DAYS = 14  # the server log (and the guest) hear of an expiry this early
+_reload_held = threading.Event()
+
+
+def hold_sighup():
+    """From now until :func:`serve_sighup`, a SIGHUP is remembered instead of ending
+    the process: ``party-server reload`` may signal a server that holds its state
+    directory's lock while it is still loading its datasets."""
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda signum, frame: _reload_held.set())
+
+
+def serve_sighup(state):
+    """From now on a SIGHUP makes ``state`` reread its peers; one held back is done now."""
+    if not hasattr(signal, "SIGHUP"):  # pragma: no cover - Windows
+        return
+    signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_peers())
+    if _reload_held.is_set():
+        _reload_held.clear()
+        state.reload_peers()
 
 
 def _now():

@@ -26,8 +26,9 @@ __all__ = ["main"]
 def _serve(args):
     from waitress import create_server
 
-    from ._app import create_app
+    from ._app import create_app, hold_sighup, serve_sighup
 
+    hold_sighup()  # (a reload while the datasets load must not end the server)
     config = load_config(args.config)
     app = create_app(config)
     _json_errors_from_waitress()
@@ -50,9 +51,7 @@ def _serve(args):
         flush=True,
     )
     signal.signal(signal.SIGTERM, _interrupt)
-    if hasattr(signal, "SIGHUP"):  # party-server reload: tokens change, sessions go on
-        state = app.extensions["fedsk"]
-        signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_peers())
+    serve_sighup(app.extensions["fedsk"])  # party-server reload: tokens change, sessions go on
     try:
         server.run()
     finally:

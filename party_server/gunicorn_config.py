@@ -43,10 +43,9 @@ def post_worker_init(worker):
     directory) with SIGHUP: it rereads the config's ``[peers]`` instead of exiting.
     (A HUP to gunicorn's master process restarts the worker instead, which loses the
     sessions in progress.)"""
-    import signal
+    from party_server._app import serve_sighup
 
-    state = worker.wsgi.extensions["fedsk"]
-    signal.signal(signal.SIGHUP, lambda signum, frame: state.reload_peers())
+    serve_sighup(worker.wsgi.extensions["fedsk"])
 
 
 def _write_json_error(sock, status_int, reason, mesg):

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from ._app import create_app
+from ._app import create_app, hold_sighup
 from ._config import ConfigError
 from ._storage import StateDirInUse
 
@@ -46,6 +46,10 @@ def _create_app(path, wait=LOCK_WAIT):
             time.sleep(0.5)
 
 
+# a gunicorn worker holds the state directory's lock from here on: a reload signalled
+# before gunicorn_config.post_worker_init serves it is held back, not fatal (in gunicorn's
+# master, under --preload, gunicorn's own handlers replace this one)
+hold_sighup()
 try:
     app = _create_app(_config_path())
 except ConfigError as exc:  # one line naming the key, in gunicorn's log

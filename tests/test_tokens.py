@@ -302,3 +302,37 @@ def test_party_server_reload_under_gunicorn_keeps_the_worker(tmp_path, host_df):
             time.sleep(0.05)
         assert status(TOKEN) == 401
         assert running_server_pid(cfg["state_dir"]) == worker  # the same worker serves on
+
+
+@pytest.mark.integration
+def test_a_reload_while_the_server_loads_its_data_is_held_not_fatal(tmp_path):
+    """The lock (which `reload` finds the pid in) is taken before the datasets load."""
+    import os
+    import signal
+
+    import numpy as np
+    import pandas as pd
+
+    n = 300_000  # (loading takes about a second: the window the signal falls in)
+    big = pd.DataFrame(
+        np.random.default_rng(0).normal(size=(n, 3)),
+        index=[f"c{i}" for i in range(n)],
+        columns=["a", "b", "c"],
+    )
+    server = PartyServer(tmp_path, big)
+    server.start(wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        while running_server_pid(server.state_dir) != server.pid:
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.log()
+            time.sleep(0.01)
+        cfg = dict(server.cfg, peers={"bank": {"token": NEW}})
+        write_toml(server.config_path, cfg)
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_healthy()
+        assert server.proc.poll() is None, server.log()
+        headers = {"Authorization": f"Bearer {NEW}", "Fedsk-Request-Id": "req-reload-3"}
+        r = requests.post(server.url + "/v1/sessions", data=b"x", headers=headers, timeout=10)
+        assert r.status_code != 401  # the held-back reload was done once the server served
+    finally:
+        server.stop()
