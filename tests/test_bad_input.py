@@ -370,6 +370,27 @@ def test_labels_or_weights_indexed_by_other_ids_or_in_another_order_are_refused(
     np.testing.assert_array_equal(a, b)
 
 
+def test_labels_sorted_by_ids_that_look_like_positions_are_refused_as_ambiguous(parties):
+    """IDs 0..n-1 in X's shuffled order, y indexed by the same IDs sorted: y's index looks
+    like a default one, and taking it by position gave rows other rows' labels."""
+    guest, y, app = parties
+    order = np.random.default_rng(0).permutation(N)
+    X = guest.iloc[order].set_axis(order)  # sample IDs 0..N-1, shuffled
+    labels = pd.Series(y.to_numpy(), index=np.arange(N))  # sorted by ID
+    for est in (clf_of(fed_of(app)), FederatedLogisticRegression(federation=fed_of(app))):
+        with pytest.raises(ValueError, match=r"y's index is 0..39 .* y.to_numpy\(\) .* y.loc"):
+            est.fit(X, labels)
+        with pytest.raises(ValueError, match=r"sample_weight's index is 0..39"):
+            est.fit(X, labels.loc[X.index], sample_weight=pd.Series(1.0, index=np.arange(N)))
+
+
+def test_a_labels_only_guest_without_intercept_is_told_what_to_do(parties):
+    guest, y, app = parties
+    est = FederatedLogisticRegression(federation=fed_of(app), key_length=KEY, fit_intercept=False)
+    with pytest.raises(ValueError, match=r"no coefficient of its own.*protocol='exact'"):
+        est.fit(guest[[]], y)
+
+
 def test_a_categorical_column_of_numbers_is_taken_as_its_numbers(parties):
     guest, y, app = parties
     grades = np.tile([1, 2, 3, 5], N // 4)

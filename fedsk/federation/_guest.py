@@ -90,8 +90,19 @@ def _check_aligned(values, index, name):
     v_index = getattr(values, "index", None)
     if not isinstance(v_index, pd.Index) or len(v_index) != len(index):
         return  # arrays, lists and length mismatches: validate_data has the words
-    if v_index.equals(index) or _looks_like_positions(v_index):
+    if v_index.equals(index):
         return
+    if _looks_like_positions(v_index):
+        if not (
+            pd.api.types.is_integer_dtype(index) and _looks_like_positions(index.sort_values())
+        ):
+            return  # a default index: positions
+        raise ValueError(
+            f"{name}'s index is 0..{len(index) - 1} and X's sample IDs are the same numbers "
+            f"in another order, so it is unclear whether {name} follows X's rows or X's IDs. "
+            f"Pass {name}.to_numpy() if it is in X's row order, or {name}.loc[X.index] if "
+            "it is indexed by sample ID"
+        )
     known = v_index.isin(index)
     if not known.any():
         return

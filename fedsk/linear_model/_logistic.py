@@ -378,6 +378,12 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         Y = Y.astype(np.float64)
         K = Y.shape[1]
         Xa = np.hstack([X, np.ones((n, 1))]) if self.fit_intercept else X
+        if federated and Xa.shape[1] == 0 and self.protocol != "exact":
+            raise ValueError(
+                "this guest holds no columns and fit_intercept=False, so it has no "
+                f"coefficient of its own; protocol={self.protocol!r} needs at least one: "
+                "set fit_intercept=True, or protocol='exact'"
+            )
         penalised = np.arange(Xa.shape[1]) < d
         x0, warm_models = self._starting_point(Xa.shape[1], K, classes)
         rng = check_random_state(self.random_state)
