@@ -391,6 +391,26 @@ def test_a_labels_only_guest_without_intercept_is_told_what_to_do(parties):
         est.fit(guest[[]], y)
 
 
+@pytest.mark.integration
+def test_columns_of_numbers_held_as_objects_are_taken_as_their_numbers():
+    """As scikit-learn takes them (e.g. a frame after a transpose), on both sides; they
+    were refused as "numbers as text"."""
+    rng = np.random.default_rng(0)
+    ids = [f"u{i}" for i in range(N)]
+    g, h = rng.normal(size=N), rng.normal(size=N)
+    guest = pd.DataFrame({"a": pd.Series(g.tolist(), index=ids, dtype=object)})
+    guest.iloc[3, 0] = None
+    host = pd.DataFrame({"c": pd.Series([int(v * 10) for v in h], index=ids, dtype=object)})
+    y = pd.Series((g + h > 0).astype(int), index=ids)
+    with LocalFederation(hosts={"h": host}) as fed:
+        proba = clf_of(fed).fit(guest, y).predict_proba(guest)
+        text = guest.astype(str)  # numbers as text are still refused, saying how to convert
+        with pytest.raises(ValueError, match="hold numbers as text"):
+            clf_of(fed).fit(text, y)
+    joined = guest.join(host).astype(float)
+    np.testing.assert_array_equal(proba, clf_of(None).fit(joined, y).predict_proba(joined))
+
+
 def test_a_categorical_column_of_numbers_is_taken_as_its_numbers(parties):
     guest, y, app = parties
     grades = np.tile([1, 2, 3, 5], N // 4)

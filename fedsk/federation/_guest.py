@@ -1,5 +1,6 @@
 """The guest's side of a federated fit or predict: open sessions and align samples."""
 
+import numbers
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -194,8 +195,21 @@ def unique_ids(X):
 
 def non_numeric_columns(df):
     """Columns of ``df`` that are neither numeric nor boolean (complex counts as text); a
-    categorical column of numbers is numeric (as for scikit-learn)."""
-    return [c for c, dtype in df.dtypes.items() if not _is_number_dtype(dtype)]
+    categorical column of numbers is numeric, and so is an ``object`` column holding only
+    numbers (as for scikit-learn)."""
+    return [
+        c
+        for c, dtype in df.dtypes.items()
+        if not _is_number_dtype(dtype) and not _numbers_as_objects(df[c])
+    ]
+
+
+def _numbers_as_objects(col):
+    """An ``object`` column of real numbers (and missing values), e.g. after a transpose."""
+    if col.dtype != object:
+        return False
+    values = col.dropna()
+    return all(isinstance(v, numbers.Real) for v in values)
 
 
 def _is_number_dtype(dtype):

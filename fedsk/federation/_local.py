@@ -312,6 +312,9 @@ def _host_data(df):
     sparse = [c for c, t in data.dtypes.items() if isinstance(t, pd.SparseDtype)]
     for c in sparse:  # (e.g. pd.get_dummies(..., sparse=True)); the server reads dense
         data[c] = data[c].sparse.to_dense()
+    for c, dtype in df.dtypes.items():  # numbers held as objects (e.g. after a transpose)
+        if pd.api.types.is_object_dtype(dtype):
+            data[c] = pd.to_numeric(data[c]).astype("float64")
     data.columns = [str(c) for c in data.columns]
     data.insert(0, ID_COLUMN, df.index.to_numpy())
     return data
