@@ -29,6 +29,38 @@ def test_canonical_ids_match_across_types():
     assert canonical_id(5) == canonical_id(np.int64(5)) == canonical_id(5.0) == canonical_id("5")
     assert canonical_id("a") != canonical_id("b")
     assert (hash_ids(["x"], "s1") != hash_ids(["x"], "s2")).any()
+    # durations (numpy's are an integer type, and int() of one failed) match whatever
+    # their unit, and are not the integer of their count
+    one = pd.Timedelta(seconds=1)
+    assert canonical_id(np.timedelta64(1, "s")) == canonical_id(one.to_timedelta64())
+    assert canonical_id(one.to_pytimedelta()) == canonical_id(one) == b"P0DT0H0M1S"
+    assert canonical_id(np.timedelta64(1, "s")) != canonical_id(1)
+    assert canonical_id(2**70) == canonical_id(str(2**70))  # (LocalFederation writes it so)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pd.to_timedelta(np.arange(40), unit="s"),  # a TypeError deep in PSI
+        pd.Index([2**70 + i for i in range(40)], dtype=object),  # pyarrow's OverflowError
+    ],
+    ids=["timedelta", "int-beyond-64-bits"],
+)
+def test_local_federation_fits_with_unusual_ids(ids):
+    from fedsk import LocalFederation, SecureBoostClassifier
+
+    rng = np.random.default_rng(0)
+    guest = pd.DataFrame({"a": rng.normal(size=40)}, index=ids)
+    host = pd.DataFrame({"c": rng.normal(size=40)}, index=ids[::-1])
+    y = pd.Series((guest["a"] + host["c"].loc[ids] > 0).astype(int).to_numpy(), index=ids)
+    params = dict(n_estimators=2, max_depth=2, random_state=0)
+    with LocalFederation(hosts={"h": host}) as fed:
+        proba = SecureBoostClassifier(federation=fed, key_length=1024, **params).fit(guest, y)
+        proba = proba.predict_proba(guest)
+    joined = guest.join(host)
+    ref = SecureBoostClassifier(**params).fit(joined, y).predict_proba(joined)
+    np.testing.assert_array_equal(proba, ref)
 
 
 @pytest.mark.parametrize("kind", ["str", "int"])

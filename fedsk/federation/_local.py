@@ -12,6 +12,7 @@ import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..exceptions import PartyUnavailableError
@@ -316,7 +317,12 @@ def _host_data(df):
         if pd.api.types.is_object_dtype(dtype):
             data[c] = pd.to_numeric(data[c]).astype("float64")
     data.columns = [str(c) for c in data.columns]
-    data.insert(0, ID_COLUMN, df.index.to_numpy())
+    ids = df.index.to_numpy()
+    if ids.dtype == object and all(type(v) is int for v in ids.tolist()):
+        # Python ints (perhaps beyond 64 bits, which a data file cannot hold) as their
+        # text: an integer ID matches its decimal text in PSI
+        ids = np.array([str(v) for v in ids.tolist()], dtype=object)
+    data.insert(0, ID_COLUMN, ids)
     return data
 
 

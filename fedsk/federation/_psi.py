@@ -46,12 +46,14 @@ def canonical_id(value):
     """The bytes an ID is hashed from: equal IDs on both sides must give equal bytes.
 
     Integers (and integral floats such as ``5.0``) become their decimal text; strings
-    are UTF-8; timestamps their ISO 8601 text at the precision they need (so a
-    datetime64[s] and a datetime64[ns] of the same instant match); anything else uses
-    ``str()``.
+    are UTF-8; timestamps and durations their ISO 8601 text at the precision they need
+    (so a datetime64[s] and a datetime64[ns] of the same instant match); anything else
+    uses ``str()``.
     """
     if isinstance(value, (np.datetime64, datetime.datetime)):  # (and pd.Timestamp)
         return pd.Timestamp(value).isoformat().encode()
+    if isinstance(value, (np.timedelta64, datetime.timedelta)):  # (np: an integer type)
+        return pd.Timedelta(value).isoformat().encode()
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value)).encode()
     if isinstance(value, (int, np.integer)):
