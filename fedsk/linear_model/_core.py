@@ -27,6 +27,7 @@ __all__ = [
     "EXP_VEC",
     "EXP_X",
     "EXP_Z",
+    "MIN_X_BITS",
     "LbfgsBlock",
     "PCGBlock",
     "lbfgs_coefficients",
@@ -52,6 +53,9 @@ LOG2 = float(np.log(2.0))
 # Public bounds the encrypted protocols rely on (each party checks its own data):
 MAX_Z_BITS = 30  # |guest value| < 2**30 in the shared Gram (32 fractional bits: int64)
 MAX_X_BITS = 38  # |host feature| < 2**38 (24 fractional bits: int64 scalars)
+# a column whose values are all below 2**MIN_X_BITS keeps at most 14 significant bits
+# there: refused (the hosts' columns always, the guest's in the Taylor protocol)
+MIN_X_BITS = -10
 MAX_VEC_BITS = 30  # |solver vector| < 2**30 (32 fractional bits: int64 scalars)
 VALUE_BITS = 128  # a masked value is hidden as long as |value| < 2**128
 

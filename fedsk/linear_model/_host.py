@@ -51,6 +51,7 @@ from ._core import (
     EXP_X,
     EXP_Z,
     MAX_X_BITS,
+    MIN_X_BITS,
     LbfgsBlock,
     PCGBlock,
     gram_mask_bits,
@@ -67,6 +68,42 @@ __all__ = ["scores", "setup", "step"]
 
 MODEL_KIND = "logistic"
 MAX_X = 2.0**MAX_X_BITS  # host features are multi-exponentiation scalars (24 fraction bits)
+MIN_X = 2.0**MIN_X_BITS
+
+
+def _check_scale(ctx, X):
+    """Refuse a column too large for the fixed-point scalars, or too small for them (its
+    values would round to a few steps of 2**-24, and the fit would not be the one on the
+    true values). What is refused is named by column; its values go to the host's log."""
+    if not X.size:
+        return
+    top = np.abs(X).max(axis=0)
+    small = (top > 0) & (top < MIN_X)
+    for bad, words in (
+        (top >= MAX_X, f"values of 2**{MAX_X_BITS} or more in absolute value, too large"),
+        (small, f"only values below 2**{MIN_X_BITS} in absolute value, too small"),
+    ):
+        if not bad.any():
+            continue
+        j = int(np.flatnonzero(bad)[0])
+        names = ctx.dataset.feature_names  # (None unless the host publishes them)
+        column = f"column {names[j]!r}" if names else f"column {j} of the host's"
+        _log.warning(  # the value for the host's operator only: it is a customer's
+            "logistic regression refused: %s of dataset %r has largest absolute value "
+            "%.3g, outside [2**%d, 2**%d)",
+            column,
+            ctx.dataset.name,
+            top[j],
+            MIN_X_BITS,
+            MAX_X_BITS,
+        )
+        raise RequestError(
+            f"host {column} holds {words} for logistic regression (host values are "
+            "encoded with 24 fractional bits): ask the host's operator to standardise "
+            "that column (its log has the details)"
+        )
+
+
 MAX_TARGETS = 1000
 MAX_MEMORY = 50
 _PROTOCOLS = {"taylor": ("pcg", "sgd"), "exact": ("lbfgs", "sgd")}
@@ -196,22 +233,7 @@ def setup(ctx, msg):
     if not np.isfinite(lam) or not np.isfinite(learning_rate):
         raise BadMessageError("lam and learning_rate must be finite")
     X, means = prepare_features(ctx.dataset.X[rows])
-    if X.size and np.abs(X).max() >= MAX_X:
-        j = int(np.abs(X).max(axis=0).argmax())
-        names = ctx.dataset.feature_names  # (None unless the host publishes them)
-        column = f"column {names[j]!r}" if names else f"column {j} of the host's"
-        _log.warning(  # the value for the host's operator only: it is a customer's
-            "logistic regression refused: %s of dataset %r holds %.3g, beyond 2**%d",
-            column,
-            ctx.dataset.name,
-            np.abs(X).max(),
-            MAX_X_BITS,
-        )
-        raise RequestError(
-            f"host {column} holds values of 2**{MAX_X_BITS} or more in absolute value, "
-            "too large for logistic regression: ask the host's operator to standardise "
-            "that column (its log has the details)"
-        )
+    _check_scale(ctx, X)
     d = X.shape[1]
     W = np.zeros((d, n_targets))
     if warm is not None:

@@ -21,6 +21,7 @@ from ..federation import (
     columnless,
     unique_ids,
 )
+from ._core import MIN_X_BITS
 from ._protocol import federated_fit, federated_scores
 from ._solvers import Problem, plain_fit
 
@@ -233,8 +234,12 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
 
     **Host data.** A host column's missing values (NaN) are replaced by its mean over the
     aligned training rows; the means are stored with the host's model and used when
-    scoring. Host values must stay below ``2**38`` in absolute value; standardised
-    columns work best (the hosts' columns are not rescaled by the guest's pipeline).
+    scoring. Host values must stay below ``2**38`` in absolute value, and each host
+    column's largest absolute value must be at least ``2**-10`` (they are encoded with
+    24 fractional bits; a host refuses a column outside these bounds, naming it, and
+    with ``protocol="taylor"`` the guest's columns need the same lower bound);
+    standardised columns work best (the hosts' columns are not rescaled by the guest's
+    pipeline).
 
     The Paillier private keys exist only during ``fit``: a pickled model holds the
     guest's coefficients, the hosts' model IDs and the federation handle.
@@ -378,6 +383,8 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         Y = Y.astype(np.float64)
         K = Y.shape[1]
         Xa = np.hstack([X, np.ones((n, 1))]) if self.fit_intercept else X
+        if federated and self.protocol == "taylor" and d:
+            self._check_guest_scale(X)
         if federated and Xa.shape[1] == 0 and self.protocol != "exact":
             raise ValueError(
                 "this guest holds no columns and fit_intercept=False, so it has no "
@@ -448,6 +455,23 @@ class FederatedLogisticRegression(LinearClassifierMixin, BaseEstimator):
         self.crypto_ops_ = outcome.ops
         self._host_models = dict(outcome.host_models)
         return self
+
+    def _check_guest_scale(self, X):
+        """Taylor's shared Gram holds the guest's values in fixed point (as the hosts
+        hold theirs): a column on a tiny scale would lose its precision there (and its
+        preconditioner overflow the solver's fixed point)."""
+        top = np.abs(X).max(axis=0)
+        small = np.flatnonzero((top > 0) & (top < 2.0**MIN_X_BITS))
+        if small.size:
+            j = int(small[0])
+            names = getattr(self, "feature_names_in_", None)
+            column = f"column {names[j]!r}" if names is not None else f"column {j}"
+            raise ValueError(
+                f"X {column} holds only values below 2**{MIN_X_BITS} in absolute value; "
+                "protocol='taylor' encodes values in fixed point, where such a column "
+                "loses its precision: standardise it (e.g. StandardScaler in a Pipeline), "
+                "or use protocol='exact'"
+            )
 
     def _starting_point(self, n_coef, K, classes):
         """Warm start: the previous coefficients (and host model IDs), if they fit."""
