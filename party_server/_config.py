@@ -200,7 +200,7 @@ def config_from_dict(raw, base_dir=Path("."), environ=os.environ):
         _fail(sorted(unknown)[0], "is not a known setting")
     party = _get(raw, "party", str, "")
     if not _NAME.match(party):
-        _fail("party", "must be 1-64 letters, digits, '_', '-' or '.'")
+        _fail("party", "must be 1-64 ASCII letters, digits, '_', '-' or '.'")
     host, port = _parse_bind(_get(raw, "bind", str, ""))
     state_dir = Path(_get(raw, "state_dir", str, ""))
     if not state_dir.is_absolute():

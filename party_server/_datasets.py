@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from fedsk.federation import HostDataset
+from fedsk.federation._hostapi import names_too_long
 
 from ._config import ConfigError
 
@@ -69,6 +70,13 @@ def load_dataset(cfg):
             )
     if not columns:
         raise ConfigError(f"config key '{key}': the dataset has no feature columns")
+    too_long = names_too_long(columns) if cfg.publish_feature_names else None
+    if too_long:
+        raise ConfigError(
+            f"config key '{key}.publish_feature_names': {too_long}; set it to false "
+            "(peers then see column positions), or publish fewer columns with "
+            "features = [...]"
+        )
     X = df[columns].to_numpy(dtype=np.float64)
     if np.isinf(X).any():
         raise ConfigError(f"config key '{key}': feature values must be finite (NaN = missing)")

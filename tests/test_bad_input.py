@@ -487,3 +487,13 @@ def test_a_local_fit_without_columns_says_so(Est):
         ValueError, match=r"0 feature\(s\) \(shape=\(20, 0\)\) while a minimum of 1"
     ):
         Est().fit(X, np.arange(20) % 2)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_regression_targets_too_large_to_square_say_to_rescale():
+    """They surfaced as a "split directions from this party" error in a local fit."""
+    X = pd.DataFrame({"a": np.random.default_rng(0).normal(size=40)})
+    y = np.sign(X["a"].to_numpy()) * 1.7e308
+    with pytest.raises(ValueError, match=r"y holds values up to 1.7e\+308 .* rescale y"):
+        SecureBoostRegressor(n_estimators=2).fit(X, y)
+    assert SecureBoostRegressor(n_estimators=2).fit(X, y / 1e200).score(X, y / 1e200) > 0.5

@@ -161,6 +161,39 @@ def test_local_federation_cleans_up_and_killed_host_is_unavailable():
     assert not any(_pid_alive(p) for p in pids)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_key_length": 512}, "min_key_length must be at least 1024, got 512"),
+        ({"n_jobs": 0}, "n_jobs must be a positive number of workers or -1, got 0"),
+        ({"max_models": 0}, "max_models must be at least 1, got 0"),
+        ({"session_ttl": 0.5}, "session_ttl must be at least 1"),
+        ({"n_jobs": 1.5}, "n_jobs must be"),
+    ],
+)
+def test_local_federation_names_a_bad_argument_before_starting_a_server(kwargs, match):
+    """They were refused by the started server, as a RuntimeError quoting its config key."""
+    df = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "b"])
+    with pytest.raises(ValueError, match=f"LocalFederation: {match}"):
+        LocalFederation(hosts={"h": df}, **kwargs)
+
+
+def test_column_names_too_long_to_publish_are_refused_saying_what_to_do(tmp_path):
+    """26,000 long names overflowed the session's first answer: the guest got "message
+    header is too long or truncated"."""
+    from party_server import ConfigError, create_app
+
+    from .conftest import write_host
+
+    cols = [f"tfidf_token_{j:07d}_xxxxxxxxxxxxxxxxxxx" for j in range(26_000)]
+    df = pd.DataFrame(np.zeros((2, len(cols))), index=["a", "b"], columns=cols)
+    with pytest.raises(ValueError, match=r"host 'h': the names of its 26000 columns take 1.1 MiB"):
+        LocalFederation(hosts={"h": df})
+    with pytest.raises(ConfigError, match=r"publish_feature_names': the names .* set it to false"):
+        create_app(write_host(tmp_path, df))
+    assert create_app(write_host(tmp_path, df, publish=False))  # positions only: served
+
+
 def test_local_federation_rejects_duplicate_ids():
     df = pd.DataFrame({"x": [1.0, 2.0]}, index=["a", "a"])
     with pytest.raises(ValueError, match="duplicate"):

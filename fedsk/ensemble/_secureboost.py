@@ -653,6 +653,9 @@ class SecureBoostClassifier(ClassifierMixin, BaseSecureBoost):
         return self.classes_[np.argmax(proba, axis=1)]
 
 
+MAX_TARGET = 1e150  # |y| beyond this: squared errors (and sums of them) overflow
+
+
 class SecureBoostRegressor(RegressorMixin, BaseSecureBoost):
     __doc__ = (
         """Vertical federated gradient-boosted trees for regression (half squared error).
@@ -706,6 +709,13 @@ class SecureBoostRegressor(RegressorMixin, BaseSecureBoost):
 
     def _encode_y(self, y):
         y = np.asarray(y, dtype=np.float64)
+        top = float(np.abs(y).max()) if y.size else 0.0
+        if top >= MAX_TARGET:  # (a deep "split directions do not match" error before)
+            raise ValueError(
+                f"y holds values up to {top:.3g} in absolute value: squared errors of "
+                f"values beyond {MAX_TARGET:.0e} overflow; rescale y (e.g. divide it by a "
+                "power of ten, or wrap the estimator in TransformedTargetRegressor)"
+            )
         return y, HalfSquaredError()
 
     def _stratify(self, y):

@@ -24,7 +24,7 @@ _RESERVED = {"guest", ".", ".."}
 def check_host_name(name):
     """A host's name: 1-64 letters, digits, '_.-', and not a name the guest uses."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"host name {name!r} must be 1-64 letters, digits, '_.-'")
+        raise ValueError(f"host name {name!r} must be 1-64 ASCII letters, digits, '_', '-' or '.'")
     if name.lower() in _RESERVED:
         raise ValueError(
             f"host name {name!r} is reserved ({sorted(_RESERVED)}: the estimators label the "

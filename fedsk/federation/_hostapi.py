@@ -6,6 +6,7 @@ request from ``msg`` (validated accessors), keep per-session state in
 raise :class:`~fedsk.exceptions.RequestError` subclasses for anything they refuse.
 """
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -13,7 +14,22 @@ import numpy as np
 
 _log = logging.getLogger("party_server")
 
-__all__ = ["HostContext", "HostDataset", "HostSession", "ModelStoreAPI"]
+__all__ = ["HostContext", "HostDataset", "HostSession", "ModelStoreAPI", "names_too_long"]
+
+# published column names travel in the JSON header of a session's first answer (headers
+# are at most 1 MiB): this leaves room for everything else in it
+MAX_NAMES_BYTES = 512 * 1024
+
+
+def names_too_long(names):
+    """None, or why ``names`` are too long to publish (what a message says to do)."""
+    size = len(json.dumps([str(c) for c in names]).encode())
+    if size <= MAX_NAMES_BYTES:
+        return None
+    return (
+        f"the names of its {len(names)} columns take {size / 2**20:.1f} MiB, more than a "
+        f"session's first answer carries ({MAX_NAMES_BYTES // 1024} KiB)"
+    )
 
 
 @dataclass

@@ -18,6 +18,7 @@ import pandas as pd
 from ..exceptions import PartyUnavailableError
 from ._federation import Federation, check_host_name
 from ._guest import check_id_index, check_numeric_frame
+from ._hostapi import names_too_long
 from ._transport import ping
 
 __all__ = ["LocalFederation"]
@@ -107,9 +108,16 @@ class LocalFederation(Federation):
     ):
         if not isinstance(hosts, dict) or not hosts:
             raise ValueError("hosts must be a non-empty dict {name: DataFrame}")
+        _check_settings(n_jobs, min_key_length, session_ttl, max_models, startup_timeout)
         for name, df in hosts.items():  # before anything touches the disk
             check_host_name(name)
             _check_host_frame(name, df)
+            too_long = names_too_long(df.columns) if publish_feature_names else None
+            if too_long:
+                raise ValueError(
+                    f"host {name!r}: {too_long}; pass publish_feature_names=False (the "
+                    "guest then sees column positions)"
+                )
         if workdir is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="fedsk-local-"))
             keep = None
@@ -263,6 +271,21 @@ class LocalFederation(Federation):
 
 
 ID_COLUMN = "__sample_id__"
+
+
+def _check_settings(n_jobs, min_key_length, session_ttl, max_models, startup_timeout):
+    """The servers' settings, named as this class's arguments (before any server starts)."""
+    for arg, value, ok, need in (
+        ("n_jobs", n_jobs, lambda v: v == -1 or v >= 1, "a positive number of workers or -1"),
+        ("min_key_length", min_key_length, lambda v: v >= 1024, "at least 1024"),
+        ("max_models", max_models, lambda v: v >= 1, "at least 1"),
+        ("session_ttl", session_ttl, lambda v: v >= 1, "at least 1 (seconds)"),
+        ("startup_timeout", startup_timeout, lambda v: v > 0, "positive (seconds)"),
+    ):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        integral = arg in ("n_jobs", "min_key_length", "max_models")
+        if not number or (integral and not isinstance(value, int)) or not ok(value):
+            raise ValueError(f"LocalFederation: {arg} must be {need}, got {value!r}")
 
 
 def _check_host_frame(name, df):
