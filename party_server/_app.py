@@ -34,6 +34,12 @@ from fedsk.federation import (
     message_from_wire,
     message_to_wire,
 )
+from fedsk.federation._transport import (
+    EXPIRES_FORMAT,
+    MODELS_REMOVED_HEADER,
+    TOKEN_EXPIRES_HEADER,
+    TOKEN_WARNING_DAYS,
+)
 
 from ._audit import AuditLog, printable
 from ._config import Config, ConfigError, config_from_dict, load_config
@@ -47,8 +53,6 @@ __all__ = ["create_app"]
 log = logging.getLogger("party_server")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
-TOKEN_EXPIRES_HEADER = "Fedsk-Token-Expires"
-MODELS_REMOVED_HEADER = "Fedsk-Models-Removed"
 MODEL_ID = re.compile(r"^[0-9a-f]{24}$")
 CLAIM_WAIT = 30.0  # seconds a forked worker waits for the one it replaces to let go
 
@@ -214,7 +218,6 @@ class State:
         return True
 
 
-EXPIRY_WARNING_DAYS = 14  # the server log (and the guest) hear of an expiry this early
 _reload_held = threading.Event()
 
 
@@ -254,7 +257,7 @@ def _token_table(peers):
 
 
 def _warn_expiring(peers):
-    soon = _now() + timedelta(days=EXPIRY_WARNING_DAYS)
+    soon = _now() + timedelta(days=TOKEN_WARNING_DAYS)
     for peer in peers.values():
         for _, expires, which in peer.tokens():
             if expires is not None and expires <= soon:
@@ -467,7 +470,7 @@ def _before():
 def _after(resp):
     endpoint = g.get("endpoint_name") or printable(request.path, 200)
     if g.get("token_expires") is not None:  # the guest warns its user ahead of time
-        resp.headers[TOKEN_EXPIRES_HEADER] = g.token_expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        resp.headers[TOKEN_EXPIRES_HEADER] = g.token_expires.strftime(EXPIRES_FORMAT)
     if log.isEnabledFor(logging.INFO):  # party-server --verbose: one line per request
         ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         log.info(

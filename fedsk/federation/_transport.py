@@ -28,7 +28,8 @@ __all__ = ["HttpTransport", "InProcessTransport", "Transport", "new_request_id",
 REQUEST_ID_HEADER = "Fedsk-Request-Id"
 TOKEN_EXPIRES_HEADER = "Fedsk-Token-Expires"
 MODELS_REMOVED_HEADER = "Fedsk-Models-Removed"
-TOKEN_WARNING_DAYS = 14
+TOKEN_WARNING_DAYS = 14  # the guest (and the server's log) hear of an expiry this early
+EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # of the Fedsk-Token-Expires header (UTC)
 _warned_expiry = set()  # (party, url, expiry) warned of in this process
 _warned_lock = threading.Lock()
 
@@ -55,7 +56,7 @@ class Transport:
         if not value:
             return
         try:
-            expires = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            expires = datetime.strptime(value, EXPIRES_FORMAT).replace(tzinfo=timezone.utc)
         except ValueError:
             return  # (a header we cannot read changes nothing)
         left = expires - datetime.now(timezone.utc)
