@@ -369,8 +369,10 @@ def _make_view(route):
             return _models(state, route, params["model_id"])
         entry = state.sessions.get(params["session_id"], g.peer)
         if route.name == "sessions.delete":
+            discard = _discard_asked()  # the peer's fit failed
             state.sessions.delete(params["session_id"], g.peer)
-            return _reply(Message({"closed": True}))
+            discarded = _discard_models(state, entry.session) if discard else []
+            return _reply(Message({"closed": True, "discarded": discarded}))
         fingerprint = _fingerprint(route.name)
         with entry.lock:
             cached = entry.replay(g.request_id)  # refuses an old ID whose answer is gone
@@ -406,10 +408,60 @@ def _context(state, session):
         party=state.config.party,
         session=session,
         dataset=state.datasets[session.dataset],
-        models=state.models,
+        models=_SessionModels(state.models, session),
         n_jobs=state.config.n_jobs,
         min_key_length=state.config.min_key_length,
     )
+
+
+def _discard_asked():
+    """``?discard_models=true`` on a session's DELETE (a query, not a body: proxies may
+    drop the body of a DELETE)."""
+    value = request.args.get("discard_models", "false").strip().lower()
+    if value not in ("true", "false"):
+        raise RequestError(
+            f"query parameter discard_models must be true or false, got {printable(value, 20)!r}"
+        )
+    return value == "true"
+
+
+class _SessionModels:
+    """The model store as one session's host half sees it: the IDs it creates are kept
+    with the session, so that a peer whose fit failed can have them deleted."""
+
+    def __init__(self, store, session):
+        self._store, self._session = store, session
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def create(self, peer, kind):
+        model_id = self._store.create(peer, kind)
+        self._session.state.setdefault(_MADE, []).append(model_id)
+        return model_id
+
+
+_MADE = "party_server.models_made"
+
+
+def _discard_models(state, session):
+    """Delete the models ``session`` made (its peer's fit failed, so no estimator holds
+    them: left here they would count towards max_models); the IDs deleted."""
+    discarded = []
+    for model_id in session.state.get(_MADE, []):
+        try:
+            state.models.delete(model_id, session.peer)
+        except NotFoundError:  # never saved (the fit failed before), or already gone
+            continue
+        discarded.append(model_id)
+    if discarded:
+        log.warning(
+            "peer %s: its fit failed; deleted the %d model(s) its session made: %s",
+            session.peer,
+            len(discarded),
+            ", ".join(discarded),
+        )
+    return discarded
 
 
 def _create_session(state, msg):

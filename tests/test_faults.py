@@ -731,3 +731,87 @@ def test_gunicorn_with_more_than_one_worker_is_refused(tmp_path, data, workers):
     assert proc.returncode != 0, proc.stderr
     assert f"--workers {workers} is not supported" in proc.stderr
     assert "Booting worker" not in proc.stderr
+
+
+# -- a fit that fails leaves no model behind ---------------------------------------------------
+def _model_files(srv):
+    return set((srv.state_dir / "models").glob("*.npz"))
+
+
+def _fail_once_a_model_appears(srv, before):
+    """A fault: the first answer after ``srv`` saved a new model is a proxy's HTML 502
+    (the host did the work; its answer is lost)."""
+    failed = []
+
+    def fault(method, path, reply):
+        if not failed and _model_files(srv) - before:
+            failed.append(path)
+            return _html(502)(reply)
+        return reply
+
+    return fault
+
+
+def test_a_failed_secureboost_fit_deletes_the_model_its_host_began(server, data):
+    # the host saves its half after every round: a fit that fails in round two or later
+    # would leave a model that counts towards max_models and can push out a live one
+    guest, _, y = data
+    before = _model_files(server)
+    clf = make_clf(None, n_estimators=4)
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = _fail_once_a_model_appears(server, before)
+        clf.federation = via(proxy)
+        with pytest.raises(PartyUnavailableError, match="502"):
+            clf.fit(guest, y)
+        assert proxy.faults == 1  # the fit failed after the host had saved a round
+    assert _model_files(server) == before
+    assert not hasattr(clf, "n_estimators_")  # no half-fitted estimator either
+    with pytest.raises(Exception, match="not fitted"):
+        clf.predict(guest)
+
+
+def test_a_failed_secureboost_warm_start_keeps_the_model_it_continues(server, data):
+    guest, _, y = data
+    clf = make_clf(via_direct(server), n_estimators=2, warm_start=True).fit(guest, y)
+    kept = _model_files(server)
+    expected = clf.predict_proba(guest)
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = on("/splits", _html(502))
+        clf.set_params(federation=via(proxy), n_estimators=4)
+        with pytest.raises(PartyUnavailableError, match="502"):
+            clf.fit(guest, y)
+    assert _model_files(server) == kept  # the first fit's half is still there
+    clf.federation = via_direct(server)
+    assert clf.n_estimators_ == 2
+    np.testing.assert_array_equal(clf.predict_proba(guest), expected)
+
+
+def via_direct(srv):
+    return Federation({"insurer": srv.host_spec()}, timeout=(5.0, 60.0), retries=0)
+
+
+def test_a_failed_logistic_fit_deletes_what_the_hosts_that_finished_saved(tmp_path, data):
+    from fedsk import FederatedLogisticRegression
+
+    guest, host, y = data
+    with (
+        PartyServer(tmp_path / "a", host[["h0", "h1"]], name="insurer") as first,
+        PartyServer(tmp_path / "b", host[["h2"]], name="telco") as second,
+        FaultProxy(second.url) as proxy,
+    ):
+        before = _model_files(first)
+        proxy.fault = _fail_once_a_model_appears(first, before)
+        fed = Federation(
+            {"insurer": first.host_spec(), "telco": second.host_spec(proxy.url)},
+            timeout=(5.0, 60.0),
+            retries=0,
+        )
+        clf = FederatedLogisticRegression(
+            federation=fed, protocol="exact", key_length=KEY, max_iter=5
+        )
+        with pytest.raises(PartyUnavailableError, match="502"):
+            clf.fit(guest, y)
+        assert proxy.faults == 1  # telco's "finish", after insurer saved its half
+        # insurer's half (its ID known to the guest) and telco's (its answer lost)
+        assert _model_files(first) == before
+        assert not _model_files(second)

@@ -925,3 +925,13 @@ def test_the_guest_is_warned_when_retention_removes_its_models(tmp_path, host_df
         FederatedLogisticRegression(federation=fed, key_length=1024).fit(guest, y)
     with pytest.raises(ProtocolError, match="no longer holds"):
         first.predict_proba(guest)
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "%00"])
+def test_a_session_delete_with_a_bad_discard_query_is_a_json_400(client, value):
+    sid = open_session(client)["session_id"]
+    r = client.delete(f"/v1/sessions/{sid}?discard_models={value}", headers={**AUTH, **rid(1)})
+    assert r.status_code == 400 and "discard_models" in error_of(r)["message"]
+    r = client.delete(f"/v1/sessions/{sid}?discard_models=true", headers={**AUTH, **rid(2)})
+    assert r.status_code == 200  # the session was still open; it made no model
+    assert message_from_wire(r.data).meta == {"closed": True, "discarded": []}

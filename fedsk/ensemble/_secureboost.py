@@ -269,6 +269,12 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 decisions = engine.existing_decisions(n) if self._is_fitted() else None
                 try:
                     self._boost(engine, X_arr, y, weights, loss, train_pos, val_pos, decisions)
+                except BaseException:
+                    # the hosts delete what a first fit saved (aligned_sessions tells them);
+                    # a continued fit keeps the rounds both sides completed
+                    if model_ids is None:
+                        self._clear_state()
+                    raise
                 finally:
                     self._crypto_counts = dict(engine.counts)
         self.fit_time_ = perf_counter() - started

@@ -87,10 +87,15 @@ class HostClient:
             request_id=request_id or new_request_id(),
         )
 
-    def close_session(self, session_id):
-        """Close a session, ignoring a host that has already forgotten it."""
+    def close_session(self, session_id, *, discard_models=False):
+        """Close a session, ignoring a host that has already forgotten it.
+
+        With ``discard_models`` (the fit failed) the host deletes the models the session
+        made.
+        """
+        path = url_for("sessions.delete", session_id=session_id)
         with contextlib.suppress(ProtocolError):
-            self.transport.request("DELETE", url_for("sessions.delete", session_id=session_id))
+            self.transport.request("DELETE", path + ("?discard_models=true" * discard_models))
 
     def delete_model(self, model_id):
         self.transport.request("DELETE", url_for("models.delete", model_id=model_id))

@@ -258,8 +258,8 @@ class GuestSession:
     def call(self, route_name, message=None):
         return self.client.call(route_name, self.session_id, message or Message())
 
-    def close(self):
-        self.client.close_session(self.session_id)
+    def close(self, *, discard_models=False):
+        self.client.close_session(self.session_id, discard_models=discard_models)
         self.client.close()
 
 
@@ -285,10 +285,18 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
         if lacking:
             raise ValueError(_lacking_message(ids, lacking))
         yield sessions
+    except BaseException:
+        failed = True
+        raise
+    else:
+        failed = False
     finally:
+        # a fit that failed (or was interrupted) leaves no estimator to use what the hosts
+        # saved for it: they delete the models these sessions made (a continued fit's
+        # model, made before, stays)
         for s in sessions:
             with suppress(FedskError):
-                s.close()
+                s.close(discard_models=failed)
 
 
 def _lacking_message(ids, lacking):
