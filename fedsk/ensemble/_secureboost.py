@@ -247,6 +247,7 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 key_length=self.key_length,
                 n_jobs=self.n_jobs,
                 ahead=self._round_encryptions(len(train_pos), loss),
+                keep_models=self.warm_start,  # (a failed fit's completed rounds go on)
             ) as (sess, keypair, stock):
                 if self._is_fitted():
                     sess = in_model_order(sess, self._host_names)
@@ -270,9 +271,9 @@ class BaseSecureBoost(BaseEstimator, ABC):
                 try:
                     self._boost(engine, X_arr, y, weights, loss, train_pos, val_pos, decisions)
                 except BaseException:
-                    # the hosts delete what a first fit saved (aligned_sessions tells them);
-                    # a continued fit keeps the rounds both sides completed
-                    if model_ids is None:
+                    # with warm_start, both sides keep the rounds they completed and the
+                    # next fit continues; without, the hosts delete what they saved
+                    if not self.warm_start:
                         self._clear_state()
                     raise
                 finally:

@@ -264,11 +264,13 @@ class GuestSession:
 
 
 @contextmanager
-def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
+def aligned_sessions(federation, ids, *, protocol, n_jobs=None, keep_models=False):
     """Open one session per host and align ``ids`` by PSI; close them on exit.
 
     Every ID must be held by every host: otherwise ``ValueError`` says how many rows
     each host lacks. Yields the list of :class:`GuestSession` in the federation's order.
+    When the block raises, the hosts delete the models these sessions made, unless
+    ``keep_models`` (an estimator that keeps a failed fit's completed part).
     """
     if not isinstance(federation, Federation):
         raise TypeError(f"federation must be a fedsk Federation, got {type(federation).__name__}")
@@ -293,10 +295,10 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None):
     finally:
         # a fit that failed (or was interrupted) leaves no estimator to use what the hosts
         # saved for it: they delete the models these sessions made (a continued fit's
-        # model, made before, stays)
+        # model, made before, stays), unless the estimator keeps what was completed
         for s in sessions:
             with suppress(FedskError):
-                s.close(discard_models=failed)
+                s.close(discard_models=failed and not keep_models)
 
 
 def _lacking_message(ids, lacking):
@@ -332,7 +334,9 @@ def _lacking_message(ids, lacking):
 
 
 @contextmanager
-def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None, ahead=0):
+def keyed_sessions(
+    federation, ids, *, protocol, key_length, n_jobs=None, ahead=0, keep_models=False
+):
     """:func:`aligned_sessions` plus the fit's fresh Paillier key pair.
 
     The key pair's prime search (in a worker process when there are several: it holds
@@ -361,7 +365,9 @@ def keyed_sessions(federation, ids, *, protocol, key_length, n_jobs=None, ahead=
     try:
         with ThreadPoolExecutor(max_workers=1) as background:
             background.submit(keypair_then_prepare)
-            with aligned_sessions(federation, ids, protocol=protocol, n_jobs=n_jobs) as sessions:
+            with aligned_sessions(
+                federation, ids, protocol=protocol, n_jobs=n_jobs, keep_models=keep_models
+            ) as sessions:
                 pub, priv, stock = keys.result()
                 yield sessions, (pub, priv), stock
     finally:  # the background thread is done (the executor waited for it): drop the rest
