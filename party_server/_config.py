@@ -144,8 +144,12 @@ def _peer_token(table, where, key, base_dir, environ):
         if environ is None:
             return f"(environment variable {env} of the server)"
         token = environ.get(env)
-        if not token:
+        if token is None:
             _fail(where + given[0], f"environment variable {env} is not set")
+        # (as a token file's: `export T=$(cat file)` or an editor adds a newline)
+        token = token.strip()
+        if not token:
+            _fail(where + given[0], f"environment variable {env} is empty")
     else:
         path = Path(_get(table, given[0], str, where))
         if not path.is_absolute():
