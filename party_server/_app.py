@@ -46,7 +46,14 @@ from ._config import Config, ConfigError, config_from_dict, load_config
 from ._datasets import load_datasets
 from ._models import ModelStore
 from ._sessions import SessionStore
-from ._storage import StateDirInUse, StateDirLock, StorageError, check_writable
+from ._storage import (
+    StateDirInUse,
+    StateDirLock,
+    StorageError,
+    check_state_dir,
+    check_writable,
+    unusable,
+)
 
 __all__ = ["create_app"]
 
@@ -67,28 +74,23 @@ class State:
 
     def __init__(self, config):
         self.config = config
-        if not config.state_dir.parent.is_dir():
-            raise ConfigError(
-                f"config key 'state_dir': {config.state_dir.parent} does not exist or is "
-                f"not a directory; create it or fix the path (the server creates only "
-                f"{config.state_dir.name!r} itself)"
-            )
+        check_state_dir(config.state_dir)
         try:
             check_writable(config.state_dir, parents=False)
         except OSError as exc:
-            raise ConfigError(
-                f"config key 'state_dir': cannot write to {config.state_dir} "
-                f"({exc.strerror or exc})"
-            ) from None
+            raise unusable(exc, "write to the state directory", config.state_dir) from None
         # one process per state_dir: two would fork the audit chain (see StateDirLock)
         self.lock = StateDirLock.acquire(config.state_dir)
         self._refusing = False
         self.datasets = load_datasets(config)
-        self.models = ModelStore(
-            config.state_dir / "models",
-            max_models=config.max_models,
-            max_age_days=config.max_model_age_days,
-        )
+        try:
+            self.models = ModelStore(
+                config.state_dir / "models",
+                max_models=config.max_models,
+                max_age_days=config.max_model_age_days,
+            )
+        except OSError as exc:
+            raise unusable(exc, "use the model store", config.state_dir / "models") from None
         self.audit = AuditLog(config.state_dir / "audit.log", fsync=config.audit_fsync)
         self.sessions = SessionStore(config.session_ttl)
         self.created = {}  # (peer, request_id) -> (fingerprint, answer) of sessions.create
@@ -207,7 +209,7 @@ class State:
         self.config.peers = new.peers
         self._expired_seen = set()
         added, removed = sorted(set(new.peers) - set(old)), sorted(set(old) - set(new.peers))
-        log.info(
+        log.warning(  # (the level the server's log shows without --verbose)
             "reload: serving %d peer(s) from %s%s%s",
             len(new.peers),
             source,

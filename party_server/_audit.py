@@ -9,12 +9,13 @@ or deleting a record in the middle breaks the chain at that record.
 
 The chain alone cannot show records removed from its *end*: what is left is still a
 valid chain. So the server also keeps the chain's head (the last record's sequence
-number and hash) in a separate file, ``audit.head`` next to ``audit.log``, replaced
-atomically after every append. :func:`verify` checks the log against it: a log that
-ends before the head (truncated, emptied or deleted) is reported. Someone who can
-rewrite both files can still truncate the log and write a matching head, or append
-records that chain (the hashes have no secret key): keep a copy of the head elsewhere
-to detect that. What is never logged: tokens, keys, plaintext values, request bodies.
+number and hash, with the log's size and SHA-256) in a separate file, ``audit.head``
+next to ``audit.log``, replaced atomically after every append. :func:`verify` checks
+the log against it: a log that ends before the head (truncated, emptied or deleted)
+is reported. Someone who can rewrite both files can still truncate the log and write
+a matching head, or append records that chain (the hashes have no secret key): keep a
+copy of the head elsewhere to detect that. What is never logged: tokens, keys,
+plaintext values, request bodies.
 """
 
 import contextlib
@@ -30,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ._config import ConfigError
-from ._storage import StorageError
+from ._storage import StorageError, unusable
 
 __all__ = ["AuditLog", "head_path", "printable", "summarize", "verify"]
 
@@ -51,7 +52,15 @@ def head_path(path):
 
 
 def _read_head(path):
-    """``(seq, hash)`` from a head file, None if there is none; ValueError if unreadable."""
+    """``(seq, hash)`` from a head file, None if there is none; ValueError if unreadable
+    (an OSError other than a missing file is raised as is)."""
+    head = _read_head_file(path)
+    return None if head is None else head[:2]
+
+
+def _read_head_file(path):
+    """``(seq, hash, size, sha256)`` of a head file: ``size`` and ``sha256`` (None in
+    heads of fedsk before 0.x) are the log's size and digest when the head was written."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -59,7 +68,8 @@ def _read_head(path):
     try:
         head = json.loads(data)
         seq, digest = head["seq"], head["hash"]
-    except (ValueError, TypeError, KeyError) as exc:
+        size, sha = head.get("bytes"), head.get("sha256")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{path} is not a valid audit head ({exc})") from None
     if (
         not isinstance(seq, int)
@@ -69,15 +79,9 @@ def _read_head(path):
         or (seq == 0) != (digest == GENESIS)
     ):
         raise ValueError(f"{path} is not a valid audit head")
-    return seq, digest
-
-
-def _records(path):
-    """``(lineno, line)`` of every non-empty line of the log."""
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                yield lineno, line
+    if not (isinstance(size, int) and not isinstance(size, bool) and isinstance(sha, str)):
+        size = sha = None
+    return seq, digest, size, sha
 
 
 def printable(text, limit=None):
@@ -96,11 +100,14 @@ def printable(text, limit=None):
 class AuditLog:
     """Append-only, hash-chained, fsync'ed JSON-lines file, and the head of its chain.
 
-    At start the log is checked against its head: a log that ends before the head or
-    whose record there is another one was tampered with while the server was stopped,
-    and the server refuses to start (continuing would overwrite the evidence in the
-    head). A head one record behind the log is what a crash between the two writes
-    leaves; it is brought up to date.
+    At start the chain is checked, and the log against its head: a record edited,
+    inserted or removed (a blank line included), a log that ends before the head or
+    whose record there is another one, was tampered with while the server was stopped,
+    and the server refuses to start naming the line (continuing would overwrite the
+    evidence in the head). A head one record behind the log is what a crash between the
+    two writes leaves; it is brought up to date. The head also keeps the log's size and
+    the SHA-256 of its bytes, so that a start need not check every record again.
+    A file of the log it cannot use is a :class:`StateDirUnusable` naming it.
     """
 
     def __init__(self, path, *, fsync=True):
@@ -108,21 +115,19 @@ class AuditLog:
         self.head = head_path(self.path)
         self.reserve = self.path.with_name(f".{self.path.stem}.reserve")
         self._no_reserve = False
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.fsync = fsync
         self._lock = threading.Lock()
-        for tmp in self.path.parent.glob(f".tmp-{self.head.name}-*"):  # a crash mid-write
-            tmp.unlink(missing_ok=True)
-        self._repair_tail()
-        self._seq, self._prev = self._reconcile()
+        self._size, self._digest = 0, None  # the log's size and running SHA-256
         try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for tmp in self.path.parent.glob(f".tmp-{self.head.name}-*"):  # a crash mid-write
+                tmp.unlink(missing_ok=True)
+            self._repair_tail()
+            self._seq, self._prev = self._reconcile()
             os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
             self._write_head(self._seq, self._prev)
-        except OSError as exc:
-            raise ConfigError(
-                f"config key 'state_dir': cannot write the audit log {self.path} or its "
-                f"head ({exc.strerror or exc})"
-            ) from None
+        except OSError as exc:  # permissions, a directory where the log or head belongs
+            raise unusable(exc, "use the audit log file") from None
         self._make_reserve()  # (a disk already full: check_space refuses until it is made)
 
     def reload(self):
@@ -141,43 +146,76 @@ class AuditLog:
                 fh.truncate(data.rfind(b"\n") + 1)
 
     def _reconcile(self):
-        """The last record's ``(seq, hash)``, after checking the log against its head."""
+        """The last record's ``(seq, hash)``, after checking the chain and its head.
+
+        Every record is checked: one edited, inserted or removed anywhere (or a blank
+        line, which the server never writes) stops the start, naming its line. Up to
+        the head, the log's bytes are compared with the SHA-256 the head keeps of them
+        (fast); only records after that point, and a log whose bytes differ, are checked
+        record by record.
+        """
         try:
-            head = _read_head(self.head)
+            head = _read_head_file(self.head)
         except ValueError as exc:
             raise ConfigError(f"{exc}; {_MOVE_ASIDE}") from None
-        last, count, at_head = None, 0, None
+        seq, prev, at_head = 0, GENESIS, None
+        digest, size = hashlib.sha256(), 0
         if self.path.exists():
-            for _, line in _records(self.path):
-                count += 1
-                last = line
-                if head is not None and count == head[0]:
-                    at_head = line
-        seq, digest = (0, GENESIS) if last is None else _seq_and_hash(last, self.path)
+            with open(self.path, "rb") as fh:
+                first = 1
+                if head is not None and head[2] is not None:
+                    skipped = _skip_checked(fh, head[2], head[3])
+                    if skipped is None:
+                        fh.seek(0)  # not the bytes the server wrote: check every record
+                    else:
+                        digest, size, first = skipped[0], skipped[1], skipped[2] + 1
+                        seq, prev, at_head = head[0], head[1], head[1]
+                for lineno, line in enumerate(fh, start=first):
+                    claimed, problem = _check(line, lineno, seq, prev)
+                    if problem:
+                        raise ConfigError(
+                            f"the audit log {self.path} is broken at line {lineno}: {problem}; "
+                            + _MOVE_ASIDE
+                        )
+                    digest.update(line)
+                    size += len(line)
+                    prev, seq = claimed, seq + 1
+                    if head is not None and seq == head[0]:
+                        at_head = claimed
+        self._size, self._digest = size, digest
         if head is None:
-            if count:
+            if seq:
                 log.warning(
                     "audit log %s had no head file: starting one at record %d", self.path, seq
                 )
-            return seq, digest
+            return seq, prev
         if head[0] == 0:
-            return seq, digest
-        if count < head[0]:
+            return seq, prev
+        if seq < head[0]:
             raise ConfigError(
-                f"the audit log {self.path} ends after record {count} but its head "
+                f"the audit log {self.path} ends after record {seq} but its head "
                 f"{self.head.name} says it had {head[0]}: records were removed from its end; "
                 + _MOVE_ASIDE
             )
-        if _seq_and_hash(at_head, self.path) != head:
+        if at_head != head[1]:
             raise ConfigError(
                 f"record {head[0]} of the audit log {self.path} is not the one its head "
                 f"{self.head.name} names: the log was rewritten; " + _MOVE_ASIDE
             )
-        return seq, digest
+        return seq, prev
 
-    def _write_head(self, seq, digest):
-        """Replace the head file atomically (temp file, fsync, rename); mode 0600."""
-        data = (json.dumps({"seq": seq, "hash": digest}) + "\n").encode()
+    def _write_head(self, seq, digest, size=None, sha=None):
+        """Replace the head file atomically (temp file, fsync, rename); mode 0600.
+
+        With the log's ``size`` and the ``sha`` of its bytes (the running digest if not
+        given), a start compares the log with them instead of checking it record by record.
+        """
+        head = {"seq": seq, "hash": digest}
+        if size is None and self._digest is not None:
+            size, sha = self._size, self._digest.hexdigest()
+        if size is not None:
+            head.update({"bytes": size, "sha256": sha})
+        data = (json.dumps(head) + "\n").encode()
         tmp = self.head.with_name(f".tmp-{self.head.name}-{secrets.token_hex(4)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -257,13 +295,22 @@ class AuditLog:
             if fd is not None:
                 os.close(fd)
 
-    def _write(self, fd, line, record):
+    def _write(self, fd, line, record, size):
+        digest = None
+        if self._digest is not None and size == self._size:  # (else: checked at next start)
+            digest = self._digest.copy()
+            digest.update(line)
         written = os.write(fd, line)
         if written != len(line):
             raise OSError(28, "short write")
         if self.fsync:
             os.fsync(fd)
-        self._write_head(record["seq"], record["hash"])
+        if digest is None:
+            self._digest = None
+            self._write_head(record["seq"], record["hash"])
+        else:
+            self._write_head(record["seq"], record["hash"], size + len(line), digest.hexdigest())
+        self._size, self._digest = size + len(line), digest
 
     def append(self, **fields):
         """Append one record; raise StorageError (nothing half-written) if the disk refuses."""
@@ -285,14 +332,14 @@ class AuditLog:
                 size = os.fstat(fd).st_size
                 try:
                     try:
-                        self._write(fd, line, record)
+                        self._write(fd, line, record, size)
                     except OSError:
                         os.ftruncate(fd, size)  # the log and its head stay as they were
                         if not self.reserve.exists():
                             raise
                         self.reserve.unlink()  # the space kept for this: use it
                         log.warning("disk full: the audit log used its reserve; %s", self.path)
-                        self._write(fd, line, record)
+                        self._write(fd, line, record, size)
                 except OSError as exc:
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, size)
@@ -312,21 +359,30 @@ _MOVE_ASIDE = (
 )
 
 
-def _seq_and_hash(line, path):
-    try:
-        rec = json.loads(line)
-        return rec["seq"], rec["hash"]
-    except (ValueError, TypeError, KeyError):
-        raise ConfigError(
-            f"the audit log {path} has a record that is not valid JSON; " + _MOVE_ASIDE
-        ) from None
+def _skip_checked(fh, size, sha):
+    """Read the first ``size`` bytes of ``fh``: ``(digest, size, lines)`` if they are the
+    ones whose SHA-256 is ``sha`` and end a line, else None."""
+    digest, left, lines, last = hashlib.sha256(), size, 0, b"\n"
+    while left:
+        chunk = fh.read(min(left, 1 << 20))
+        if not chunk:
+            return None
+        digest.update(chunk)
+        lines += chunk.count(b"\n")
+        left -= len(chunk)
+        last = chunk[-1:]
+    if digest.hexdigest() != sha or last != b"\n":
+        return None
+    return digest, size, lines
 
 
 def verify(path):
     """Check the chain and its head. Returns ``(ok, n_records, problem)``.
 
-    ``problem`` names the first record that was edited, inserted or removed, or says that
-    the log is missing or ends before its head (records removed from the end). Records
+    ``problem`` names the first record that was edited, inserted or removed (a blank
+    line is not a record: a break, as at a server's start), or says that the log is
+    missing or ends before its head (records removed from the end). A file that cannot
+    be read raises OSError. Records
     after the head chain like the others and are accepted: the server may have appended
     them while this ran, or a crash lost the head's last update. What this cannot see:
     a log truncated (or rebuilt) together with a matching new head by someone who can

@@ -2,6 +2,7 @@
 that keeps a state directory to one server process."""
 
 import contextlib
+import errno
 import os
 import secrets
 import threading
@@ -18,7 +19,16 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None
 
-__all__ = ["StateDirInUse", "StateDirLock", "StorageError", "atomic_write", "check_writable"]
+__all__ = [
+    "StateDirInUse",
+    "StateDirLock",
+    "StateDirUnusable",
+    "StorageError",
+    "atomic_write",
+    "check_state_dir",
+    "check_writable",
+    "unusable",
+]
 
 
 class StorageError(RequestError):
@@ -91,6 +101,56 @@ def check_writable(directory, *, parents=True):
     probe.unlink()
 
 
+class StateDirUnusable(ConfigError):
+    """A file or directory of the state directory cannot be read or written
+    (permissions, something else in its place); the message names the path."""
+
+
+def _user():
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):  # pragma: no cover - Windows, no entry
+        return "this process's user"
+
+
+def unusable(exc, doing, path=None):
+    """:class:`StateDirUnusable` for ``exc``, an OSError met ``doing`` something: one line
+    naming the path (the exception's, else ``path``) and what to do about it."""
+    path = getattr(exc, "filename2", None) or exc.filename or path  # (a rename's target)
+    if path is not None and Path(path).name.startswith((".probe-", ".tmp-")):
+        path = Path(path).parent  # (a file of ours that could not be made in it)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = (
+            f"({exc.strerror}): fix its owner or permissions (party-server runs as {_user()})"
+            if exc.errno != errno.EROFS
+            else f"({exc.strerror}): state_dir must be on a writable file system"
+        )
+    elif exc.errno == errno.EISDIR:
+        fix = "(it is a directory where a file belongs): move it out of the way"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = "(a file is where a directory belongs): move it out of the way"
+    else:
+        fix = f"({exc.strerror or exc})"
+    return StateDirUnusable(f"cannot {doing} {path} {fix}")
+
+
+def check_state_dir(state_dir):
+    """Raise ConfigError unless the server could create or use ``state_dir``: its parent
+    must be a directory (the server creates only ``state_dir`` itself), and ``state_dir``
+    one if it exists."""
+    state_dir = Path(state_dir)
+    if not state_dir.parent.is_dir():
+        raise ConfigError(
+            f"config key 'state_dir': {state_dir.parent} does not exist or is not a "
+            f"directory; create it or fix the path (the server creates only "
+            f"{state_dir.name!r} itself)"
+        )
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(f"config key 'state_dir': {state_dir} is not a directory")
+
+
 class StateDirInUse(ConfigError):
     """Another process holds the state directory's lock."""
 
@@ -135,7 +195,10 @@ class StateDirLock:
     def _take(self, wait):
         if fcntl is None:  # pragma: no cover
             return None
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise unusable(exc, "open the state directory's lock file", self.path) from None
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -189,7 +252,13 @@ def running_server_pid(directory):
     path = Path(directory) / ".lock"
     if fcntl is None or not path.exists():
         return None
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if path.is_dir():  # (opens, and locks, as if no server held it)
+        exc = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        raise unusable(exc, "read the state directory's lock file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise unusable(exc, "read the state directory's lock file", path) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
