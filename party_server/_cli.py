@@ -1,7 +1,8 @@
 """``party-server``: serve the app, or check and summarise the audit log.
 
 party-server --config host.toml              serve (waitress, plain HTTP on loopback)
-party-server audit verify --config host.toml exit 0 if the chain is intact
+party-server audit verify --config host.toml exit 0 if the chain is intact (1 broken,
+                                             2 config/usage, 3 cannot read the log)
 party-server audit show --config host.toml   per-session summary
 party-server models list --config host.toml  the models the peers trained here
 party-server models delete ID --config host.toml
@@ -19,6 +20,7 @@ import sys
 import time
 
 from ._config import ConfigError, load_config, load_state_dir
+from ._storage import StateDirUnusable, unusable
 
 __all__ = ["main"]
 
@@ -53,9 +55,10 @@ def _serve(args):
     signal.signal(signal.SIGTERM, _interrupt)
     serve_sighup(app.extensions["fedsk"])  # party-server reload: tokens change, sessions go on
     try:
-        server.run()
+        server.run()  # (returns on SIGTERM or Ctrl-C)
     finally:
         _stop_workers()
+    print(f"party-server: {config.party} stopped", flush=True)
     return 0
 
 
@@ -121,28 +124,51 @@ def _stop_workers():
         pass
 
 
+# exit codes of the commands that read state_dir (audit verify documents them)
+BROKEN, USAGE, CANNOT_READ = 1, 2, 3
+
+
+def _state_dir(args):
+    """The config's state_dir, which must exist (a typo is not an empty store)."""
+    state_dir = load_state_dir(args.config)
+    if not state_dir.is_dir():
+        raise ConfigError(
+            f"config key 'state_dir': {state_dir} does not exist or is not a directory "
+            f"(the party server creates it when it starts); check the path in {args.config}"
+        )
+    return state_dir
+
+
 def _audit_verify(args):
     from ._audit import head_path, verify
 
-    path = load_state_dir(args.config) / "audit.log"
-    ok, n, problem = verify(path)
+    path = _state_dir(args) / "audit.log"
+    try:
+        ok, n, problem = verify(path)
+        if ok:
+            head = head_path(path)
+            head_line = head.read_text().strip()
+    except OSError as exc:
+        raise unusable(exc, "read", path) from None
     if ok:
-        head = head_path(path)
         print(f"audit log {path}: {n} records, chain intact up to its head ({head.name})")
-        print(f"head: {head.read_text().strip()}")  # copy it elsewhere to detect rewrites
+        print(f"head: {head_line}")  # copy it elsewhere to detect rewrites
         return 0
     print(f"audit log {path}: BROKEN after {n} good records: {problem}", file=sys.stderr)
-    return 1
+    return BROKEN
 
 
 def _audit_show(args):
     from ._audit import printable, summarize
 
-    path = load_state_dir(args.config) / "audit.log"
+    path = _state_dir(args) / "audit.log"
     if not path.exists():
         print(f"party-server: the audit log {path} does not exist", file=sys.stderr)
         return 1
-    sessions = summarize(path)
+    try:
+        sessions = summarize(path)
+    except OSError as exc:
+        raise unusable(exc, "read", path) from None
     print(
         f"audit log {path}: {sum(s['requests'] for s in sessions.values())} requests, "
         f"{len(sessions)} sessions"
@@ -168,7 +194,19 @@ def _models_list(args):
     from ._audit import printable
     from ._models import describe_models
 
-    root = load_state_dir(args.config) / "models"
+    root = _state_dir(args) / "models"
+    try:
+        with os.scandir(root):  # (a store it cannot list would look empty)
+            pass
+    except FileNotFoundError:
+        print(
+            f"party-server: there is no model store {root} (the party server creates it "
+            "when it starts)",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:
+        raise unusable(exc, "list the model store", root) from None
     models = describe_models(root)
     print(f"model store {root}: {len(models)} model file(s)")
     print(
@@ -188,7 +226,7 @@ def _models_list(args):
 def _models_delete(args):
     from ._models import delete_model_file
 
-    root = load_state_dir(args.config) / "models"
+    root = _state_dir(args) / "models"
     try:
         delete_model_file(root, args.model_id)
     except LookupError as exc:
@@ -200,11 +238,12 @@ def _models_delete(args):
 
 def _reload(args):
     """Check the config, then ask the server running on its state_dir to reread its peers."""
-    from ._storage import running_server_pid
+    from ._storage import check_state_dir, running_server_pid
 
     # a mistake is named here, not only in the server's log; the server's environment
     # (token_env) is not this shell's, so variables are left for the server to check
     config = load_config(args.config, environ=None)
+    check_state_dir(config.state_dir)
     pid = running_server_pid(config.state_dir)
     if pid is None:
         print(
@@ -279,14 +318,23 @@ def build_parser():
         "-v", "--verbose", dest="verbose_sub", action="store_true", help="log every request"
     )
     audit = sub.add_parser("audit", help="check or summarise the hash-chained audit log")
+    audit.add_argument("--config", dest="config_group", metavar="CONFIG", help=argparse.SUPPRESS)
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    for name, text in (
-        ("verify", "exit 0 if the chain is intact, 1 naming the first bad record otherwise"),
-        ("show", "print a per-session summary"),
+    for name, text, more in (
+        (
+            "verify",
+            "exit 0 if the chain is intact, 1 naming the first bad record otherwise",
+            "Exit codes: 0 the chain is intact up to its head; 1 it is broken (a record "
+            "edited, inserted or removed, a blank line, or the log or its head missing); "
+            "2 a problem with the config or the command line; 3 the log or its head "
+            "cannot be read (permissions, a directory in its place).",
+        ),
+        ("show", "print a per-session summary", None),
     ):
-        p = audit_sub.add_parser(name, help=text)
+        p = audit_sub.add_parser(name, help=text, description=more or text)
         p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
     models = sub.add_parser("models", help="list or delete the models the peers trained here")
+    models.add_argument("--config", dest="config_group", metavar="CONFIG", help=argparse.SUPPRESS)
     models_sub = models.add_subparsers(dest="models_command", required=True)
     p = models_sub.add_parser("list", help="every model: ID, peer, kind, dataset, times, size")
     p.add_argument("--config", dest="config_sub", metavar="CONFIG", help="TOML config file")
@@ -309,7 +357,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     _check_options(parser, argv)
     args = parser.parse_args(argv)
-    args.config = getattr(args, "config_sub", None) or args.config
+    args.config = (
+        getattr(args, "config_sub", None) or getattr(args, "config_group", None) or args.config
+    )
     args.verbose = args.verbose or getattr(args, "verbose_sub", False)
     if not args.config:
         parser.error("--config host.toml is required")
@@ -321,18 +371,26 @@ def main(argv=None):
     try:
         if args.command == "reload":
             return _reload(args)
-        if args.command == "models":
-            return _models_list(args) if args.models_command == "list" else _models_delete(args)
-        if args.command == "audit":
-            try:
-                return _audit_verify(args) if args.audit_command == "verify" else _audit_show(args)
-            except BrokenPipeError:  # e.g. `audit show | head`: the reader has what it wanted
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                return 0
+        try:
+            if args.command in ("models", "audit"):
+                if args.command == "models":
+                    list_ = args.models_command == "list"
+                    code = _models_list(args) if list_ else _models_delete(args)
+                else:
+                    verify = args.audit_command == "verify"
+                    code = _audit_verify(args) if verify else _audit_show(args)
+                sys.stdout.flush()  # (a reader gone meanwhile is found here, not at exit)
+                return code
+        except StateDirUnusable as exc:
+            print(f"party-server: {exc}", file=sys.stderr)
+            return CANNOT_READ
+        except BrokenPipeError:  # e.g. `models list | head -1`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         return _serve(args)
     except ConfigError as exc:
         print(f"party-server: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
     except KeyboardInterrupt:  # pragma: no cover - interactive stop
         return 0
 
