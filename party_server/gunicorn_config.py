@@ -29,13 +29,75 @@ timeout = 600  # seconds a request may take (a large encrypted histogram can tak
 def on_starting(server):
     """Refuse more than one worker process before any starts (``--workers 2`` overrides
     the setting above): the state directory is locked to one process, so a second
-    worker could not serve (and without the lock it would fork the audit chain)."""
+    worker could not serve (and without the lock it would fork the audit chain). Refuse
+    a TLS certificate and key that cannot be loaded together (gunicorn itself would
+    serve, and fail every handshake)."""
     if server.cfg.workers != 1:
         raise SystemExit(
             f"party_server.gunicorn_config: --workers {server.cfg.workers} is not supported: "
             "a party server is one process (sessions and the audit log's head live in its "
             "memory); use --workers 1 and raise --threads for concurrency"
         )
+    problem = tls_problem(server.cfg.certfile, server.cfg.keyfile)
+    if problem:
+        raise SystemExit(f"party_server.gunicorn_config: {problem}")
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_password():
+    raise _Encrypted
+
+
+def tls_problem(certfile, keyfile):
+    """One line saying why ``certfile`` and ``keyfile`` cannot serve TLS, or None."""
+    import ssl
+
+    if not certfile and not keyfile:
+        return None
+    if not certfile:
+        return "--keyfile without --certfile would serve plain HTTP; give --certfile too"
+    for what, option, path in (
+        ("certificate", "--certfile", certfile),
+        ("private key", "--keyfile", keyfile),
+    ):
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            return (
+                f"cannot read the TLS {what} {path} ({option}): {exc.strerror or exc}; fix "
+                "the path, or the file's owner or permissions"
+            )
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            certfile, keyfile, password=_no_password
+        )
+    except _Encrypted:
+        return (
+            f"the TLS private key {keyfile or certfile} is encrypted with a password, which "
+            "gunicorn would ask for on its terminal; give an unencrypted key readable only "
+            "by the server's user"
+        )
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            return (
+                f"the TLS private key {keyfile} does not belong to the certificate "
+                f"{certfile}; give the key the certificate was made for (--keyfile)"
+            )
+        if not keyfile:
+            return f"{certfile} holds no private key for its certificate; give --keyfile"
+        return (
+            f"cannot load the TLS certificate {certfile} with the key {keyfile} "
+            f"({exc.reason or exc}): both must be PEM files"
+        )
+    except OSError as exc:  # pragma: no cover - read just above
+        return f"cannot read {certfile} or {keyfile}: {exc.strerror or exc}"
+    return None
 
 
 def post_worker_init(worker):
