@@ -146,7 +146,7 @@ def _peer_token(table, where, key, base_dir, environ):
         token = environ.get(env)
         if token is None:
             _fail(where + given[0], f"environment variable {env} is not set")
-        # (as a token file's: `export T=$(cat file)` or an editor adds a newline)
+        # (as a token file's: `export T=$(cat f)` keeps a CRLF file's \r; pasted spaces)
         token = token.strip()
         if not token:
             _fail(where + given[0], f"environment variable {env} is empty")
