@@ -59,8 +59,9 @@ def _read_head(path):
 
 
 def _read_head_file(path):
-    """``(seq, hash, size, sha256)`` of a head file: ``size`` and ``sha256`` (None in
-    heads of fedsk before 0.x) are the log's size and digest when the head was written."""
+    """``(seq, hash, size, sha256)`` of a head file: ``size`` and ``sha256`` are the log's
+    size and digest when the head was written (None in a head written before fedsk kept
+    them: the next start checks every record)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

@@ -377,8 +377,8 @@ def main(argv=None):
                     list_ = args.models_command == "list"
                     code = _models_list(args) if list_ else _models_delete(args)
                 else:
-                    verify = args.audit_command == "verify"
-                    code = _audit_verify(args) if verify else _audit_show(args)
+                    verifying = args.audit_command == "verify"
+                    code = _audit_verify(args) if verifying else _audit_show(args)
                 sys.stdout.flush()  # (a reader gone meanwhile is found here, not at exit)
                 return code
         except StateDirUnusable as exc:
