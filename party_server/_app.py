@@ -78,7 +78,8 @@ class State:
         try:
             check_writable(config.state_dir, parents=False)
         except OSError as exc:
-            raise unusable(exc, "write to the state directory", config.state_dir) from None
+            problem = unusable(exc, "write to the state directory", config.state_dir)
+            raise type(problem)(f"config key 'state_dir': {problem}") from None
         # one process per state_dir: two would fork the audit chain (see StateDirLock)
         self.lock = StateDirLock.acquire(config.state_dir)
         self._refusing = False
