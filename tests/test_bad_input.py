@@ -497,3 +497,14 @@ def test_regression_targets_too_large_to_square_say_to_rescale():
     with pytest.raises(ValueError, match=r"y holds values up to 1.7e\+308 .* rescale y"):
         SecureBoostRegressor(n_estimators=2).fit(X, y)
     assert SecureBoostRegressor(n_estimators=2).fit(X, y / 1e200).score(X, y / 1e200) > 0.5
+
+
+def test_token_env_is_stripped_as_the_server_strips_it(parties, monkeypatch):
+    guest, y, _ = parties
+    spec = {"url": "http://127.0.0.1:9", "dataset": "d", "token_env": "FEDSK_TOKEN_PADDED"}
+    fed = Federation({"i": spec})
+    monkeypatch.setenv("FEDSK_TOKEN_PADDED", f" {TOKEN}\r\n")
+    assert [c.transport.token for c in fed.connect()] == [TOKEN]
+    monkeypatch.setenv("FEDSK_TOKEN_PADDED", " \r\n")
+    with pytest.raises(ValueError, match=r"FEDSK_TOKEN_PADDED .*is empty; set it"):
+        clf_of(fed).fit(guest, y)

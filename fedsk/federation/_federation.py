@@ -187,10 +187,15 @@ class Federation:
         spec = self.hosts[name]
         if "token" in spec:
             return spec["token"]
-        token = os.environ.get(spec["token_env"])
+        var = spec["token_env"]
+        token = os.environ.get(var)
+        if token is None:
+            raise ValueError(f"environment variable {var} (token for host {name!r}) is not set")
+        token = token.strip()  # (a '\r' from a file with Windows line ends, pasted spaces)
         if not token:
             raise ValueError(
-                f"environment variable {spec['token_env']} (token for host {name!r}) is not set"
+                f"environment variable {var} (token for host {name!r}) is empty; set it to "
+                "the token the host's operator gave you"
             )
         return token
 
