@@ -246,7 +246,11 @@ def test_a_parquet_directory_as_spark_writes_it_still_loads(tmp_path, host_df):
     _assert_loaded(_load(cfg), host_df)
 
 
-def test_the_server_stops_at_start_with_the_one_line(tmp_path, host_df, capsys):
+def test_the_server_stops_at_start_with_the_one_line(tmp_path, host_df, capsys, monkeypatch):
+    def serve(*args, **kwargs):
+        raise AssertionError("the server started with the file cut short")
+
+    monkeypatch.setattr("waitress.create_server", serve)
     cfg = write_host(tmp_path, host_df)
     _csv(tmp_path).write_bytes(_csv(tmp_path).read_bytes()[:-20])
     toml = tmp_path / "host.toml"
