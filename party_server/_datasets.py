@@ -34,6 +34,8 @@ def load_dataset(cfg):
     try:
         if suffix in _PARQUET:
             df = _read_parquet(cfg.path, key)
+            if cfg.id_column not in df.columns and cfg.id_column in df.index.names:
+                df = df.reset_index()  # (written with the IDs as the DataFrame's index)
         elif suffix in (".csv", ".txt", ".gz"):
             df = _read_csv(cfg.path, cfg.id_column, key)
         else:
@@ -61,11 +63,16 @@ def load_dataset(cfg):
         )
     ids = df[cfg.id_column]
     if ids.isna().any():
-        raise ConfigError(f"config key '{key}.id_column': {int(ids.isna().sum())} rows have no ID")
-    if ids.duplicated().any():
         raise ConfigError(
-            f"config key '{key}.id_column': {int(ids.duplicated().sum())} "
-            "duplicate IDs; sample IDs must be unique"
+            f"config key '{key}.id_column': {int(ids.isna().sum())} rows have no ID "
+            f"({_where(ids.isna())}); give every row its sample ID"
+        )
+    repeated = ids.duplicated(keep=False)
+    if repeated.any():
+        first = ids[repeated].iloc[0]
+        raise ConfigError(
+            f"config key '{key}.id_column': {int(ids.duplicated().sum())} duplicate IDs, "
+            f"e.g. {first!r} ({_where(ids == first)}); sample IDs must be unique"
         )
     columns = (
         cfg.features if cfg.features is not None else [c for c in df.columns if c != cfg.id_column]
@@ -88,8 +95,13 @@ def load_dataset(cfg):
             "features = [...]"
         )
     X = df[columns].to_numpy(dtype=np.float64)
-    if np.isinf(X).any():
-        raise ConfigError(f"config key '{key}': feature values must be finite (NaN = missing)")
+    infinite = np.isinf(X)
+    if infinite.any():
+        j = int(np.flatnonzero(infinite.any(axis=0))[0])
+        raise ConfigError(
+            f"config key '{key}': column {columns[j]!r} holds infinity ({_where(infinite[:, j])}); "
+            "feature values must be finite (write a missing value as an empty field: NaN)"
+        )
     return HostDataset(
         name=cfg.name,
         ids=ids.to_numpy(),
@@ -97,6 +109,16 @@ def load_dataset(cfg):
         feature_names=[str(c) for c in columns] if cfg.publish_feature_names else None,
         columns=[str(c) for c in columns],
     )
+
+
+def _where(mask, limit=3):
+    """Where ``mask`` is true, for a message: "data rows 4, 9, ... (counted from 1 after
+    the header)"."""
+    positions = np.flatnonzero(np.asarray(mask)) + 1
+    shown = ", ".join(str(p) for p in positions[:limit]) + (
+        ", ..." if len(positions) > limit else ""
+    )
+    return f"data row{'s' if len(positions) > 1 else ''} {shown}, counted from 1 after the header"
 
 
 def _check_features(features, id_column, key):

@@ -266,3 +266,43 @@ def test_an_empty_file_is_still_refused(tmp_path, host_df):
     _csv(tmp_path).write_text("")
     message = _refusal(cfg)
     assert message.startswith(f"{KEY}: cannot read ") and "No columns to parse" in message
+
+
+def test_a_parquet_file_with_the_ids_as_its_index_loads(tmp_path, host_df):
+    # df.set_index("customer_id").to_parquet(...) keeps the IDs as pandas' index
+    pytest.importorskip("pyarrow")
+    cfg = write_host(tmp_path, host_df)
+    path = tmp_path / "insurer" / "customers.parquet"
+    host_df.rename_axis("customer_id").to_parquet(path)
+    cfg["datasets"]["customers"]["path"] = str(path)
+    _assert_loaded(_load(cfg), host_df)
+
+
+def _rewrite(tmp_path, change):
+    path = _csv(tmp_path)
+    lines = path.read_text().splitlines(keepends=True)
+    change(lines)
+    path.write_text("".join(lines))
+
+
+def test_bad_values_are_located_by_row_and_column(tmp_path, host_df):
+    cfg = write_host(tmp_path, host_df)
+    first = host_df.index[0]
+
+    def duplicate(lines):  # data row 7 repeats data row 1's ID
+        lines[7] = first + lines[7][lines[7].index(",") :]
+
+    _rewrite(tmp_path, duplicate)
+    message = _refusal(cfg)
+    assert f"1 duplicate IDs, e.g. {first!r} (data rows 1, 7, counted from 1" in message
+
+    cfg = write_host(tmp_path, host_df)
+    _rewrite(tmp_path, lambda lines: lines.__setitem__(5, lines[5][lines[5].index(",") :]))
+    assert "1 rows have no ID (data row 5, counted from 1 after the header)" in _refusal(cfg)
+
+    cfg = write_host(tmp_path, host_df)
+    df = host_df.copy()
+    df.iloc[[3, 8], 1] = -np.inf
+    cfg = write_host(tmp_path, df)
+    message = _refusal(cfg).replace("config key 'datasets.customers'", "")
+    assert f"column {df.columns[1]!r} holds infinity (data rows 4, 9, counted" in message
