@@ -81,7 +81,7 @@ class State:
             problem = unusable(exc, "write to the state directory", config.state_dir)
             raise type(problem)(f"config key 'state_dir': {problem}") from None
         # one process per state_dir: two would fork the audit chain (see StateDirLock)
-        self.lock = StateDirLock.acquire(config.state_dir)
+        self.lock = StateDirLock.acquire(config.state_dir, config_file=config.source)
         self._refusing = False
         self.datasets = load_datasets(config)
         try:

@@ -238,13 +238,25 @@ def _models_delete(args):
 
 def _reload(args):
     """Check the config, then ask the server running on its state_dir to reread its peers."""
-    from ._storage import check_state_dir, running_server_pid
+    from pathlib import Path
+
+    from ._storage import check_state_dir, running_server
 
     # a mistake is named here, not only in the server's log; the server's environment
     # (token_env) is not this shell's, so variables are left for the server to check
     config = load_config(args.config, environ=None)
     check_state_dir(config.state_dir)
-    pid = running_server_pid(config.state_dir)
+    pid, serving = running_server(config.state_dir)
+    if pid is not None and serving != str(Path(config.source).resolve()):
+        # the server rereads the file it started with, not this one
+        started = f"was started from {serving}" if serving else "was not started from a file"
+        print(
+            f"party-server: the server on {config.state_dir} (process {pid}) {started}; it "
+            f"rereads that file, not {config.source}: edit it and run reload --config with "
+            "it (or restart the server with this file)",
+            file=sys.stderr,
+        )
+        return 2
     if pid is None:
         print(
             f"party-server: no party server is running on {config.state_dir}; the config "

@@ -172,22 +172,24 @@ class StateDirLock:
     _held = weakref.WeakValueDictionary()  # resolved directory -> lock of this process
     _held_lock = threading.Lock()
 
-    def __init__(self, directory):
+    def __init__(self, directory, config_file=None):
         self.path = Path(directory) / ".lock"
+        self.config_file = config_file  # (written after the pid: reload checks it)
         self.pid = os.getpid()
         self._fd = None
         self._claim_lock = threading.Lock()
 
     @classmethod
-    def acquire(cls, directory, *, wait=0.0):
+    def acquire(cls, directory, *, wait=0.0, config_file=None):
         """The lock of ``directory`` for this process; raise :class:`StateDirInUse`
-        after ``wait`` seconds if another process holds it."""
+        after ``wait`` seconds if another process holds it. ``config_file``, the server's
+        config, is noted in the lock file for ``party-server reload``."""
         key = str(Path(directory).resolve())
         with cls._held_lock:
             lock = cls._held.get(key)
             if lock is not None and lock.pid == os.getpid():
                 return lock
-            lock = cls(directory)
+            lock = cls(directory, config_file)
             lock._fd = lock._take(wait)
             cls._held[key] = lock
             return lock
@@ -220,7 +222,10 @@ class StateDirLock:
                 raise
         with contextlib.suppress(OSError):  # (only for the message above)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            note = f"{os.getpid()}\n"
+            if self.config_file is not None:
+                note += f"{Path(self.config_file).resolve()}\n"
+            os.pwrite(fd, note.encode(), 0)
         return fd
 
     def claim(self, *, wait=0.0):
@@ -249,9 +254,15 @@ class StateDirLock:
 
 def running_server_pid(directory):
     """The pid of the process that holds ``directory``'s lock, or None if none does."""
+    return running_server(directory)[0]
+
+
+def running_server(directory):
+    """``(pid, config file)`` of the process that holds ``directory``'s lock (the config
+    file None if it was not started from one), or ``(None, None)`` if none does."""
     path = Path(directory) / ".lock"
     if fcntl is None or not path.exists():
-        return None
+        return None, None
     if path.is_dir():  # (opens, and locks, as if no server held it)
         exc = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         raise unusable(exc, "read the state directory's lock file")
@@ -263,17 +274,24 @@ def running_server_pid(directory):
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_pid(fd)
+            return _read_owner(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        return None, None
     finally:
         os.close(fd)
 
 
 def _read_pid(fd):
+    return _read_owner(fd)[0]
+
+
+def _read_owner(fd):
+    """``(pid, config file)`` the lock file names (each None where it names none)."""
     with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-    return None
+        lines = os.pread(fd, 8192, 0).decode().splitlines()
+        pid = int(lines[0].strip() or 0) if lines else 0
+        return pid or None, (lines[1] if len(lines) > 1 and lines[1] else None)
+    return None, None
 
 
 def _reset_after_fork():

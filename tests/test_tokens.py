@@ -23,6 +23,7 @@ from .conftest import TOKEN, write_host
 from .test_party_server import error_of, post
 
 NEW = "rotated-token-0123456789abcdef"
+OTHER = "second-bank-token-0123456789"
 UTC = dt.timezone.utc
 
 
@@ -264,6 +265,15 @@ def test_party_server_reload_on_a_running_server(tmp_path, host_df):
         done = subprocess.run(cli, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "peers.bank.token" in done.stderr
         assert status(NEW) != 401
+        # a copy of the config (same state_dir) is not what the server rereads: refused
+        copy = server.config_path.with_name("host.new.toml")
+        write_toml(copy, dict(cfg, peers={"bank": {"token": NEW}, "bank2": {"token": OTHER}}))
+        done = subprocess.run([*cli[:-1], str(copy)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stdout
+        assert f"was started from {server.config_path.resolve()}; it rereads that file" in (
+            done.stderr
+        )
+        assert status(OTHER) == 401 and not done.stdout
     # no server running: said so. The command's shell need not hold the server's
     # token_env variables (the server reads its own environment)
     cfg["peers"] = {"bank": {"token_env": "FEDSK_TEST_VARIABLE_OF_THE_SERVER"}}
