@@ -579,7 +579,18 @@ def _handle_request_error(exc):
 
 def _handle_http_error(exc):
     code = (exc.name or "error").lower().replace(" ", "_")
+    if exc.code == 413:
+        return _error(413, code, too_large_message(_state().config.max_body_bytes))
     return _error(exc.code or 400, code, exc.description or exc.name)
+
+
+def too_large_message(limit):
+    """What a peer whose request body is over ``max_body_bytes`` is told (by the app, or
+    by waitress before the app)."""
+    return (
+        f"the request body is larger than this party server accepts (max_body_bytes = "
+        f"{limit} bytes)"
+    )
 
 
 def _handle_unexpected(exc):

@@ -33,7 +33,7 @@ def _serve(args):
     hold_sighup()  # (a reload while the datasets load must not end the server)
     config = load_config(args.config)
     app = create_app(config)
-    _json_errors_from_waitress()
+    _json_errors_from_waitress(config.max_body_bytes)
     try:  # bind before saying we serve: a busy port is one line, not a traceback
         server = create_server(
             app,
@@ -82,7 +82,7 @@ def _cannot_listen(config, exc):
     return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
-def _json_errors_from_waitress():
+def _json_errors_from_waitress(max_body_bytes):
     """Answer what waitress refuses before the app sees it in the app's JSON error shape.
 
     Waitress itself refuses malformed HTTP and bodies larger than its limit (the app's
@@ -96,12 +96,15 @@ def _json_errors_from_waitress():
 
     from waitress import utilities
 
+    from ._app import too_large_message
+
     def to_response(self, ident=None):
         status, reason = (400, "Bad Request") if self.code == 501 else (self.code, self.reason)
         code = self.reason.lower().replace(" ", "_")
-        body = json.dumps(
-            {"error": {"code": code, "message": f"{self.reason}: {self.body}", "request_id": None}}
-        )
+        message = f"{self.reason}: {self.body}"
+        if self.code == 413:  # (waitress names its own limit, 1 KiB above the app's)
+            message = too_large_message(max_body_bytes)
+        body = json.dumps({"error": {"code": code, "message": message, "request_id": None}})
         headers = [("Content-Type", "application/json")]
         return f"{status} {reason}", headers, (body + "\n").encode()
 

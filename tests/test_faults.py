@@ -815,3 +815,15 @@ def test_a_failed_logistic_fit_deletes_what_the_hosts_that_finished_saved(tmp_pa
         # insurer's half (its ID known to the guest) and telco's (its answer lost)
         assert _model_files(first) == before
         assert not _model_files(second)
+
+
+def test_a_fit_over_the_hosts_body_limit_says_which_setting_and_what_to_do(tmp_path, data):
+    # the gradients of 120 rows at 1024-bit keys are ~31 KB: over waitress's limit
+    guest, host, y = data
+    with PartyServer(tmp_path, host, max_body_bytes=8000) as srv:
+        with pytest.raises(ProtocolError) as err:
+            make_clf(via_direct(srv)).fit(guest, y)
+        assert srv.proc.poll() is None  # and it serves on
+    msg = str(err.value)
+    assert "413" in msg and "(max_body_bytes = 8000 bytes)" in msg, msg
+    assert "Ask insurer's operator to raise max_body_bytes" in msg

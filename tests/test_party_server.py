@@ -144,6 +144,7 @@ def test_oversized_body_is_413(tmp_path, host_df):
     msg = Message({"dataset": "customers"}, arrays={"big": np.zeros(10_000)})
     r = post(c, "/v1/sessions", msg)
     assert r.status_code == 413 and error_of(r)["code"] == "request_entity_too_large"
+    assert "(max_body_bytes = 4096 bytes)" in error_of(r)["message"]
     assert c.get("/v1/health").status_code == 200
 
 

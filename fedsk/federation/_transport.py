@@ -132,6 +132,12 @@ class Transport:
                 "server): fit the estimator again, with warm_start=False if it was set "
                 "(a continued fit needs the host's half of the previous one)"
             )
+        if status == 413:
+            hint = (
+                f". Ask {self.party}'s operator to raise max_body_bytes in its party server's "
+                "config, or send less per call: fit or predict on fewer rows at a time "
+                "(at 2048-bit keys each row costs about 512 bytes per encrypted value)"
+            )
         if status == 404 and text.startswith("unknown or expired session"):
             hint = (
                 f". {self.party} no longer knows this session: its party server restarted "
