@@ -166,10 +166,13 @@ class BaseSecureBoost(BaseEstimator, ABC):
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the samples: they scale each sample's gradient and
             hessian (so ``min_child_weight`` compares weighted hessian sums), the
-            baseline score and ``train_score_`` / ``validation_score_``. Bins and
-            ``min_samples_leaf`` count rows, unweighted (as in HistGradientBoosting).
-            They stay with the guest; in a federated fit every round then encrypts h
-            (see Notes).
+            baseline score and ``train_score_`` / ``validation_score_``. They stay
+            with the guest; in a federated fit every round then encrypts h (see
+            Notes). So bins are the quantiles of the rows, unweighted: each host bins
+            its own columns and never sees the weights (HistGradientBoosting bins with
+            them). ``min_samples_leaf`` counts rows too. A weight of 2 is therefore not
+            a repeated row: sklearn's ``check_sample_weight_equivalence_on_dense_data``
+            is an expected failure.
 
         Returns
         -------
