@@ -118,8 +118,10 @@ class Federation:
     ----------
     hosts : dict
         ``{name: {"url": ..., "dataset": ..., "token": ...}}``. Instead of ``token``,
-        ``token_env`` names an environment variable that holds it. ``verify`` (default
-        True) may be the path of a CA bundle for a private certificate authority.
+        ``token_env`` names an environment variable that holds it: a fitted estimator
+        saved with ``joblib.dump`` holds its federation, so an inline ``token`` is in
+        the file, a ``token_env`` only by name. ``verify`` (default True) may be the
+        path of a CA bundle for a private certificate authority.
     timeout : (float, float), default=(5.0, 300.0)
         Connect and read timeouts in seconds for every request.
     retries : int, default=4
