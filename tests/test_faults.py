@@ -133,6 +133,22 @@ def test_host_slower_than_the_timeout_is_unavailable_in_bounded_time(server, dat
     assert proxy.faults >= 2  # the retry was delayed too
 
 
+def test_a_host_that_never_answers_is_asked_twice_whatever_the_retries(server, data):
+    # connection errors are retried `retries` times; a hung host (connection accepted,
+    # no answer) only once: five read timeouts of 300 s would keep the user 25 minutes
+    guest, _, y = data
+    with FaultProxy(server.url) as proxy:
+        proxy.fault = on("/boosting", lambda r: Reply(r.status, r.headers, r.body, delay=120))
+        started = time.monotonic()
+        with pytest.raises(PartyUnavailableError) as err:
+            make_clf(via(proxy, timeout=(2.0, 1.0), retries=4)).fit(guest, y)
+        elapsed = time.monotonic() - started
+    msg = str(err.value)
+    assert "2 attempts" in msg and "no answer within the read timeout" in msg, msg
+    assert "did not answer within the read timeout (1 s)" in msg
+    assert proxy.faults == 2 and elapsed < 20, (proxy.faults, elapsed)
+
+
 # -- malformed, truncated, replaced answers --------------------------------------------------
 def _truncate(r):
     return Reply(r.status, r.headers, r.body[: len(r.body) // 2])

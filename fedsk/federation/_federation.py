@@ -127,6 +127,9 @@ class Federation:
     retries : int, default=4
         Retries (with exponential backoff) on connection errors and 502/503/504; a host
         still unreachable after them raises :class:`~fedsk.exceptions.PartyUnavailableError`.
+        An answer that does not come within the read timeout is asked for once more at
+        most, so a host that accepts connections but hangs fails a call after twice the
+        read timeout.
 
     Examples
     --------

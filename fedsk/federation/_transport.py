@@ -152,6 +152,9 @@ class Transport:
         raise exc
 
 
+READ_RETRIES = 1  # asking again for an answer that did not come (see HttpTransport)
+
+
 class HttpTransport(Transport):
     """HTTP(S) transport on a :class:`requests.Session`.
 
@@ -164,8 +167,10 @@ class HttpTransport(Transport):
     timeout : (float, float), default=(5.0, 300.0)
         Connect and read timeouts in seconds; never ``None``.
     retries : int, default=4
-        Retries on connection errors, read errors and 502/503/504, with exponential
-        backoff starting at ``backoff`` seconds.
+        Retries on connection errors and 502/503/504, with exponential backoff starting
+        at ``backoff`` seconds. An answer that does not come within the read timeout,
+        or breaks off, is asked for once more at most: a party that accepts the
+        connection and never answers fails a request after twice the read timeout.
     verify : bool or str, default=True
         TLS verification, or the path of a CA bundle. Disabling it is refused.
     """
@@ -193,7 +198,7 @@ class HttpTransport(Transport):
             retry = Retry(
                 total=self.retries,
                 connect=self.retries,
-                read=self.retries,
+                read=min(self.retries, READ_RETRIES),  # (a hung party: not 5 x 300 s)
                 status=self.retries,
                 other=0,
                 backoff_factor=self.backoff,
@@ -244,17 +249,26 @@ class HttpTransport(Transport):
                     time.sleep(self.backoff * 2**attempt)
         except requests.exceptions.SSLError as exc:
             raise PartyUnavailableError(
-                self.party, self.url, "TLS failed", str(exc), advice=_advice(exc, self.url)
+                self.party,
+                self.url,
+                "TLS failed",
+                str(exc),
+                advice=_advice(exc, self.url, self.timeout[1]),
             ) from None
         except requests.exceptions.RequestException as exc:
-            attempts = self.retries + 1
+            no_answer = _read_timed_out(exc)
+            attempts = min(self.retries, READ_RETRIES) + 1 if no_answer else self.retries + 1
             tried = (
                 f"{method} {path}: {attempts} attempt{'s' if attempts > 1 else ''} over "
                 f"{time.monotonic() - started:.1f} s (connect timeout {self.timeout[0]:g} s,"
                 f" read timeout {self.timeout[1]:g} s)"
             )
             raise PartyUnavailableError(
-                self.party, self.url, tried, type(exc).__name__, advice=_advice(exc, self.url)
+                self.party,
+                self.url,
+                tried,
+                "no answer within the read timeout" if no_answer else type(exc).__name__,
+                advice=_advice(exc, self.url, self.timeout[1]),
             ) from None
         self._note_headers(resp.headers)
         return self._answer(
@@ -262,9 +276,22 @@ class HttpTransport(Transport):
         )
 
 
-def _advice(exc, url):
+def _read_timed_out(exc):
+    """Whether ``exc`` is a party's answer not coming within the read timeout (requests
+    calls that a ConnectionError once urllib3's retries are spent)."""
+    return isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in repr(exc)
+
+
+def _advice(exc, url, read_timeout):
     """What to do about a connection that failed, when its cause says more than "retry"."""
     text = repr(exc)
+    if _read_timed_out(exc):
+        return (
+            f"It accepted the connection but did not answer within the read timeout "
+            f"({read_timeout:g} s): its party server is stuck or overloaded (its operator "
+            "can check its log), or this step needs longer: raise the read timeout, "
+            "Federation(..., timeout=(5, seconds))."
+        )
     if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
         return (
             "The server at that address does not speak TLS: check the port, or (for a party "
