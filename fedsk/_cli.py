@@ -39,6 +39,12 @@ def _seed(text):
 def _workdir(text):
     if os.path.exists(text) and not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    try:  # (made here, so that a path that cannot be is one line, not a traceback)
+        os.makedirs(text, exist_ok=True)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot create {text} ({exc.strerror or exc}); give a directory you can write"
+        ) from None
     return text
 
 

@@ -265,6 +265,18 @@ def test_predict_against_a_host_without_the_model_says_to_refit(parties, tmp_pat
     assert sb.n_estimators_ == 2
 
 
+def test_predict_with_another_peers_model_says_so(parties, tmp_path):
+    guest, y, _ = parties
+    host = pd.DataFrame(np.ones((N, 2)), index=guest.index, columns=["h0", "h1"])
+    cfg = write_host(tmp_path, host)
+    cfg["peers"]["telco"] = {"token": "telco-token-0123456789"}
+    app = create_app(cfg)
+    clf = clf_of(fed_of(app)).fit(guest, y)
+    clf.federation = fed_of(app, token="telco-token-0123456789")
+    with pytest.raises(ProtocolError, match=r"no longer holds .* or by another peer: a model"):
+        clf.predict(guest)
+
+
 def test_duplicated_column_names_and_a_multiindex_of_ids(parties):
     guest, y, app = parties
     dup = guest.set_axis(["g0", "g0"], axis=1)

@@ -42,6 +42,10 @@ def test_help_explains_the_demo_options():
         (["--seed", "-1"], "argument --seed: the seed must be at least 0"),
         (["--seed", str(2**32)], "argument --seed: the seed must be below 2**32"),
         (["--workdir", __file__], "argument --workdir: " + __file__ + " exists and is not a dir"),
+        (
+            ["--workdir", __file__ + "/under-a-file"],
+            "argument --workdir: cannot create " + __file__ + "/under-a-file (Not a directory)",
+        ),
     ],
 )
 def test_demo_refuses_bad_arguments_in_one_line(capsys, args, message):

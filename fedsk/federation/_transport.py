@@ -129,7 +129,8 @@ class Transport:
             hint = (
                 f". {self.party} no longer holds its half of this model (deleted, removed by "
                 "its retention policy, or the estimator was fitted against another party "
-                "server): fit the estimator again, with warm_start=False if it was set "
+                "server, or by another peer: a model serves only the token that trained it): "
+                "fit the estimator again, with warm_start=False if it was set "
                 "(a continued fit needs the host's half of the previous one)"
             )
         if status == 413:
