@@ -69,6 +69,16 @@ class Unauthorized(RequestError):
     code = "unauthorized"
 
 
+# the config file's names of Config's fields, where they differ (for the operator)
+_CONFIG_KEYS = {
+    "host": "bind",
+    "port": "bind",
+    "max_models": "models.max_models",
+    "max_model_age_days": "models.max_age_days",
+    "audit_fsync": "audit.fsync",
+}
+
+
 class State:
     """What the app keeps: config, datasets, sessions, models, audit log, handlers."""
 
@@ -194,12 +204,14 @@ class State:
         except ConfigError as exc:
             log.error("reload: %s; still serving the peers loaded before", exc)
             return False
-        changed = [
-            f.name
-            for f in dataclasses.fields(Config)
-            if f.name not in ("peers", "source")
-            and getattr(new, f.name) != getattr(self.config, f.name)
-        ]
+        changed = sorted(
+            {
+                _CONFIG_KEYS.get(f.name, f.name)
+                for f in dataclasses.fields(Config)
+                if f.name not in ("peers", "source")
+                and getattr(new, f.name) != getattr(self.config, f.name)
+            }
+        )
         if changed:
             log.warning("reload: %s changed; that takes a restart", ", ".join(changed))
         old = self.config.peers

@@ -123,8 +123,7 @@ class AuditLog:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             for tmp in self.path.parent.glob(f".tmp-{self.head.name}-*"):  # a crash mid-write
                 tmp.unlink(missing_ok=True)
-            self._repair_tail()
-            self._seq, self._prev = self._reconcile()
+            self._seq, self._prev = self._reconcile()  # (changes no file if it refuses)
             os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
             self._write_head(self._seq, self._prev)
         except OSError as exc:  # permissions, a directory where the log or head belongs
@@ -134,17 +133,32 @@ class AuditLog:
     def reload(self):
         """Read the chain's head from the files again (another process appended to it)."""
         with self._lock:
-            self._repair_tail()
             self._seq, self._prev = self._reconcile()
 
-    def _repair_tail(self):
-        """Drop a trailing partial line left by a crash in the middle of an append."""
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as fh:
-            data = fh.read()
-            if data and not data.endswith(b"\n"):
-                fh.truncate(data.rfind(b"\n") + 1)
+    def _repair_tail(self, tail, size):
+        """Once the log is known to be intact: end a last record that lacks only its
+        newline with one, or drop a last line that a crash cut in the middle of an append
+        (the log's first ``size`` bytes are the complete records)."""
+        if tail == "newline":
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)  # (an append-only log too)
+            try:
+                os.write(fd, b"\n")
+            finally:
+                os.close(fd)
+        elif tail == "cut":
+            log.warning(
+                "audit log %s: dropping its last line, cut short by a crash in the middle "
+                "of an append (the record was never complete)",
+                self.path,
+            )
+            try:
+                os.truncate(self.path, size)
+            except PermissionError as exc:
+                raise ConfigError(
+                    f"cannot drop the cut last line of the audit log {self.path} "
+                    f"({exc.strerror}): if the file is append-only (chattr +a), run "
+                    "chattr -a on it, start the server once, then set it again"
+                ) from None
 
     def _reconcile(self):
         """The last record's ``(seq, hash)``, after checking the chain and its head.
@@ -159,8 +173,13 @@ class AuditLog:
             head = _read_head_file(self.head)
         except ValueError as exc:
             raise ConfigError(f"{exc}; {_MOVE_ASIDE}") from None
-        seq, prev, at_head = 0, GENESIS, None
+        seq, prev, at_head, tail = 0, GENESIS, None, None
         digest, size = hashlib.sha256(), 0
+        if head is not None and head[0] > 0 and not self.path.exists():
+            raise ConfigError(
+                f"the audit log {self.path} does not exist, but its head {self.head.name} "
+                f"says it had {head[0]} records; " + _MOVE_ASIDE
+            )
         if self.path.exists():
             with open(self.path, "rb") as fh:
                 first = 1
@@ -172,7 +191,12 @@ class AuditLog:
                         digest, size, first = skipped[0], skipped[1], skipped[2] + 1
                         seq, prev, at_head = head[0], head[1], head[1]
                 for lineno, line in enumerate(fh, start=first):
+                    if not line.endswith(b"\n"):  # the last line: whole but for its newline?
+                        line, tail = line + b"\n", "newline"
                     claimed, problem = _check(line, lineno, seq, prev)
+                    if problem and tail:  # no: cut short by a crash in an append
+                        tail = "cut"
+                        break
                     if problem:
                         raise ConfigError(
                             f"the audit log {self.path} is broken at line {lineno}: {problem}; "
@@ -183,26 +207,25 @@ class AuditLog:
                     prev, seq = claimed, seq + 1
                     if head is not None and seq == head[0]:
                         at_head = claimed
-        self._size, self._digest = size, digest
-        if head is None:
-            if seq:
-                log.warning(
-                    "audit log %s had no head file: starting one at record %d", self.path, seq
-                )
-            return seq, prev
-        if head[0] == 0:
-            return seq, prev
-        if seq < head[0]:
+        if head is None and seq:
+            raise ConfigError(
+                f"the audit log {self.path} has {seq} records but no head file "
+                f"({self.head.name}): records removed from its end could not be seen; "
+                + _MOVE_ASIDE
+            )
+        if head is not None and head[0] and seq < head[0]:
             raise ConfigError(
                 f"the audit log {self.path} ends after record {seq} but its head "
                 f"{self.head.name} says it had {head[0]}: records were removed from its end; "
                 + _MOVE_ASIDE
             )
-        if at_head != head[1]:
+        if head is not None and head[0] and at_head != head[1]:
             raise ConfigError(
                 f"record {head[0]} of the audit log {self.path} is not the one its head "
                 f"{self.head.name} names: the log was rewritten; " + _MOVE_ASIDE
             )
+        self._repair_tail(tail, size)  # (only now: a refused start changes no file)
+        self._size, self._digest = size, digest
         return seq, prev
 
     def _write_head(self, seq, digest, size=None, sha=None):

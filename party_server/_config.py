@@ -158,8 +158,10 @@ def _peer_token(table, where, key, base_dir, environ):
             token = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             _fail(where + given[0], f"cannot read {path}: {getattr(exc, 'strerror', exc)}")
+        if not token:
+            _fail(where + given[0], f"file {path} is empty; write the token in it")
     if len(token) < 16:
-        _fail(where + key, "must be at least 16 characters (use a random token)")
+        _fail(where + given[0], "must be at least 16 characters (use a random token)")
     return token
 
 

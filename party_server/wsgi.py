@@ -10,6 +10,7 @@ is refused). :mod:`party_server.gunicorn_config` sets that, refuses ``--workers`
 than 1, and answers the requests gunicorn refuses itself in JSON.
 """
 
+import logging
 import os
 import sys
 import time
@@ -46,6 +47,21 @@ def _create_app(path, wait=LOCK_WAIT):
             time.sleep(0.5)
 
 
+def _log_as_the_cli_does():
+    """The server's own log lines (reload, retention, refused starts) in gunicorn's error
+    log with their time, logger and level, as ``party-server`` writes them (without a
+    handler Python would print the bare message)."""
+    logger = logging.getLogger("party_server")
+    if logger.handlers or logging.getLogger().handlers:
+        return  # (the operator configured logging)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+
+
+_log_as_the_cli_does()
 # a gunicorn worker holds the state directory's lock from here on: a reload signalled
 # before gunicorn_config.post_worker_init serves it is held back, not fatal (in gunicorn's
 # master, under --preload, gunicorn's own handlers replace this one)

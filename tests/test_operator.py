@@ -296,6 +296,50 @@ def test_the_start_checks_every_record_after_the_heads_digest(tmp_path, host_df)
         create_app(cfg)
 
 
+def _files(log):
+    return log.read_bytes(), head_path(log).read_bytes()
+
+
+def test_a_start_it_refuses_leaves_the_log_and_head_as_they_were(tmp_path, host_df):
+    # the partial last line was dropped before the check: a refused start then deleted
+    # the record the head names (evidence), and a log `verify` passed became broken
+    cfg, path, log = _log_with_records(tmp_path, host_df)
+    data, head = _files(log)
+    for cut in (len(data) - 20, data.rindex(b"\n", 0, len(data) - 1) + 1):
+        log.write_bytes(data[:cut])
+        with pytest.raises(ConfigError, match="records were removed from its end"):
+            create_app(cfg)
+        assert _files(log) == (data[:cut], head)  # not a byte changed
+    # the head missing: refused too (records removed from the end would be invisible)
+    log.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1])
+    head_path(log).unlink()
+    with pytest.raises(ConfigError, match="has 3 records but no head file"):
+        create_app(cfg)
+    assert not head_path(log).exists() and log.read_bytes() == data[: log.stat().st_size]
+    # the log missing while its head names records
+    head_path(log).write_bytes(head)
+    log.unlink()
+    with pytest.raises(
+        ConfigError, match=r"does not exist, but its head audit\.head says it had 4 "
+    ):
+        create_app(cfg)
+
+
+def test_a_last_record_without_its_newline_is_kept_and_a_cut_one_dropped(tmp_path, host_df):
+    cfg, path, log = _log_with_records(tmp_path, host_df)
+    data, head = _files(log)
+    log.write_bytes(data[:-1])  # every record whole, the last one's newline missing
+    assert verify(log) == (True, 4, None)
+    create_app(cfg)
+    assert log.read_bytes().startswith(data) and verify(log)[0]  # (+ the start's records)
+    # a crash in the middle of an append: a partial line after the record the head names
+    cfg, path, log = _log_with_records(tmp_path / "crash", host_df)
+    data, head = _files(log)
+    log.write_bytes(data + data[data.rindex(b"\n", 0, len(data) - 1) + 1 :][:50])
+    create_app(cfg)
+    assert log.read_bytes().startswith(data) and verify(log)[0]
+
+
 # -- 5. permissions and things in the way in state_dir ---------------------------------------
 
 

@@ -114,6 +114,16 @@ def test_token_files_are_read_relative_to_the_config(tmp_path, host_df):
     write_toml(path, cfg)
     with pytest.raises(ConfigError, match="exactly one of 'token', 'token_env' or 'token_file'"):
         load_config(path)
+    # an empty file, or one too short, names the key that points at it
+    for text, words in (
+        ("\n", r"file .*bank.token is empty"),
+        ("short\n", "must be at least 16 characters"),
+    ):
+        (tmp_path / "bank.token").write_text(text)
+        cfg["peers"]["bank"] = {"token_file": "bank.token"}
+        write_toml(path, cfg)
+        with pytest.raises(ConfigError, match=rf"'peers.bank.token_file': {words}"):
+            load_config(path)
 
 
 def test_a_previous_token_may_not_be_another_peers_token(tmp_path, host_df):
@@ -225,13 +235,15 @@ def test_reload_rotates_tokens_without_ending_sessions(tmp_path, host_df, caplog
     assert any("peers.bank.token" in r.getMessage() for r in caplog.records)
     assert _session(c, NEW, i=4).status_code == 200
     # settings other than [peers] are not applied live: the log says a restart does it
-    write_toml(path, {**cfg, "session_ttl": 5.0})
+    write_toml(
+        path, {**cfg, "session_ttl": 5.0, "bind": "127.0.0.1:9", "models": {"max_models": 3}}
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="party_server"):
         assert app.extensions["fedsk"].reload_peers()
-    assert any(
-        "session_ttl changed; that takes a restart" in r.getMessage() for r in caplog.records
-    )
+    # (named as in the config file: 'bind', not the port or host it holds)
+    restart = "bind, models.max_models, session_ttl changed; that takes a restart"
+    assert any(restart in r.getMessage() for r in caplog.records), caplog.text
     assert app.extensions["fedsk"].sessions.ttl != 5.0
 
 
@@ -312,6 +324,11 @@ def test_party_server_reload_under_gunicorn_keeps_the_worker(tmp_path, host_df):
             time.sleep(0.05)
         assert status(TOKEN) == 401
         assert running_server_pid(cfg["state_dir"]) == worker  # the same worker serves on
+        # gunicorn's log shows the reload as deploy.md does (logger and level included)
+        assert (
+            " party_server WARNING reload: serving 1 peer(s) from "
+            in (tmp_path / "gunicorn.log").read_text()
+        )
 
 
 @pytest.mark.integration
