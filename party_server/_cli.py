@@ -198,18 +198,8 @@ def _models_list(args):
     from ._models import describe_models
 
     root = _state_dir(args) / "models"
-    try:
-        with os.scandir(root):  # (a store it cannot list would look empty)
-            pass
-    except FileNotFoundError:
-        print(
-            f"party-server: there is no model store {root} (the party server creates it "
-            "when it starts)",
-            file=sys.stderr,
-        )
+    if not _store_exists(root):
         return 1
-    except OSError as exc:
-        raise unusable(exc, "list the model store", root) from None
     models = describe_models(root)
     print(f"model store {root}: {len(models)} model file(s)")
     print(
@@ -226,10 +216,30 @@ def _models_list(args):
     return 0
 
 
+def _store_exists(root):
+    """Whether the model store ``root`` exists (if not, said on stderr); a store that
+    cannot be listed (permissions, a file in its place) raises StateDirUnusable."""
+    try:
+        with os.scandir(root):  # (a store it cannot list would look empty)
+            pass
+    except FileNotFoundError:
+        print(
+            f"party-server: there is no model store {root} (the party server creates it "
+            "when it starts)",
+            file=sys.stderr,
+        )
+        return False
+    except OSError as exc:
+        raise unusable(exc, "list the model store", root) from None
+    return True
+
+
 def _models_delete(args):
     from ._models import delete_model_file
 
     root = _state_dir(args) / "models"
+    if not _store_exists(root):
+        return 1
     try:
         delete_model_file(root, args.model_id)
     except LookupError as exc:

@@ -116,6 +116,9 @@ def test_models_list_that_cannot_read_the_store_says_so(tmp_path, host_df, capsy
     (state / "models").write_text("")
     assert cli_main(list_) == 3
     _one_line(capsys, f"cannot list the model store {state / 'models'}", "move it out of the way")
+    # models delete says the same (it said '...npz: Not a directory', exit 1)
+    assert cli_main(["models", "delete", "0" * 24, "--config", str(path)]) == 3
+    _one_line(capsys, f"cannot list the model store {state / 'models'}", "move it out of the way")
 
 
 @pytest.mark.skipif(as_root, reason="file modes do not bind this process (root)")
