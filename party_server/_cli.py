@@ -251,8 +251,6 @@ def _models_delete(args):
 
 def _reload(args):
     """Check the config, then ask the server running on its state_dir to reread its peers."""
-    from pathlib import Path
-
     from ._storage import check_state_dir, running_server
 
     # a mistake is named here, not only in the server's log; the server's environment
@@ -260,7 +258,7 @@ def _reload(args):
     config = load_config(args.config, environ=None)
     check_state_dir(config.state_dir)
     pid, serving = running_server(config.state_dir)
-    if pid is not None and serving != str(Path(config.source).resolve()):
+    if pid is not None and serving != str(config.source):  # (both resolved)
         # the server rereads the file it started with, not this one
         started = f"was started from {serving}" if serving else "was not started from a file"
         print(
@@ -269,7 +267,7 @@ def _reload(args):
             "it (or restart the server with this file)",
             file=sys.stderr,
         )
-        return 2
+        return USAGE
     if pid is None:
         print(
             f"party-server: no party server is running on {config.state_dir}; the config "
