@@ -129,11 +129,21 @@ def unusable(exc, doing, path=None):
         )
     elif exc.errno == errno.EISDIR:
         fix = "(it is a directory where a file belongs): move it out of the way"
+    elif exc.errno == errno.EEXIST and path is not None and _dangling(path):
+        fix = (
+            f"(a symbolic link to {os.readlink(path)}, which does not exist): create its "
+            "target or fix the link"
+        )
     elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
         fix = "(a file is where a directory belongs): move it out of the way"
     else:
         fix = f"({exc.strerror or exc})"
     return StateDirUnusable(f"cannot {doing} {path} {fix}")
+
+
+def _dangling(path):
+    path = Path(path)
+    return path.is_symlink() and not path.exists()
 
 
 def check_state_dir(state_dir):

@@ -383,6 +383,14 @@ def test_a_file_where_the_model_store_belongs_is_one_line(tmp_path, host_df, cap
     _one_line(capsys, f"cannot use the model store {state / 'models'}", "a file is where")
 
 
+def test_a_state_dir_that_is_a_dangling_link_says_so(tmp_path, host_df, capsys):
+    cfg, path = _config(tmp_path, host_df)
+    state = Path(cfg["state_dir"])
+    state.symlink_to(tmp_path / "unmounted" / "state")
+    assert cli_main(["--config", str(path)]) == 2
+    _one_line(capsys, str(state), "a symbolic link to", "which does not exist")
+
+
 @pytest.mark.skipif(as_root, reason="file modes do not bind this process (root)")
 @pytest.mark.parametrize("name", ["audit.log", "audit.head", ".lock", "models"])
 def test_state_files_without_permission_are_one_line(tmp_path, host_df, capsys, name):
