@@ -67,11 +67,11 @@ def load_dataset(cfg):
             f"config key '{key}.id_column': {int(ids.isna().sum())} rows have no ID "
             f"({_where(ids.isna())}); give every row its sample ID"
         )
-    repeated = ids.duplicated(keep=False)
+    repeated = ids.duplicated()
     if repeated.any():
         first = ids[repeated].iloc[0]
         raise ConfigError(
-            f"config key '{key}.id_column': {int(ids.duplicated().sum())} duplicate IDs, "
+            f"config key '{key}.id_column': {int(repeated.sum())} duplicate IDs, "
             f"e.g. {first!r} ({_where(ids == first)}); sample IDs must be unique"
         )
     columns = (

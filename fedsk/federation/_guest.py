@@ -274,7 +274,7 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None, keep_models=Fals
     """
     if not isinstance(federation, Federation):
         raise TypeError(f"federation must be a fedsk Federation, got {type(federation).__name__}")
-    sessions = []
+    sessions, failed = [], True
     try:
         lacking = {}  # host -> positions of the rows it does not hold
         for client in federation.connect():
@@ -287,11 +287,7 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None, keep_models=Fals
         if lacking:
             raise ValueError(_lacking_message(ids, lacking))
         yield sessions
-    except BaseException:
-        failed = True
-        raise
-    else:
-        failed = False
+        failed = False  # (not reached when the block raises)
     finally:
         # a fit that failed (or was interrupted) leaves no estimator to use what the hosts
         # saved for it: they delete the models these sessions made (a continued fit's

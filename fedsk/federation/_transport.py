@@ -187,6 +187,7 @@ class HttpTransport(Transport):
         self.party, self.url, self.token = party, url.rstrip("/"), token
         self.timeout = tuple(float(t) for t in timeout)
         self.retries, self.backoff, self.verify = retries, backoff, verify
+        self.read_retries = min(retries, READ_RETRIES)  # (a hung party: not 5 x 300 s)
         self._session = None
 
     def __getstate__(self):
@@ -199,7 +200,7 @@ class HttpTransport(Transport):
             retry = Retry(
                 total=self.retries,
                 connect=self.retries,
-                read=min(self.retries, READ_RETRIES),  # (a hung party: not 5 x 300 s)
+                read=self.read_retries,
                 status=self.retries,
                 other=0,
                 backoff_factor=self.backoff,
@@ -258,7 +259,7 @@ class HttpTransport(Transport):
             ) from None
         except requests.exceptions.RequestException as exc:
             no_answer = _read_timed_out(exc)
-            attempts = min(self.retries, READ_RETRIES) + 1 if no_answer else self.retries + 1
+            attempts = (self.read_retries if no_answer else self.retries) + 1
             tried = (
                 f"{method} {path}: {attempts} attempt{'s' if attempts > 1 else ''} over "
                 f"{time.monotonic() - started:.1f} s (connect timeout {self.timeout[0]:g} s,"
