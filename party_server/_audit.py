@@ -5,7 +5,8 @@ model the request uses or makes (if any), the client's address, byte sizes and S
 of the bodies, ciphertext counts each way and the HTTP status. It
 also holds ``prev`` (the previous record's hash) and its own ``hash``:
 ``sha256(prev + canonical JSON of the record without its hash)``. Editing, inserting
-or deleting a record in the middle breaks the chain at that record.
+or deleting a record in the middle breaks the chain at that record, and so does a
+record whose bytes are not its canonical JSON (spaces added, another line ending).
 
 The chain alone cannot show records removed from its *end*: what is left is still a
 valid chain. So the server also keeps the chain's head (the last record's sequence
@@ -347,7 +348,7 @@ class AuditLog:
                 "prev": self._prev,
             }
             record["hash"] = _digest(self._prev, record)
-            line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+            line = _line(record)
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             except OSError as exc:
@@ -473,7 +474,17 @@ def _check(line, lineno, seq, prev):
         return None, (
             f"record {seq + 1} (line {lineno}) was modified: its hash does not match its content"
         )
+    if line != _line({**rec, "hash": claimed}):  # same content, other bytes (spaces added)
+        return None, (
+            f"record {seq + 1} (line {lineno}) was modified: its content is intact but its "
+            "bytes are not the ones the server wrote"
+        )
     return claimed, None
+
+
+def _line(record):
+    """The bytes the server writes for ``record`` (its canonical JSON and a newline)."""
+    return (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def summarize(path):

@@ -273,6 +273,31 @@ def test_a_blank_line_breaks_the_chain_for_the_server_and_for_verify(tmp_path, h
         create_app(cfg)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda line: line.replace(b'","', b'", "', 1),  # a space between two fields
+        lambda line: line.replace(b"\n", b"\r\n"),  # another line ending
+        lambda line: line.replace(b'"endpoint"', b'"\\u0065ndpoint"'),  # a key escaped
+    ],
+    ids=["space", "crlf", "escape"],
+)
+def test_a_record_reformatted_but_with_the_same_json_is_found(tmp_path, host_df, capsys, edit):
+    """QA: spaces added inside a record kept its JSON (and its hash) and went unnoticed."""
+    cfg, path, log = _log_with_records(tmp_path, host_df)
+    lines = log.read_bytes().splitlines(keepends=True)
+    edited = edit(lines[1])
+    assert edited != lines[1] and json.loads(edited) == json.loads(lines[1])
+    log.write_bytes(b"".join([lines[0], edited, *lines[2:]]))
+    ok, n, problem = verify(log)
+    assert not ok and n == 1
+    assert "record 2 (line 2) was modified" in problem and "bytes" in problem
+    assert cli_main(["audit", "verify", "--config", str(path)]) == 1
+    assert "BROKEN after 1 good records" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="broken at line 2"):
+        create_app(cfg)
+
+
 def test_the_start_checks_every_record_after_the_heads_digest(tmp_path, host_df):
     """The head keeps the log's size and SHA-256: a start hashes that much (fast) and
     checks only later records one by one; the log the server wrote is accepted."""
