@@ -44,7 +44,7 @@ from fedsk.federation._transport import (
 from ._audit import AuditLog, printable
 from ._config import Config, ConfigError, config_from_dict, load_config
 from ._datasets import load_datasets
-from ._models import ModelStore
+from ._models import UNFINISHED, ModelStore
 from ._sessions import SessionStore
 from ._storage import (
     StateDirInUse,
@@ -386,7 +386,11 @@ def _make_view(route):
         if route.name == "sessions.delete":
             discard = _discard_asked()  # the peer's fit failed
             state.sessions.delete(params["session_id"], g.peer)
-            discarded = _discard_models(state, entry.session) if discard else []
+            if discard:
+                discarded = _discard_models(state, entry.session)
+            else:
+                discarded = []
+                _finish_models(state, entry.session)
             return _reply(Message({"closed": True, "discarded": discarded}))
         fingerprint = _fingerprint(route.name)
         with entry.lock:
@@ -455,8 +459,28 @@ class _SessionModels:
         self._session.state.setdefault(_MADE, []).append(model_id)
         return model_id
 
+    def save(self, model_id, peer, meta, arrays):
+        # marked unfinished until the session closes as a finished fit's does (a guest
+        # killed mid-fit never closes it: ``models list`` shows such a model as such)
+        self._store.save(model_id, peer, {**meta, UNFINISHED: self._session.id}, arrays)
+        saved = self._session.state.setdefault(_SAVED, [])
+        if model_id not in saved:
+            saved.append(model_id)
 
-_MADE = "party_server.models_made"
+
+_MADE, _SAVED = "party_server.models_made", "party_server.models_saved"
+
+
+def _finish_models(state, session):
+    """Clear the unfinished mark of the models ``session`` saved (its fit ended)."""
+    for model_id in session.state.get(_SAVED, []):
+        try:
+            meta, arrays = state.models.load(model_id, session.peer)
+            if meta.get(UNFINISHED) == session.id:
+                del meta[UNFINISHED]
+                state.models.save(model_id, session.peer, meta, arrays)
+        except (NotFoundError, StorageError) as exc:  # (pushed out, or the disk refused)
+            log.warning("model %s stays marked unfinished: %s", model_id, exc)
 
 
 def _discard_models(state, session):

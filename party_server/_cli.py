@@ -213,6 +213,11 @@ def _models_list(args):
             f"{_utc(m.get('created')):20} {_utc(m.get('updated')):20} "
             f"{m['bytes'] / 1024:8.1f}  {m['state']}"
         )
+    if any(m["state"] == "unfinished" for m in models):
+        print(
+            "unfinished: saved by a fit whose session has not closed, a fit running now or "
+            "one whose guest stopped mid-fit (delete it once no fit uses it)"
+        )
     return 0
 
 

@@ -30,7 +30,10 @@ from fedsk.federation import ModelStoreAPI
 
 from ._storage import StorageError, atomic_write, check_writable
 
-__all__ = ["ModelStore", "delete_model_file", "describe_models"]
+__all__ = ["UNFINISHED", "ModelStore", "delete_model_file", "describe_models"]
+
+# meta key of a model saved during a fit whose session has not closed yet: the session
+UNFINISHED = "unfinished_session"
 
 _ID = re.compile(r"^[0-9a-f]{24}$")
 # what reading a damaged file raises: zipfile.BadZipFile (truncated), EOFError (empty),
@@ -78,6 +81,8 @@ def describe_models(root):
             info.update(
                 {k: meta.get(k) for k in ("owner", "kind", "dataset", "created", "updated")}
             )
+            if meta.get(UNFINISHED):  # (see the server's _SessionModels)
+                info["state"] = "unfinished"
         out.append(info)
     return sorted(out, key=_created)
 

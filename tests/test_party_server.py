@@ -936,3 +936,54 @@ def test_a_session_delete_with_a_bad_discard_query_is_a_json_400(client, value):
     r = client.delete(f"/v1/sessions/{sid}?discard_models=true", headers={**AUTH, **rid(2)})
     assert r.status_code == 200  # the session was still open; it made no model
     assert message_from_wire(r.data).meta == {"closed": True, "discarded": []}
+
+
+def test_a_model_whose_fit_never_closed_its_session_is_listed_unfinished(
+    tmp_path, host_df, capsys, monkeypatch
+):
+    """QA: a guest killed mid-fit (it never closes its session) left a partial model that
+    ``models list`` showed like any other; a fit that ends marks its models finished."""
+    from fedsk import SecureBoostClassifier
+    from fedsk.federation import InProcessFederation
+    from fedsk.federation._federation import HostClient
+
+    cfg = write_host(tmp_path, host_df)
+    cfg_path = tmp_path / "host.toml"
+    _write_toml(cfg_path, cfg)
+    fed = InProcessFederation({"insurer": (create_app(cfg), "customers", TOKEN)})
+    guest = pd.DataFrame({"g": np.arange(len(host_df), dtype=float)}, index=host_df.index)
+    y = (host_df.age > 0).astype(int)
+    params = dict(federation=fed, key_length=1024, max_depth=2, warm_start=True)
+    clf = SecureBoostClassifier(n_estimators=2, **params)
+    real = SecureBoostClassifier._record_scores
+    rounds = []
+
+    def killed_in_round_two(self, *a, **kw):
+        real(self, *a, **kw)
+        rounds.append(1)
+        if len(rounds) == 3:  # (the scores before the first round, then one per round)
+            raise KeyboardInterrupt  # the guest stops after round 2's scores ...
+
+    monkeypatch.setattr(SecureBoostClassifier, "_record_scores", killed_in_round_two)
+    monkeypatch.setattr(HostClient, "close_session", lambda *a, **kw: None)  # ... and dies
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(guest, y)
+    monkeypatch.undo()
+    (mid,) = clf._host_model_ids
+
+    def state_of(model_id):
+        capsys.readouterr()
+        assert cli_main(["models", "list", "--config", str(cfg_path)]) == 0
+        out = capsys.readouterr().out
+        line = next(row for row in out.splitlines() if row.startswith(model_id))
+        return line.split()[-1], out
+
+    state, out = state_of(mid)
+    assert state == "unfinished"
+    assert "unfinished: saved by a fit whose session has not closed" in out
+    # a fit that ends (here: warm start, one more round) closes its session: finished
+    clf.set_params(n_estimators=3).fit(guest, y)
+    assert clf._host_model_ids == [mid]
+    state, out = state_of(mid)
+    assert state == "ok" and "unfinished" not in out
+    clf.predict_proba(guest)
