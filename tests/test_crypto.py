@@ -1,5 +1,7 @@
 """The vectorised Paillier layer, checked against phe."""
 
+import time
+
 import gmpy2
 import numpy as np
 import pytest
@@ -470,6 +472,36 @@ def test_stock_fill_tops_up_and_take_never_waits(keypair):
         stock.close()
         stock.fill(10)
         assert stock.take(10) == []
+
+
+def test_a_stock_that_waits_first_hands_its_first_take_whole(keypair):
+    """A fit's first round waits for the randomness started with its key: the tables
+    are then built in the idle workers only, not also in this process and the others."""
+    pub, priv = generate_keypair(1024)  # fresh: no worker has its tables yet
+    with ObfuscatorStock(priv, n_jobs=2, wait_first=True) as stock:
+        stock.fill(70)
+        first = stock.take(70)  # (tens of milliseconds: it had to wait)
+        assert len(first) == 70
+        enc = encrypt_integers(priv, list(range(70)), stock=None)
+        plain = K.apply_obfuscators([gmpy2.mpz(m) for m in range(70)], first, pub.n, pub.nsquare)
+        assert decrypt_integers(priv, EncryptedArray(pub, plain, 0)) == list(range(70))
+        assert enc.ciphertexts != plain
+        stock.fill(5000)  # only the first take waits
+        t = time.perf_counter()
+        assert len(stock.take(5000)) < 5000 and time.perf_counter() - t < 0.5
+
+
+def test_the_first_take_waits_at_most_its_patience(keypair, monkeypatch):
+    pub, priv = keypair
+    monkeypatch.setattr(ObfuscatorStock, "WAIT_PER_ITEM", 0.0)
+    monkeypatch.setattr(ObfuscatorStock, "WAIT_TABLES", 0.05)
+    with ObfuscatorStock(priv, n_jobs=2, wait_first=True) as stock:
+        assert stock.patience(10**6) == pytest.approx(0.05 * (pub.key_length / 2048) ** 2)
+        stock.fill(20_000)  # seconds of work
+        t = time.perf_counter()
+        got = stock.take(20_000)
+        assert len(got) < 20_000 and time.perf_counter() - t < 1.0
+    assert ObfuscatorStock(priv, n_jobs=1, wait_first=True).patience(100) == 0.0  # no stock
 
 
 def test_stock_workers_run_at_idle_priority_and_respect_n_jobs(keypair):

@@ -8,7 +8,9 @@ are then one multiplication each.
 """
 
 import threading
+import time
 from collections import deque
+from concurrent.futures import wait
 
 from joblib.externals.loky.process_executor import BrokenProcessPool
 
@@ -31,6 +33,14 @@ class ObfuscatorStock:
         under a joblib backend other than the default, nothing is made ahead and
         :meth:`take` returns nothing: every encryption is computed when asked for.
 
+    wait_first : bool, default=False
+        The first :meth:`take` waits (at most :meth:`patience`) for what :meth:`fill`
+        has started, instead of leaving the rest to be made on the spot: for a party
+        that fills the stock as soon as it has the key, and takes from it once it has
+        nothing else to do (a fit's first round). The idle CPU then makes them about as
+        fast as the party's own workers would, without building the key's fixed-base
+        tables in those workers and in this process too.
+
     Notes
     -----
     An obfuscator is handed out by :meth:`take` exactly once and never leaves this
@@ -39,8 +49,11 @@ class ObfuscatorStock:
 
     CHUNK = 64  # obfuscators per background task (about 10 ms on a 2048-bit key)
     LIMIT = 1 << 18  # at most this many made or in flight (128 MB at 2048 bits)
+    # the first take's patience (2048-bit key): about 4x an obfuscator's cost on one
+    # core, and twice the time the tables take to build
+    WAIT_PER_ITEM, WAIT_TABLES = 5e-4, 0.06
 
-    def __init__(self, key, *, n_jobs=None):
+    def __init__(self, key, *, n_jobs=None, wait_first=False):
         if isinstance(key, PaillierPrivateKey):
             pub = key.public_key
             self._task = K.owner_obfuscators, (key._crt_enc(), pub.obfuscation, pub.alpha_bits)
@@ -49,6 +62,7 @@ class ObfuscatorStock:
             self._task = K.public_obfuscators, pub._public_args()
         self.public_key = pub
         self._workers = idle_workers(n_jobs)
+        self._wait_first = wait_first
         self._ready, self._pending = [], deque()  # (future, how many it makes)
         self._lock = threading.Lock()
         self._closed = False
@@ -70,21 +84,45 @@ class ObfuscatorStock:
                 missing -= k
 
     def take(self, count):
-        """Up to ``count`` obfuscators that are ready now, never waiting for the rest."""
-        with self._lock:
-            while self._pending and self._pending[0][0].done():
-                future, _ = self._pending.popleft()
-                if future.cancelled():
-                    continue
-                exc = future.exception()
-                if exc is None:
-                    self._ready.extend(future.result())
-                elif not isinstance(exc, BrokenProcessPool):
-                    raise exc  # a bug, not a killed worker (whose share is made on the spot)
-            out = self._ready[:count]
-            del self._ready[:count]
-            self.taken += len(out)
-        return out
+        """Up to ``count`` obfuscators that are ready now, never waiting for the rest.
+
+        Except with ``wait_first``: the first call waits for those in the making (at
+        most :meth:`patience`), see the class.
+        """
+        wait_s, self._wait_first = (self.patience(count) if self._wait_first else 0.0), False
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                self._collect()
+                left = deadline - time.monotonic()
+                if len(self._ready) >= count or not self._pending or left <= 0:
+                    out = self._ready[:count]
+                    del self._ready[:count]
+                    self.taken += len(out)
+                    return out
+                head = self._pending[0][0]
+            wait([head], timeout=left)  # (outside the lock: close() may cancel it)
+
+    def patience(self, count):
+        """How long the first :meth:`take` of ``count`` may wait: about what making
+        them here would take (fixed-base tables included), times a margin."""
+        pub = self.public_key
+        if pub.obfuscation != "fast" or not self._workers:
+            return 0.0
+        scale = (pub.key_length / 2048) ** 2
+        return (self.WAIT_PER_ITEM * count / self._workers + self.WAIT_TABLES) * scale
+
+    def _collect(self):
+        """Move what the finished futures first in line made to the ready list."""
+        while self._pending and self._pending[0][0].done():
+            future, _ = self._pending.popleft()
+            if future.cancelled():
+                continue
+            exc = future.exception()
+            if exc is None:
+                self._ready.extend(future.result())
+            elif not isinstance(exc, BrokenProcessPool):
+                raise exc  # a bug, not a killed worker (whose share is made on the spot)
 
     def close(self):
         """Cancel what has not started and drop what is left."""

@@ -337,26 +337,28 @@ def keyed_sessions(
 
     The key pair's prime search (in a worker process when there are several: it holds
     the GIL) runs in the background while PSI aligns the samples; once the key exists,
-    the same background thread gets every worker ready to encrypt under it, which the
-    fit does not wait for (its first encryptions queue behind), and starts making the
-    randomness of the fit's first ``ahead`` encryptions on idle CPU. Yields ``(sessions,
-    (public_key, private_key), stock)``, the :class:`~fedsk.crypto.ObfuscatorStock`
-    the fit's encryptions take from (closed on exit).
+    idle CPU starts making the randomness of the fit's first ``ahead`` encryptions,
+    which the first round waits for (see ``wait_first`` of
+    :class:`~fedsk.crypto.ObfuscatorStock`). With one worker, or under a joblib backend
+    other than the default, the background thread gets the encryption ready instead.
+    Yields ``(sessions, (public_key, private_key), stock)``, the stock the fit's
+    encryptions take from (closed on exit).
     """
     keys = Future()  # (public_key, private_key, stock)
     # the stock's workers follow joblib's configuration, which is per thread: read it here
-    workers = idle_workers(n_jobs) or 1
+    idle = idle_workers(n_jobs)
 
     def keypair_then_prepare():
         try:
             pub, priv = generate_keypair(key_length, n_jobs=n_jobs)
-            stock = ObfuscatorStock(priv, n_jobs=workers)
+            stock = ObfuscatorStock(priv, n_jobs=idle or 1, wait_first=True)
+            stock.fill(ahead)  # (before the fit can take from it)
         except BaseException as exc:
             keys.set_exception(exc)
             return
         keys.set_result((pub, priv, stock))
-        stock.fill(ahead)
-        prepare_encryption(priv, n_jobs=n_jobs)
+        if not idle:  # no stock to wait for: tables here and in every worker
+            prepare_encryption(priv, n_jobs=n_jobs)
 
     try:
         with ThreadPoolExecutor(max_workers=1) as background:
