@@ -93,6 +93,7 @@ class State:
         # one process per state_dir: two would fork the audit chain (see StateDirLock)
         self.lock = StateDirLock.acquire(config.state_dir, config_file=config.source)
         self._refusing = False
+        self._audit_problem = None  # why a forked process could not take the log over
         self.datasets = load_datasets(config)
         try:
             self.models = ModelStore(
@@ -136,8 +137,20 @@ class State:
                 code="state_dir_in_use",
                 status=503,
             ) from None
-        if taken:
-            self.audit.reload()
+        if taken or self._audit_problem is not None:
+            try:
+                self.audit.reload()
+            except ConfigError as exc:  # (tried again at every request until it works)
+                if self._audit_problem != str(exc):
+                    log.error("process %d cannot serve: %s", os.getpid(), exc)
+                self._audit_problem = str(exc)
+                raise RequestError(
+                    "this party server process cannot serve: it cannot use its audit log; "
+                    "its operator must see the server's log",
+                    code="audit_log_unusable",
+                    status=503,
+                ) from None
+            self._audit_problem = None
 
     def handler(self, route):
         fn = self.handlers.get(route.name)

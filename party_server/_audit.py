@@ -132,9 +132,14 @@ class AuditLog:
         self._make_reserve()  # (a disk already full: check_space refuses until it is made)
 
     def reload(self):
-        """Read the chain's head from the files again (another process appended to it)."""
+        """Read the chain's head from the files again (another process appended to it).
+
+        Raises :class:`ConfigError` (a broken chain, a file it cannot use) as at start."""
         with self._lock:
-            self._seq, self._prev = self._reconcile()
+            try:
+                self._seq, self._prev = self._reconcile()
+            except OSError as exc:
+                raise unusable(exc, "use the audit log file") from None
 
     def _repair_tail(self, tail, size):
         """Once the log is known to be intact: end a last record that lacks only its

@@ -764,6 +764,41 @@ def test_a_forked_worker_takes_the_state_dir_over_and_a_second_one_is_refused(
     assert verify(log) == (True, 6, None)  # the refused request is in no log
 
 
+def test_a_forked_worker_that_cannot_take_the_audit_log_over_answers_503(
+    tmp_path, host_df, monkeypatch
+):
+    """QA: under --preload, the worker reads the audit log at its first request; a log
+    broken (or made unusable) since the app was created gave a JSON 500. It is a 503
+    saying the operator must look at the log, and the worker serves once it is fixed."""
+    import party_server._app as app_mod
+
+    monkeypatch.setattr(app_mod, "CLAIM_WAIT", 0.0)
+    app = create_app(write_host(tmp_path, host_df))
+    log = tmp_path / "insurer" / "state" / "audit.log"
+    open_session(app.test_client())  # (a record to edit)
+    good = log.read_bytes()
+    assert good.count(b'"status":') == 1
+
+    def serve(damage):
+        c = app.test_client()
+        if damage == "edit":
+            log.write_bytes(good.replace(b'"status":', b'"status" :', 1))
+        else:  # something in the log's place
+            log.unlink()
+            log.mkdir()
+        broken = c.get("/v1/health")
+        if damage != "edit":
+            log.rmdir()
+        log.write_bytes(good)
+        fixed = c.get("/v1/health")
+        return broken.status_code, error_of(broken), fixed.status_code
+
+    for damage in ("edit", "directory"):
+        status, error, fixed = _in_child(lambda d=damage: serve(d))
+        assert (status, error["code"], fixed) == (503, "audit_log_unusable", 200), damage
+        assert "cannot use its audit log" in error["message"] and str(log) not in error["message"]
+
+
 def _damaged_model_files(root):
     """Files in the model store that are not models: what a partial restore or a disk
     error leaves. Returns their model IDs."""
