@@ -176,10 +176,11 @@ class PartyServer:
 
 
 @contextlib.contextmanager
-def gunicorn_server(tmp_path, config_path, crt, key):
+def gunicorn_server(tmp_path, config_path, crt, key, extra_args=()):
     """The documented deployment: gunicorn with TLS serving ``party_server.wsgi:app``.
 
-    Yields ``(url, port, process)`` once it answers its health check.
+    Yields ``(url, port, process)`` once it answers its health check. ``extra_args`` go
+    to gunicorn's command line (e.g. ``["--preload"]``).
     """
     import os
 
@@ -197,7 +198,7 @@ def gunicorn_server(tmp_path, config_path, crt, key):
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "python:party_server.gunicorn_config"]
         + ["--certfile", str(crt), "--keyfile", str(key), "--bind", f"127.0.0.1:{port}"]
-        + ["party_server.wsgi:app"],
+        + [*extra_args, "party_server.wsgi:app"],
         env=env,
         cwd=tmp_path,
         stdout=log,

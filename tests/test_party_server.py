@@ -656,6 +656,54 @@ def test_gunicorn_with_tls_answers_its_own_refusals_in_json(tmp_path, host_df):
         assert requests.get(url + "/v1/health", verify=str(crt), timeout=5).ok
 
 
+@pytest.mark.integration
+def test_gunicorn_preload_serves_a_fit_and_a_replaced_worker_continues_the_chain(tmp_path, host_df):
+    """A real gunicorn --preload run (the app made in the master, its worker forked):
+    the worker takes the state directory over and serves a fit; killed, the worker
+    gunicorn starts in its place continues the same audit chain."""
+    import os
+    import signal
+    import time
+
+    import pandas as pd
+
+    from fedsk import Federation, SecureBoostClassifier
+    from party_server._storage import running_server_pid
+
+    from ._servers import gunicorn_server, write_toml
+
+    pytest.importorskip("gunicorn")
+    cfg = write_host(tmp_path, host_df)
+    cfg_path = tmp_path / "host.toml"
+    write_toml(cfg_path, cfg)
+    crt, key = _self_signed(tmp_path)
+    log = tmp_path / "insurer" / "state" / "audit.log"
+    guest = pd.DataFrame({"g": np.arange(len(host_df), dtype=float)}, index=host_df.index)
+    y = (host_df.age > 0).astype(int)
+    with gunicorn_server(tmp_path, cfg_path, crt, key, ["--preload"]) as (url, _, proc):
+        spec = {"url": url, "dataset": "customers", "token": TOKEN, "verify": str(crt)}
+        fed = Federation({"insurer": spec})
+        clf = SecureBoostClassifier(federation=fed, n_estimators=2, key_length=1024)
+        proba = clf.fit(guest, y).predict_proba(guest)
+        worker = running_server_pid(cfg["state_dir"])
+        assert worker not in (None, proc.pid)
+        n_records = verify(log)[1]
+        assert verify(log)[0] and n_records > 5
+        os.kill(worker, signal.SIGKILL)  # gunicorn's master starts another worker
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                again = clf.predict_proba(guest)
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        np.testing.assert_array_equal(again, proba)
+        assert running_server_pid(cfg["state_dir"]) not in (None, worker, proc.pid)
+    ok, n, problem = verify(log)
+    assert ok and n > n_records, problem
+
+
 def test_verbose_logs_one_line_per_request(tmp_path, host_df, caplog):
     import logging
 
