@@ -92,6 +92,15 @@ class State:
             raise type(problem)(f"config key 'state_dir': {problem}") from None
         # one process per state_dir: two would fork the audit chain (see StateDirLock)
         self.lock = StateDirLock.acquire(config.state_dir, config_file=config.source)
+        network = StateDirLock.network_file_system(config.state_dir)
+        if network:
+            log.warning(
+                "state_dir %s is on a network file system (%s): the lock that keeps a "
+                "second party server off it may not hold for a server on another machine; "
+                "run one server per state_dir, or put state_dir on a local disk",
+                config.state_dir,
+                network,
+            )
         self._refusing = False
         self._audit_problem = None  # why a forked process could not take the log over
         self.datasets = load_datasets(config)

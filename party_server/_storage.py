@@ -189,6 +189,32 @@ class StateDirLock:
         self._fd = None
         self._claim_lock = threading.Lock()
 
+    # file systems on which a flock taken on one machine may not keep a process on
+    # another machine off (NFS: only with local_lock=none and lock support on the server)
+    NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p")
+
+    @classmethod
+    def network_file_system(cls, directory, mounts="/proc/self/mounts"):
+        """The type of the network file system ``directory`` is on, or None (also where
+        it cannot tell: no ``/proc``)."""
+        try:
+            with open(mounts, encoding="utf-8", errors="replace") as fh:
+                table = [line.split()[1:3] for line in fh if len(line.split()) >= 3]
+        except OSError:
+            return None
+        path = str(Path(directory).resolve())
+        best, fs_type = "", None
+        for point, kind in table:
+            point = point.replace("\\040", " ")  # (how the table writes a space)
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fs_type = point, kind
+        if fs_type is None:
+            return None
+        if fs_type in cls.NETWORK_FILE_SYSTEMS or fs_type.startswith("fuse.sshfs"):
+            return fs_type
+        return None
+
     @classmethod
     def acquire(cls, directory, *, wait=0.0, config_file=None):
         """The lock of ``directory`` for this process; raise :class:`StateDirInUse`

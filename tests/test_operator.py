@@ -475,3 +475,37 @@ def test_reload_checks_state_dir_as_the_server_would(tmp_path, host_df, capsys):
     _one_line(capsys, "config key 'state_dir'", str(tmp_path / "no" / "such"), "does not exist")
     assert cli_main(["--config", str(path)]) == 2  # the server says the same
     _one_line(capsys, "config key 'state_dir'", str(tmp_path / "no" / "such"), "does not exist")
+
+
+def test_a_state_dir_on_a_network_file_system_is_warned_about(
+    tmp_path, host_df, caplog, monkeypatch
+):
+    """QA: the state_dir lock is a flock, which may not hold across machines on NFS."""
+    import logging
+
+    from party_server._storage import StateDirLock
+
+    share = tmp_path / "my share" / "state"
+    share.mkdir(parents=True)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/vda / ext4 rw 0 0\n"
+        f"server:/export {str(tmp_path / 'my share').replace(' ', chr(92) + '040')} nfs4 rw 0 0\n"
+    )
+    assert StateDirLock.network_file_system(share, mounts) == "nfs4"
+    assert StateDirLock.network_file_system(tmp_path, mounts) is None
+    assert StateDirLock.network_file_system(tmp_path / "my", mounts) is None  # (a prefix)
+    assert StateDirLock.network_file_system(share, tmp_path / "no such file") is None
+    cfg, _ = _config(tmp_path, host_df)
+    with caplog.at_level(logging.WARNING, logger="party_server"):
+        create_app(cfg)
+    assert not [r for r in caplog.records if "network file system" in r.getMessage()]
+    real = StateDirLock.network_file_system
+    cfg, _ = _config(tmp_path / "other", host_df)
+    monkeypatch.setattr(
+        StateDirLock, "network_file_system", classmethod(lambda cls, d: real(share, mounts))
+    )
+    with caplog.at_level(logging.WARNING, logger="party_server"):
+        create_app(cfg)
+    (said,) = [r.getMessage() for r in caplog.records if "network file system" in r.getMessage()]
+    assert "(nfs4)" in said and "one server per state_dir" in said
