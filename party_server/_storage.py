@@ -191,7 +191,7 @@ class StateDirLock:
 
     # file systems on which a flock taken on one machine may not keep a process on
     # another machine off (NFS: only with local_lock=none and lock support on the server)
-    NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p")
+    NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs")
 
     @classmethod
     def network_file_system(cls, directory, mounts="/proc/self/mounts"):
@@ -209,11 +209,8 @@ class StateDirLock:
             inside = path == point or path.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= len(best):
                 best, fs_type = point, kind
-        if fs_type is None:
-            return None
-        if fs_type in cls.NETWORK_FILE_SYSTEMS or fs_type.startswith("fuse.sshfs"):
-            return fs_type
-        return None
+        network = fs_type in cls.NETWORK_FILE_SYSTEMS or fs_type == "fuse.sshfs"
+        return fs_type if network else None
 
     @classmethod
     def acquire(cls, directory, *, wait=0.0, config_file=None):
