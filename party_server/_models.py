@@ -78,9 +78,7 @@ def describe_models(root):
         except (OSError, *_DAMAGED) as exc:
             info["state"] = f"damaged ({type(exc).__name__})"
         else:
-            info.update(
-                {k: meta.get(k) for k in ("owner", "kind", "dataset", "created", "updated")}
-            )
+            info.update({k: meta.get(k) for k in _DESCRIBED})
             if meta.get(UNFINISHED):  # (see the server's _SessionModels)
                 info["state"] = "unfinished"
         out.append(info)

@@ -199,7 +199,7 @@ class StateDirLock:
         it cannot tell: no ``/proc``)."""
         try:
             with open(mounts, encoding="utf-8", errors="replace") as fh:
-                table = [line.split()[1:3] for line in fh if len(line.split()) >= 3]
+                table = [f[1:3] for f in map(str.split, fh) if len(f) >= 3]
         except OSError:
             return None
         path = str(Path(directory).resolve())
