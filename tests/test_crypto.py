@@ -393,6 +393,17 @@ def test_keypair_made_in_a_worker_process_works_with_phe():
     assert decrypt_integers(priv, encrypt_integers(priv, [7, 8])) == [7, 8]
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_keypair_primes_have_their_two_top_bits_set_so_n_has_the_length_asked(n_jobs):
+    # (phe sets only the top bit and draws both primes again until n is long enough)
+    for _ in range(12):
+        pub, priv = generate_keypair(1024, n_jobs=n_jobs)
+        assert pub.n.bit_length() == 1024 and priv.p != priv.q
+        assert {int(priv.p) >> 510, int(priv.q) >> 510} == {3}
+        assert gmpy2.is_prime(priv.p) and gmpy2.is_prime(priv.q)
+        assert abs(int(priv.p) - int(priv.q)) > 1 << 412
+
+
 def test_chunk_bounds_balance_weights_and_cover_every_item():
     from fedsk.crypto._parallel import chunk_bounds
 
