@@ -538,9 +538,10 @@ def _create_session(state, msg):
         raise NotFoundError(f"unknown dataset {name!r}")
     entry = state.sessions.create(g.peer, name)
     g.session = entry.session.id
+    extra = {}
     with entry.lock:
         for hook in state.on_session_open:
-            hook(_context(state, entry.session))
+            extra.update(hook(_context(state, entry.session), msg) or {})
     info = state.datasets[name].describe()
     resp = _reply(
         Message(
@@ -549,6 +550,7 @@ def _create_session(state, msg):
                 "party": state.config.party,
                 "min_key_length": state.config.min_key_length,
                 **info,
+                **extra,
             }
         )
     )

@@ -9,6 +9,15 @@ def keypair():
     return generate_keypair(1024)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_alignments():
+    """Each test aligns its samples anew: a test whose fits are expected to run PSI
+    (counting its requests, or breaking them) must not reuse an earlier test's."""
+    from fedsk.federation._psi import _cache
+
+    _cache.clear()
+
+
 @pytest.fixture(scope="session")
 def standard_keypair():
     """A key pair whose encryptions use phe's plain r**n obfuscator."""

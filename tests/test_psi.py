@@ -232,3 +232,66 @@ def test_host_prepares_at_most_two_psi_halves_at_a_time(monkeypatch):
     assert len(started) == 2
     assert _psi._OWN_SLOTS.acquire(blocking=False)  # slots are given back
     _psi._OWN_SLOTS.release()
+
+
+def test_an_alignment_serves_its_own_peer_on_its_own_dataset_until_it_expires(
+    tmp_path, monkeypatch
+):
+    from fedsk.exceptions import ProtocolError
+    from fedsk.federation import _psi
+
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"x": rng.normal(size=50)}, index=[f"id-{i}" for i in range(50)])
+    cfg = write_host(tmp_path, df)
+    cfg["peers"]["rival"] = {"token": "rival-token-0123456789"}
+    app = create_app(cfg)
+    other = create_app(write_host(tmp_path / "other", df))  # the same data, another server
+    state = app.extensions["fedsk"]
+    [bank] = InProcessFederation({"h": (app, "customers", TOKEN)}).connect()
+    [rival] = InProcessFederation({"h": (app, "customers", "rival-token-0123456789")}).connect()
+    [elsewhere] = InProcessFederation({"h": (other, "customers", TOKEN)}).connect()
+    guest = [f"id-{i}" for i in (40, 3, 77, 12, 25)]  # id-77 is not there
+    sid, _ = bank.open_session("psi-test")
+    found, handle = _psi._align(bank, sid, guest)
+    assert found.tolist() == [0, 1, 3, 4] and isinstance(handle, str)
+    # positions within the alignment, in this session's order
+    sid, info = bank.open_session("psi-test", alignment=handle, positions=[3, 0, 2])
+    assert info["aligned"] == 3
+    rows = state.sessions.get(sid, "bank").session.state["rows"]
+    assert [df.index[r] for r in rows] == ["id-25", "id-40", "id-12"]
+    assert "psi_own" not in state.sessions.get(sid, "bank").session.state  # (no PSI half)
+    # another peer's handle, or one this server never gave, is as good as unknown: PSI
+    for client in (rival, elsewhere):
+        sid, info = client.open_session("psi-test", alignment=handle, positions=[0])
+        assert info["aligned"] == 0
+        assert _psi.align(client, sid, guest).tolist() == [0, 1, 3, 4]
+    with pytest.raises(ProtocolError, match="positions") as err:
+        bank.open_session("psi-test", alignment=handle, positions=[4])  # 4 rows aligned
+    assert err.value.status == 400
+    monkeypatch.setattr(_psi, "ALIGNMENT_TTL", 0.0)
+    assert bank.open_session("psi-test", alignment=handle, positions=[0])[1]["aligned"] == 0
+
+
+def test_a_session_reuses_an_alignment_only_for_ids_it_holds_all_of(tmp_path):
+    from fedsk.federation._psi import open_aligned
+
+    df = pd.DataFrame({"x": np.arange(30.0)}, index=[f"r{i}" for i in range(30)])
+    app = create_app(write_host(tmp_path / "reuse", df))
+    [client] = InProcessFederation({"reuse-host": (app, "customers", TOKEN)}).connect()
+    rec = client.transport = Recorder(client.transport)
+
+    def psi_runs(ids):
+        before = len(rec.sent)
+        sid, _, found = open_aligned(client, "psi-test", ids)
+        rows = app.extensions["fedsk"].sessions.get(sid, "bank").session.state["rows"]
+        held = [i for i in ids if i in set(df.index)]
+        assert [df.index[r] for r in rows] == held and len(found) == len(held)
+        return any(path.endswith("/psi") for path, _ in rec.sent[before:])
+
+    ids = [f"r{i}" for i in range(0, 30, 2)] + ["gone"]
+    assert psi_runs(ids)
+    assert not psi_runs(ids[:-1][::-1])  # held rows only, in another order: reused
+    assert not psi_runs(ids[3:7])
+    assert psi_runs(ids)  # "gone" is not in the alignment (the host does not hold it)
+    assert psi_runs(["r1", "r2"])  # r1 was never aligned
+    assert not psi_runs(["r2"])  # (aligned just now)

@@ -92,6 +92,32 @@ def _audit_count(fed, name, endpoint):
     return path.read_text().count(f'"endpoint":"{endpoint}"') if path.exists() else 0
 
 
+def test_later_fits_reuse_the_alignment_and_stay_lossless(parties):
+    joined, guest, y, fed = parties
+    params = dict(n_estimators=2, max_depth=2, random_state=0)
+    est = SecureBoostClassifier(federation=fed, key_length=KEY, **params).fit(guest, y)
+    psi = _audit_count(fed, "host0", "psi.exchange")
+    # a subset of the rows aligned before, in another order: no PSI this time, and the
+    # host's rows still line up with the guest's (the fit equals the joined plaintext one,
+    # and so do its predictions, which reuse the alignment too)
+    sub = guest.index[::-3]
+    est.fit(guest.loc[sub], y.loc[sub])
+    local = SecureBoostClassifier(**params).fit(joined.loc[sub], y.loc[sub])
+    np.testing.assert_allclose(
+        est.predict_proba(guest.loc[sub[::2]]),
+        local.predict_proba(joined.loc[sub[::2]]),
+        atol=1e-6,
+    )
+    assert _audit_count(fed, "host0", "psi.exchange") == psi
+    # a host that restarted forgot its alignments: PSI runs again
+    fed.restart("host0")
+    est.fit(guest.loc[sub], y.loc[sub])
+    np.testing.assert_allclose(
+        est.predict_proba(guest.loc[sub]), local.predict_proba(joined.loc[sub]), atol=1e-6
+    )
+    assert _audit_count(fed, "host0", "psi.exchange") == psi + 1
+
+
 def test_killed_host_mid_fit_then_warm_start_continues(tmp_path):
     joined, guest, y, hosts, _ = make_parties(tmp_path, n=160, host_cols=(3,), nan=0.0)
     with LocalFederation(hosts=hosts, retries=1, timeout=(2.0, 20.0)) as fed:

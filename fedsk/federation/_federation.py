@@ -56,14 +56,18 @@ class HostClient:
     def __repr__(self):
         return f"HostClient({self.name!r}, url={self.transport.url!r}, dataset={self.dataset!r})"
 
-    def open_session(self, protocol):
-        """Open a session on this host's dataset; returns ``(session_id, info)``."""
+    def open_session(self, protocol, *, alignment=None, positions=None):
+        """Open a session on this host's dataset; returns ``(session_id, info)``.
+
+        ``alignment`` and ``positions``: reuse that earlier alignment's rows at those
+        positions (see :func:`fedsk.federation._psi.open_aligned`).
+        """
+        msg = Message({"dataset": self.dataset, "protocol": protocol})
+        if alignment is not None:
+            msg.meta["alignment"] = alignment
+            msg.add_array("positions", np.asarray(positions, dtype=np.int64))
         try:
-            answer = self.transport.request(
-                "POST",
-                url_for("sessions.create"),
-                Message({"dataset": self.dataset, "protocol": protocol}),
-            )
+            answer = self.transport.request("POST", url_for("sessions.create"), msg)
         except ProtocolError as exc:
             if getattr(exc, "code", None) != "not_found":
                 raise

@@ -13,7 +13,7 @@ from ..crypto import ObfuscatorStock, generate_keypair, prepare_encryption
 from ..crypto._parallel import idle_workers
 from ..exceptions import FedskError
 from ._federation import Federation, HostClient
-from ._psi import align
+from ._psi import open_aligned
 from ._wire import Message
 
 __all__ = [
@@ -267,6 +267,9 @@ class GuestSession:
 def aligned_sessions(federation, ids, *, protocol, n_jobs=None, keep_models=False):
     """Open one session per host and align ``ids`` by PSI; close them on exit.
 
+    A host this process already aligned a superset of ``ids`` with reuses that alignment
+    instead (see :func:`~fedsk.federation._psi.open_aligned`).
+
     Every ID must be held by every host: otherwise ``ValueError`` says how many rows
     each host lacks. Yields the list of :class:`GuestSession` in the federation's order.
     When the block raises, the hosts delete the models these sessions made, unless
@@ -278,10 +281,8 @@ def aligned_sessions(federation, ids, *, protocol, n_jobs=None, keep_models=Fals
     try:
         lacking = {}  # host -> positions of the rows it does not hold
         for client in federation.connect():
-            sid, info = client.open_session(protocol)
-            session = GuestSession(client, sid, info)
-            sessions.append(session)
-            found = align(client, sid, ids, n_jobs=n_jobs)
+            sid, info, found = open_aligned(client, protocol, ids, n_jobs=n_jobs)
+            sessions.append(GuestSession(client, sid, info))
             if len(found) != len(ids):
                 lacking[client.name] = np.setdiff1d(np.arange(len(ids)), found)
         if lacking:

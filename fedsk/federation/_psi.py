@@ -15,11 +15,23 @@ positions of matched entries. The guest learns the intersection and the host's s
 size; the host learns the intersection's rows and the guest's set size; neither learns
 an ID outside the intersection. Later messages address samples by their position in
 the agreed intersection, never by ID.
+
+A later session of the same peer on the same dataset may reuse an alignment instead of
+running PSI again (a grid search fits many times on the same rows): the host answers
+the intersection with an opaque handle, and the guest opens the next session with that
+handle and the positions, within that alignment, of the rows it uses now. The host then
+learns which of the rows it already knows to be shared this session uses, as it would
+from PSI; the guest learns nothing new. Handles live in the host's memory (see
+:data:`ALIGNMENT_TTL`), are bound to the peer and the dataset, and die with a restart;
+a guest whose handle the host no longer knows runs PSI.
 """
 
 import datetime
+import hashlib
 import secrets
 import threading
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,16 +42,23 @@ from ..exceptions import BadMessageError, ConflictError, ProtocolError
 from ._wire import Message
 
 __all__ = [
+    "ALIGNMENT_TTL",
     "align",
     "canonical_id",
     "hash_ids",
     "host_exchange",
     "host_intersection",
     "host_open",
+    "open_aligned",
 ]
 
 DOMAIN = b"fedsk-psi-v1\x00"
 MAX_IDS = 50_000_000
+# a host keeps an alignment reusable this long after its last use, at most this many
+# per process (least recently used dropped first) and this many rows in all
+ALIGNMENT_TTL = 3600.0
+MAX_ALIGNMENTS = 32
+MAX_ALIGNED_ROWS = 20_000_000
 
 
 def canonical_id(value):
@@ -86,6 +105,11 @@ def align(client, session_id, ids, *, n_jobs=None):
     The intersection's agreed order is the order of ``ids``; the host stores the
     matching rows of its dataset in that order.
     """
+    return _align(client, session_id, ids, n_jobs=n_jobs)[0]
+
+
+def _align(client, session_id, ids, *, n_jobs=None):
+    """:func:`align`, and the handle the host gave the alignment (or None)."""
     key = ecdh_key()
     hashed = hash_ids(ids, session_id)
     _check_distinct(hashed, ids)
@@ -106,12 +130,102 @@ def align(client, session_id, ids, *, n_jobs=None):
         if j is not None:
             guest_pos.append(i)
             host_idx.append(j)
-    client.call(
+    answer = client.call(
         "psi.intersection",
         session_id,
         Message(arrays={"host_indices": np.asarray(host_idx, dtype=np.int64)}),
     )
-    return np.asarray(guest_pos, dtype=np.int64)
+    handle = answer.meta.get("alignment")
+    return np.asarray(guest_pos, dtype=np.int64), handle if isinstance(handle, str) else None
+
+
+def open_aligned(client, protocol, ids, *, n_jobs=None):
+    """Open a session on ``client``'s host and align ``ids``: ``(session_id, info, found)``.
+
+    ``found`` are the positions of ``ids`` the host holds. When every one of ``ids`` was
+    among those an earlier session of this process aligned with that host (same URL,
+    dataset and token), the session reuses that alignment (no PSI, see the module);
+    otherwise, or when the host no longer knows it, PSI runs.
+    """
+    reuse = _cache.find(client, ids)
+    if reuse is None:
+        sid, info = client.open_session(protocol)
+    else:
+        handle, positions = reuse
+        sid, info = client.open_session(protocol, alignment=handle, positions=positions)
+        if info.get("aligned") == len(ids):
+            return sid, info, np.arange(len(ids))
+        _cache.forget(client, handle)
+    found, handle = _align(client, sid, ids, n_jobs=n_jobs)
+    if handle is not None:
+        _cache.add(client, ids, found, handle)
+    return sid, info, found
+
+
+class _AlignmentCache:
+    """The alignments this process made with each host (a few, most recent first)."""
+
+    PER_HOST, MAX_HOSTS = 4, 16
+
+    def __init__(self):
+        self._entries = OrderedDict()  # (url, dataset, token digest) -> [(keys, order, handle)]
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(client):
+        t = client.transport
+        token = getattr(t, "token", "")
+        digest = hashlib.sha256(token.encode() if isinstance(token, str) else b"").hexdigest()
+        return (getattr(t, "url", ""), client.dataset, digest)
+
+    @staticmethod
+    def _keys(ids):
+        return pd.Index([canonical_id(v) for v in ids])
+
+    def add(self, client, ids, found, handle):
+        keys = self._keys(ids)
+        if not keys.is_unique:
+            return
+        order = np.full(len(ids), -1, dtype=np.int64)  # position in the alignment, or -1
+        order[found] = np.arange(len(found))
+        key = self._key(client)
+        with self._lock:
+            entries = self._entries.pop(key, [])
+            self._entries[key] = [(keys, order, handle), *entries][: self.PER_HOST]
+            while len(self._entries) > self.MAX_HOSTS:
+                self._entries.popitem(last=False)
+
+    def find(self, client, ids):
+        """``(handle, positions)`` of an alignment holding all of ``ids``, or None."""
+        key = self._key(client)
+        with self._lock:
+            entries = list(self._entries.get(key, []))
+        if not entries or not len(ids):
+            return None
+        keys = self._keys(ids)
+        if not keys.is_unique:
+            return None  # (PSI says which IDs clash)
+        for cached, order, handle in entries:
+            at = cached.get_indexer(keys)
+            if (at >= 0).all():
+                positions = order[at]
+                if (positions >= 0).all():
+                    return handle, positions
+        return None
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+
+    def forget(self, client, handle):
+        key = self._key(client)
+        with self._lock:
+            entries = self._entries.get(key)
+            if entries is not None:
+                self._entries[key] = [e for e in entries if e[2] != handle]
+
+
+_cache = _AlignmentCache()
 
 
 def _check_distinct(hashed, ids):
@@ -154,12 +268,28 @@ def _own_points(dataset, session_id, n_jobs, *, background=False):
     return key, perm, multiply(points, key, n_jobs=n_jobs, **kw)
 
 
-def host_open(ctx):
-    """Start our half of the exchange for a session that just opened (in the background)."""
+def host_open(ctx, msg=None):
+    """A session opens: reuse the alignment it names, or start our half of PSI.
+
+    With ``alignment`` (a handle from an earlier session's intersection) and ``positions``
+    (rows of that alignment, in this session's order), the session's rows are set at
+    once and the answer says ``aligned``: their number, or 0 when the handle is unknown
+    here (expired, another peer's, or from before a restart); the guest then runs PSI.
+    Otherwise our half of the exchange starts in the background.
+    """
+    handle = msg.meta.get("alignment") if msg is not None else None
+    if handle is not None:
+        if not isinstance(handle, str):
+            raise BadMessageError("field 'alignment' must be a string")
+        rows = _reused_rows(ctx, handle, msg)
+        if rows is not None:
+            ctx.session.state["rows"] = rows
+            return {"aligned": len(rows)}
     if _OWN_SLOTS.acquire(blocking=False):
         future = _OWN.submit(_own_points, ctx.dataset, ctx.session.id, ctx.n_jobs, background=True)
         future.add_done_callback(lambda _: _OWN_SLOTS.release())
         ctx.session.state["psi_own"] = future
+    return {"aligned": 0} if handle is not None else None
 
 
 def host_exchange(ctx, msg):
@@ -182,7 +312,11 @@ def host_exchange(ctx, msg):
 
 
 def host_intersection(ctx, msg):
-    """Record the intersection (rows of our dataset in the guest's order)."""
+    """Record the intersection (rows of our dataset in the guest's order).
+
+    The answer's ``alignment`` is a handle the same peer may open later sessions with
+    (see :func:`host_open`).
+    """
     perm = ctx.session.state.get("psi_perm")
     if perm is None:
         raise ConflictError("send the PSI exchange (psi) before the intersection")
@@ -190,5 +324,50 @@ def host_intersection(ctx, msg):
     if len(np.unique(idx)) != len(idx):
         raise BadMessageError("array 'host_indices' has duplicates")
     ctx.session.state.clear()
-    ctx.session.state["rows"] = perm[idx.astype(np.int64)]
-    return Message({"n_intersection": len(idx)})
+    rows = perm[idx.astype(np.int64)]
+    ctx.session.state["rows"] = rows
+    return Message({"n_intersection": len(idx), "alignment": _remember(ctx, rows)})
+
+
+# -- alignments a peer may reuse ------------------------------------------------------------
+
+_alignments = OrderedDict()  # handle -> _Alignment, least recently used first
+_alignments_lock = threading.Lock()
+
+
+class _Alignment:
+    __slots__ = ("dataset", "peer", "rows", "used")
+
+    def __init__(self, peer, dataset, rows):
+        self.peer, self.dataset, self.rows = peer, dataset, rows
+        self.used = time.monotonic()
+
+
+def _remember(ctx, rows):
+    """Keep ``rows`` (an intersection, in the guest's order) under a new handle."""
+    handle = secrets.token_hex(16)
+    entry = _Alignment(ctx.session.peer, ctx.dataset, np.array(rows, dtype=np.int64))
+    with _alignments_lock:
+        _alignments[handle] = entry
+        total = sum(len(a.rows) for a in _alignments.values())
+        while len(_alignments) > MAX_ALIGNMENTS or total > MAX_ALIGNED_ROWS:
+            _, dropped = _alignments.popitem(last=False)
+            total -= len(dropped.rows)
+    return handle
+
+
+def _reused_rows(ctx, handle, msg):
+    """The rows of ``handle``'s alignment at ``positions``, or None if it is not ours."""
+    now = time.monotonic()
+    with _alignments_lock:
+        for h in [h for h, a in _alignments.items() if now - a.used > ALIGNMENT_TTL]:
+            del _alignments[h]
+        entry = _alignments.get(handle)
+        if entry is None or entry.peer != ctx.session.peer or entry.dataset is not ctx.dataset:
+            return None  # (another peer's handle is as good as unknown)
+        entry.used = now
+        _alignments.move_to_end(handle)
+    positions = msg.array("positions", kind="iu", ndim=1, low=0, high=len(entry.rows))
+    if len(positions) == 0 or len(np.unique(positions)) != len(positions):
+        raise BadMessageError("array 'positions' must be unique and non-empty")
+    return entry.rows[positions.astype(np.int64)]

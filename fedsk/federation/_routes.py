@@ -106,8 +106,9 @@ ROUTES = (
     ),
 )
 
-# Host halves the party server calls, with the new session's context, as soon as a session
-# opens (before answering): work that depends only on the session starts there.
+# Host halves the party server calls as soon as a session opens (before answering), with
+# the new session's context and the opening message: work that depends only on the
+# session starts there. A hook may return fields to add to the answer.
 ON_SESSION_OPEN = ("fedsk.federation._psi:host_open",)
 
 _BY_NAME = {r.name: r for r in ROUTES}
