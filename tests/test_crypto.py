@@ -372,11 +372,31 @@ def test_threads_needing_one_table_build_it_once(monkeypatch, keypair):
     assert tables[0].pow(5) == gmpy2.powmod(base, 5, pub.nsquare)
 
 
+def test_rerandomising_builds_the_small_table_and_uses_the_large_one_once_built(keypair):
+    pub, priv = generate_keypair(1024)  # fresh: no table of its base exists yet
+    base, nsq, bits = int(pub.obfuscator_base), int(pub.nsquare), pub.alpha_bits
+    enc = encrypt_integers(priv, [3, 4, 5])
+    again = enc.rerandomise(n_jobs=1)
+    assert decrypt_integers(priv, again) == [3, 4, 5]
+    assert again.ciphertexts != enc.ciphertexts
+    assert (base, nsq, bits, K.RERANDOMISE_WINDOW) in K._TABLES
+    assert (base, nsq, bits, 8) not in K._TABLES
+    small = K._TABLES[(base, nsq, bits, K.RERANDOMISE_WINDOW)]
+    assert small.window == 6 and small.pow(1234567) == gmpy2.powmod(base, 1234567, nsq)
+    pub.prepare_obfuscation()  # a party that encrypts under the key too: window 8
+    large = K._TABLES[(base, nsq, bits, 8)]
+    used = []
+    real = large.pow
+    large.pow = lambda e: used.append(e) or real(e)
+    assert decrypt_integers(priv, enc.rerandomise(n_jobs=1)) == [3, 4, 5]
+    assert len(used) == 3
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_prepare_encryption_builds_the_tables_encryption_uses(n_jobs):
     fresh_pub, fresh_priv = generate_keypair(1024)
     crt = fresh_priv._crt_enc()
-    keys = [(int(crt[6]), int(crt[3]), fresh_pub.alpha_bits)]  # the table mod p**2
+    keys = [(int(crt[6]), int(crt[3]), fresh_pub.alpha_bits, 8)]  # the table mod p**2
     assert not any(k in K._TABLES for k in keys)
     prepare_encryption(fresh_priv, n_jobs=n_jobs)
     # built in this process too (small encryptions are not shipped to workers)
@@ -402,6 +422,19 @@ def test_keypair_primes_have_their_two_top_bits_set_so_n_has_the_length_asked(n_
         assert {int(priv.p) >> 510, int(priv.q) >> 510} == {3}
         assert gmpy2.is_prime(priv.p) and gmpy2.is_prime(priv.q)
         assert abs(int(priv.p) - int(priv.q)) > 1 << 412
+
+
+def test_private_key_precomputations_are_phes_and_the_fast_base_is_an_n_th_residue():
+    for _ in range(3):
+        pub, priv = generate_keypair(1024)
+        ph = priv.to_phe()  # phe computes hp, hq with exponentiations (and sorts p < q)
+        assert {(ph.p, ph.hp), (ph.q, ph.hq)} == {(priv.p, priv.hp), (priv.q, priv.hq)}
+        # z is an n-th residue mod n**2 exactly when z**lcm(p-1, q-1) == 1 (mod n**2)
+        lam = gmpy2.lcm(priv.p - 1, priv.q - 1)
+        assert gmpy2.powmod(priv.hp_s, lam, priv.psquare) == 1 != priv.hp_s
+        assert gmpy2.powmod(priv.hq_s, lam, priv.qsquare) == 1 != priv.hq_s
+        enc = encrypt_integers(priv, [0, 5, pub.max_int])
+        assert [ph.raw_decrypt(int(c)) for c in enc.ciphertexts] == [0, 5, pub.max_int]
 
 
 def test_chunk_bounds_balance_weights_and_cover_every_item():
@@ -458,7 +491,7 @@ def test_encryptions_from_the_stock_decrypt_with_phe_and_are_used_once(keys, own
 def test_encryptions_all_from_the_stock_build_no_table_here():
     fresh_pub, fresh_priv = generate_keypair(1024)  # no table of it exists in this process
     crt = fresh_priv._crt_enc()
-    table = (int(crt[6]), int(crt[3]), fresh_pub.alpha_bits)
+    table = (int(crt[6]), int(crt[3]), fresh_pub.alpha_bits, 8)
     with ObfuscatorStock(fresh_priv, n_jobs=2) as stock:
         stock.fill(20)
         _wait_for(stock)

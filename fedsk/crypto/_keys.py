@@ -12,7 +12,13 @@ import threading
 import gmpy2
 from phe import paillier
 
-from ._kernels import cached_table, owner_decrypt, owner_encrypt, public_encrypt
+from ._kernels import (
+    RERANDOMISE_WINDOW,
+    cached_table,
+    owner_decrypt,
+    owner_encrypt,
+    public_encrypt,
+)
 from ._parallel import resolve_n_jobs, run_tasks
 
 __all__ = [
@@ -131,15 +137,17 @@ class PaillierPublicKey:
                     self._base = gmpy2.powmod(r0, self.n, self.nsquare)
         return self._base
 
-    def prepare_obfuscation(self):
+    def prepare_obfuscation(self, *, rerandomise_only=False):
         """Build this party's fixed-base table for the key now (``"fast"`` only).
 
         The first encryption or re-randomisation under a key otherwise builds it (about
-        0.1 s at 2048 bits); a party that knows it will need the key soon can call this
-        in a background thread while it waits for its peer.
+        0.05 s at 2048 bits); a party that knows it will need the key soon can call this
+        in a background thread while it waits for its peer. ``rerandomise_only``: the
+        smaller table of a party that only re-randomises under this key.
         """
         if self.obfuscation == "fast":
-            cached_table(self.obfuscator_base, self.nsquare, self.alpha_bits)
+            window = RERANDOMISE_WINDOW if rerandomise_only else 8
+            cached_table(self.obfuscator_base, self.nsquare, self.alpha_bits, window)
 
     def _public_args(self):
         return (self.n, self.nsquare, self.obfuscator_base, self.obfuscation, self.alpha_bits)
@@ -164,16 +172,21 @@ class PaillierPrivateKey:
             raise ValueError("p * q does not match the public key")
         self.p, self.q = p, q
         self.psquare, self.qsquare = p * p, q * q
-        n = public_key.n
-        g = n + 1
-        self.hp = gmpy2.invert((gmpy2.powmod(g, p - 1, self.psquare) - 1) // p, p)
-        self.hq = gmpy2.invert((gmpy2.powmod(g, q - 1, self.qsquare) - 1) // q, q)
+        # phe's hp = L(g**(p-1) mod p**2)**-1 mod p with g = n + 1, where
+        # g**(p-1) = 1 + (p-1) n mod p**2 (n**2 = 0 mod p**2), so L(...) = -q mod p:
+        # the same numbers without two 1024-bit exponentiations
+        self.hp = gmpy2.invert(-q % p, p)
+        self.hq = gmpy2.invert(-p % q, q)
         self.q_inv_p = gmpy2.invert(q, p)
         self.qsquare_inv = gmpy2.invert(self.qsquare, self.psquare)
-        # The fast obfuscator's base h_s = h**n, kept as its images mod p**2 and q**2.
-        h = gmpy2.mpz(secrets.randbelow(int(n) - 2) + 2)
-        self.hp_s = gmpy2.powmod(h, n, self.psquare)
-        self.hq_s = gmpy2.powmod(h, n, self.qsquare)
+        # The fast obfuscator's base h_s, a uniform n-th residue mod n**2, kept as its
+        # images mod p**2 and q**2: x**p mod p**2 and y**q mod q**2 for uniform x, y (the
+        # n-th residues mod p**2 are the p-th powers, since q is prime to p (p - 1) for
+        # primes of one length; likewise mod q**2), half the cost of h**n for each.
+        x = gmpy2.mpz(secrets.randbelow(int(self.psquare) - 2) + 2)
+        y = gmpy2.mpz(secrets.randbelow(int(self.qsquare) - 2) + 2)
+        self.hp_s = gmpy2.powmod(x, p, self.psquare)
+        self.hq_s = gmpy2.powmod(y, q, self.qsquare)
 
     def __reduce__(self):
         raise TypeError(

@@ -50,7 +50,7 @@ _PREPARE_SLOTS = threading.BoundedSemaphore(2)
 
 def _prepare_in_background(public_key):
     if _PREPARE_SLOTS.acquire(blocking=False):
-        future = _PREPARE.submit(public_key.prepare_obfuscation)
+        future = _PREPARE.submit(public_key.prepare_obfuscation, rerandomise_only=True)
         future.add_done_callback(lambda _: _PREPARE_SLOTS.release())
 
 
