@@ -437,6 +437,29 @@ def test_private_key_precomputations_are_phes_and_the_fast_base_is_an_n_th_resid
         assert [ph.raw_decrypt(int(c)) for c in enc.ciphertexts] == [0, 5, pub.max_int]
 
 
+def test_stock_workers_each_keep_the_table_of_one_prime():
+    from fedsk.crypto._parallel import submit_idle
+
+    pub, priv = generate_keypair(1024)
+    crt = priv._crt_enc()
+    p_table = (int(crt[6]), int(crt[3]), pub.alpha_bits, 8)  # h_s's image mod p**2
+    q_table = (int(crt[7]), int(crt[4]), pub.alpha_bits, 8)
+    with ObfuscatorStock(priv, n_jobs=2) as stock:
+        stock.fill(100)
+        _wait_for(stock)
+        enc = encrypt_integers(priv, list(range(100)), stock=stock)
+        assert stock.taken == 100
+    phe_priv = priv.to_phe()
+    assert [phe_priv.raw_decrypt(int(c)) for c in enc.ciphertexts] == list(range(100))
+    assert len(set(enc.ciphertexts)) == 100
+    held = {
+        lane: submit_idle(lambda: list(K._TABLES), (), workers=1, lane=lane).result(60)
+        for lane in "pq"
+    }
+    assert p_table in held["p"] and q_table not in held["p"]
+    assert q_table in held["q"] and p_table not in held["q"]
+
+
 def test_chunk_bounds_balance_weights_and_cover_every_item():
     from fedsk.crypto._parallel import chunk_bounds
 
@@ -460,7 +483,7 @@ def _wait_for(stock, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with stock._lock:
-            if all(f.done() for f, _ in stock._pending):
+            if all(f.done() for fs, _ in stock._pending for f in fs):
                 return
         time.sleep(0.02)
     raise AssertionError("the stock's background work did not finish")

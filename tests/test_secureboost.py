@@ -263,7 +263,7 @@ def test_rounds_take_their_randomness_from_the_stock(tmp_path, monkeypatch):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with self._lock:
-                if all(f.done() for f, _ in self._pending):
+                if all(f.done() for fs, _ in self._pending for f in fs):
                     break
             time.sleep(0.01)
         return take(self, count)

@@ -7,6 +7,7 @@ it waits for its peers, in worker processes of idle priority; the round's encryp
 are then one multiplication each.
 """
 
+import secrets
 import threading
 import time
 from collections import deque
@@ -45,6 +46,11 @@ class ObfuscatorStock:
     -----
     An obfuscator is handed out by :meth:`take` exactly once and never leaves this
     process; :meth:`close` drops the ones left.
+
+    With the private key (``"fast"`` obfuscation), half the workers make the images mod
+    p**2 and the other half those mod q**2 of the same fresh exponents, which this
+    process combines (CRT): each worker then builds one fixed-base table per key, not
+    two. The exponents cross to the workers, which are this party's own processes.
     """
 
     CHUNK = 64  # obfuscators per background task (about 10 ms on a 2048-bit key)
@@ -54,9 +60,12 @@ class ObfuscatorStock:
     WAIT_PER_ITEM, WAIT_TABLES = 5e-4, 0.06
 
     def __init__(self, key, *, n_jobs=None, wait_first=False):
+        self._crt = None
         if isinstance(key, PaillierPrivateKey):
             pub = key.public_key
             self._task = K.owner_obfuscators, (key._crt_enc(), pub.obfuscation, pub.alpha_bits)
+            if pub.obfuscation == "fast":
+                self._crt = key._crt_enc()
         else:
             pub = key
             self._task = K.public_obfuscators, pub._public_args()
@@ -72,16 +81,36 @@ class ObfuscatorStock:
         """Have ``count`` obfuscators ready or in the making; returns at once."""
         if not self._workers:
             return
-        func, args = self._task
         with self._lock:
             missing = min(count, self.LIMIT) - len(self._ready) - sum(k for _, k in self._pending)
             while missing > 0 and not self._closed:
                 k = min(self.CHUNK, missing)
-                future = submit_idle(func, (k, *args), workers=self._workers)
-                if future is None:
+                futures = self._submit(k)
+                if futures is None:
                     return
-                self._pending.append((future, k))
+                self._pending.append((futures, k))
                 missing -= k
+
+    def _submit(self, k):
+        """Start making ``k`` obfuscators: a tuple of futures, or None (a broken pool)."""
+        if self._crt is None:
+            func, args = self._task
+            future = submit_idle(func, (k, *args), workers=self._workers)
+            return None if future is None else (future,)
+        _n, _p, _q, psquare, qsquare, _inv, hp_s, hq_s = self._crt
+        bits = self.public_key.alpha_bits
+        alphas = [secrets.randbits(bits) for _ in range(k)]
+        lane_workers = max(1, self._workers // 2)
+        futures = []
+        for lane, base, mod in (("p", hp_s, psquare), ("q", hq_s, qsquare)):
+            args = (base, mod, bits, alphas)
+            future = submit_idle(K.fixed_base_powers, args, workers=lane_workers, lane=lane)
+            if future is None:
+                for f in futures:
+                    f.cancel()
+                return None
+            futures.append(future)
+        return tuple(futures)
 
     def take(self, count):
         """Up to ``count`` obfuscators that are ready now, never waiting for the rest.
@@ -101,7 +130,7 @@ class ObfuscatorStock:
                     self.taken += len(out)
                     return out
                 head = self._pending[0][0]
-            wait([head], timeout=left)  # (outside the lock: close() may cancel it)
+            wait(head, timeout=left)  # (outside the lock: close() may cancel it)
 
     def patience(self, count):
         """How long the first :meth:`take` of ``count`` may wait: about what making
@@ -114,22 +143,28 @@ class ObfuscatorStock:
 
     def _collect(self):
         """Move what the finished futures first in line made to the ready list."""
-        while self._pending and self._pending[0][0].done():
-            future, _ = self._pending.popleft()
-            if future.cancelled():
+        while self._pending and all(f.done() for f in self._pending[0][0]):
+            futures, _ = self._pending.popleft()
+            if any(f.cancelled() for f in futures):
                 continue
-            exc = future.exception()
-            if exc is None:
-                self._ready.extend(future.result())
-            elif not isinstance(exc, BrokenProcessPool):
-                raise exc  # a bug, not a killed worker (whose share is made on the spot)
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if not errors:
+                made = [f.result() for f in futures]
+                if len(made) == 2:  # the images mod p**2 and q**2 of the same exponents
+                    _n, _p, _q, psquare, qsquare, inv, _hp, _hq = self._crt
+                    made = [[K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(*made)]]
+                self._ready.extend(made[0])
+            elif not all(isinstance(e, BrokenProcessPool) for e in errors):
+                # a bug, not a killed worker (whose share is made on the spot)
+                raise next(e for e in errors if not isinstance(e, BrokenProcessPool))
 
     def close(self):
         """Cancel what has not started and drop what is left."""
         with self._lock:
             self._closed = True
-            for future, _ in self._pending:
-                future.cancel()
+            for futures, _ in self._pending:
+                for future in futures:
+                    future.cancel()
             self._pending.clear()
             self._ready.clear()
 

@@ -299,6 +299,12 @@ def cached_table(base, mod, bits, window=8):
     return table
 
 
+def fixed_base_powers(base, mod, bits, exponents):
+    """``base ** e mod mod`` for each ``bits``-bit ``e``, from this process's table."""
+    table = cached_table(base, mod, bits)
+    return [table.pow(e) for e in exponents]
+
+
 def crt_combine(xp, xq, psquare, qsquare, qsquare_inv):
     """The x mod n**2 with x = xp mod p**2 and x = xq mod q**2."""
     return xq + qsquare * ((xp - xq) * qsquare_inv % psquare)

@@ -116,15 +116,16 @@ def idle_workers(n_jobs):
     return workers if workers > 1 and _default_processes() else 0
 
 
-def submit_idle(func, args, *, workers):
+def submit_idle(func, args, *, workers, lane=None):
     """Start ``func(*args)`` in one of ``workers`` processes of idle priority.
 
     For work done ahead of need: the processes run only when a core would otherwise
     idle (``SCHED_IDLE`` on Linux, else the lowest nice level), so they never slow the
-    party's own work. Returns a future, or ``None`` if the pool broke (a worker was
-    killed); the next call starts a new one.
+    party's own work. Work of one ``lane`` goes to processes of its own (which then keep
+    only the tables that lane's work needs). Returns a future, or ``None`` if the pool
+    broke (a worker was killed); the next call starts a new one.
     """
-    key = (os.getpid(), workers)
+    key = (os.getpid(), workers, lane)
     with _pools_lock:
         pool = _idle_pools.get(key)
         if pool is None:
