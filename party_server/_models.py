@@ -4,7 +4,8 @@ A model is a single ``.npz`` file (numeric arrays plus a JSON metadata array), w
 atomically (temp file, fsync, rename), read back with ``allow_pickle=False``. Each
 model belongs to the peer that trained it; another peer is told it does not exist.
 Retention keeps at most ``max_models`` per peer (oldest first out) and, optionally,
-drops models older than ``max_age_days``.
+drops models older than ``max_age_days``; it runs at start and whenever a new model is
+written, from the models' metadata (cached per file until the file changes).
 
 A file that cannot be read as a model (truncated, empty, not a ``.npz``: a partial
 restore, a disk error) concerns only its own model: listing and retention skip it with
@@ -48,12 +49,13 @@ def _created(meta):
     return created if isinstance(created, (int, float)) else 0
 
 
-def _read_model(path):
+def _read_model(path, *, meta_only=False):
     data = np.load(path, allow_pickle=False)
     if not isinstance(data, np.lib.npyio.NpzFile):  # (a .npy file: one array)
         raise ValueError("not a .npz archive")
     with data:
-        arrays = {k: data[k] for k in data.files}
+        names = ["__meta__"] if meta_only else data.files
+        arrays = {k: data[k] for k in names}
     meta = json.loads(arrays.pop("__meta__").tobytes().decode())
     if not isinstance(meta, dict):
         raise TypeError("the model's metadata is not a JSON object")
@@ -113,6 +115,8 @@ class ModelStore(ModelStoreAPI):
         self._lock = threading.Lock()
         self._pushed_out = threading.local()  # models max_models removed in this thread
         self._warned = set()  # unreadable files already in the server log
+        # metadata of the files listed before, by name: (mtime_ns, size, inode, meta)
+        self._metas = {}
         for tmp in self.root.glob(".tmp-*"):  # left by a crash mid-write: never a model
             tmp.unlink(missing_ok=True)
         self._apply_retention(None)  # models that expired while the server was down
@@ -128,10 +132,26 @@ class ModelStore(ModelStoreAPI):
     def _read(self, path):
         return _read_model(path)
 
-    def _read_checked(self, model_id):
+    def _meta(self, path):
+        """A model file's metadata; read again only when the file changed."""
+        st = path.stat()
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._metas.get(path.name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        meta, _ = _read_model(path, meta_only=True)
+        self._metas[path.name] = (stamp, meta)
+        while len(self._metas) > 4 * self.max_models + 1024:  # (files deleted meanwhile)
+            self._metas.pop(next(iter(self._metas)))
+        return meta
+
+    def _meta_checked(self, model_id):
+        return self._read_checked(model_id, read=self._meta)
+
+    def _read_checked(self, model_id, *, read=None):
         """``_read`` of a model by ID, its failures as answers for the peer."""
         try:
-            return self._read(self._path(model_id))
+            return (read or self._read)(self._path(model_id))
         except FileNotFoundError:
             raise NotFoundError(f"unknown model {model_id}") from None
         except OSError as exc:
@@ -148,11 +168,14 @@ class ModelStore(ModelStoreAPI):
             ) from None
 
     def save(self, model_id, peer, meta, arrays):
+        """Write a model. Retention runs when a new model is written (a model written
+        again, e.g. after every boosting round, adds none)."""
         path = self._path(model_id)
         with self._lock:
             created = time.time()
-            if path.exists():
-                old, _ = self._read_checked(model_id)  # (whose it is must be known)
+            new = not path.exists()
+            if not new:
+                old = self._meta_checked(model_id)  # (whose it is must be known)
                 if old.get("owner") != peer:
                     raise NotFoundError("unknown model")
                 created = old.get("created", created)
@@ -162,7 +185,8 @@ class ModelStore(ModelStoreAPI):
             payload["__meta__"] = np.frombuffer(json.dumps(full).encode(), dtype=np.uint8)
             np.savez(buf, **payload)
             atomic_write(path, buf.getvalue())
-            self._apply_retention(peer)
+            if new:
+                self._apply_retention(peer)
 
     def load(self, model_id, peer):
         meta, arrays = self._read_checked(model_id)
@@ -202,7 +226,7 @@ class ModelStore(ModelStoreAPI):
             if not _ID.match(path.stem):  # not a model's name: never served, never deleted
                 continue
             try:
-                meta, _ = self._read(path)
+                meta = self._meta(path)
             except FileNotFoundError:  # deleted meanwhile
                 continue
             except (OSError, *_DAMAGED) as exc:  # one bad file is no reason to stop
@@ -214,7 +238,7 @@ class ModelStore(ModelStoreAPI):
 
     def _warn_unreadable(self, path, exc):
         key = (path.name, type(exc).__name__)
-        if key in self._warned:  # once per file: retention lists at every save
+        if key in self._warned:  # once per file: retention lists at every new model
             return
         self._warned.add(key)
         log.warning(

@@ -337,6 +337,35 @@ def test_model_retention_bounds_the_store(tmp_path, host_df):
     assert len(list(store.root.glob("*.npz"))) == 3
 
 
+def test_saving_a_model_again_reads_no_other_model_file(tmp_path, host_df, monkeypatch):
+    """Retention runs when a model is first written, and lists every model by its
+    metadata only, read again only from files that changed: a host with many stored
+    models does not read them all at every boosting round of every fit."""
+    import party_server._models as M
+
+    app = create_app(write_host(tmp_path, host_df, models={"max_models": 50}))
+    store = app.extensions["fedsk"].models
+    ids = [store.create("bank", "t") for _ in range(20)]
+    for mid in ids:
+        store.save(mid, "bank", {}, {"w": np.zeros(1000)})
+    reads = []
+    real = M._read_model
+    monkeypatch.setattr(
+        M, "_read_model", lambda path, **kw: reads.append((path.stem, kw)) or real(path, **kw)
+    )
+    for r in range(5):  # a fit's rounds
+        store.save(ids[3], "bank", {"n_rounds": r + 1}, {"w": np.ones(1000)})
+    # (its own metadata, whose owner is checked, once the file has changed)
+    assert reads == [(ids[3], {"meta_only": True})] * 4
+    reads.clear()
+    new = store.create("bank", "t")
+    store.save(new, "bank", {}, {"w": np.zeros(1)})  # retention: only changed files
+    assert sorted(r[0] for r in reads) == sorted([ids[3], new])
+    assert all(kw == {"meta_only": True} for _, kw in reads)
+    assert store.load(ids[3], "bank")[0]["n_rounds"] == 5
+    assert [m["model_id"] for m in store.list("bank")][-1] == new
+
+
 def test_an_expired_model_is_gone_without_waiting_for_another_save(tmp_path, host_df, monkeypatch):
     import party_server._models as models_mod
 
@@ -893,7 +922,7 @@ def test_damaged_model_files_concern_only_their_own_model(tmp_path, host_df, cap
     for mid in damaged.values():
         assert sum(f"{mid}.npz cannot be read" in r.message for r in caplog.records) == 1
     ids = []
-    for i in range(3):  # retention runs at every save: still once per file in the log
+    for i in range(3):  # retention runs at every new model: still once per file in the log
         ids.append(store.create("bank", "t"))
         store.save(ids[-1], "bank", {"i": i}, {"w": np.zeros(2)})
     assert [m["model_id"] for m in store.list("bank")] == ids[1:]
