@@ -7,7 +7,6 @@ it waits for its peers, in worker processes of idle priority; the round's encryp
 are then one multiplication each.
 """
 
-import secrets
 import threading
 import time
 from collections import deque
@@ -99,7 +98,7 @@ class ObfuscatorStock:
             return None if future is None else (future,)
         _n, _p, _q, psquare, qsquare, _inv, hp_s, hq_s = self._crt
         bits = self.public_key.alpha_bits
-        alphas = [secrets.randbits(bits) for _ in range(k)]
+        alphas = K.random_exponents(k, bits)
         lane_workers = max(1, self._workers // 2)
         futures = []
         for lane, base, mod in (("p", hp_s, psquare), ("q", hq_s, qsquare)):

@@ -299,6 +299,15 @@ def cached_table(base, mod, bits, window=8):
     return table
 
 
+def random_exponents(count, bits):
+    """``count`` independent uniform ``bits``-bit integers from the OS's CSPRNG, read
+    in one call (``secrets.randbits`` reads it once per integer)."""
+    size = (bits + 7) // 8
+    raw = secrets.token_bytes(count * size)
+    drop = 8 * size - bits
+    return [int.from_bytes(raw[i : i + size], "big") >> drop for i in range(0, len(raw), size)]
+
+
 def fixed_base_powers(base, mod, bits, exponents):
     """``base ** e mod mod`` for each ``bits``-bit ``e``, from this process's table."""
     table = cached_table(base, mod, bits)
@@ -332,11 +341,10 @@ def owner_obfuscators(count, crt, obfuscation, alpha_bits):
     if obfuscation == "fast":
         tp = cached_table(hp_s, psquare, alpha_bits)
         tq = cached_table(hq_s, qsquare, alpha_bits)
-        out = []
-        for _ in range(count):
-            alpha = secrets.randbits(alpha_bits)
-            out.append(crt_combine(tp.pow(alpha), tq.pow(alpha), psquare, qsquare, qsquare_inv))
-        return out
+        return [
+            crt_combine(tp.pow(alpha), tq.pow(alpha), psquare, qsquare, qsquare_inv)
+            for alpha in random_exponents(count, alpha_bits)
+        ]
     xs = [mpz(secrets.randbelow(int(psquare) - 2) + 2) for _ in range(count)]
     ys = [mpz(secrets.randbelow(int(qsquare) - 2) + 2) for _ in range(count)]
     rp = gmpy2.powmod_base_list(xs, p, psquare)
@@ -360,7 +368,7 @@ def public_obfuscators(count, n, nsquare, base, obfuscation, alpha_bits, window=
         table = _TABLES.get((int(base), int(nsquare), alpha_bits, 8))
         if table is None:
             table = cached_table(base, nsquare, alpha_bits, window)
-        return [table.pow(secrets.randbits(alpha_bits)) for _ in range(count)]
+        return [table.pow(alpha) for alpha in random_exponents(count, alpha_bits)]
     rs = [mpz(secrets.randbelow(int(n) - 1) + 1) for _ in range(count)]
     return gmpy2.powmod_base_list(rs, n, nsquare)
 
