@@ -628,7 +628,7 @@ def test_a_killed_worker_process_fails_one_histogram_call_not_the_next(keypair, 
 
 def test_random_exponents_are_uniform_bits_wide_integers():
     xs = K.random_exponents(4000, 13)  # (not a whole number of bytes)
-    assert len(xs) == 4000 and 0 <= min(xs) and max(xs) < 2**13
+    assert len(xs) == 4000 and min(xs) >= 0 and max(xs) < 2**13
     assert len(set(xs)) > 3000  # 8192 values: nearly all distinct, never one repeated
     for bit in (0, 6, 12):  # every bit is set about half the time
         assert 0.45 < sum((x >> bit) & 1 for x in xs) / len(xs) < 0.55

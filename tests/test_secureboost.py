@@ -1,5 +1,7 @@
 """SecureBoost: sklearn compatibility, losslessness, multi-host, privacy (in-process hosts)."""
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -363,12 +365,45 @@ def test_host_prepares_at_most_two_keys_at_a_time():
             release.wait(10)
 
     for _ in range(5):
-        _host._prepare_in_background(SlowKey())
+        _host._prepare_in_background(SlowKey(), {}, 1)  # (one worker: the table here)
     release.set()
     _host._PREPARE.submit(lambda: None).result(10)  # the queue has drained
     assert started == [True, True]  # (the host only re-randomises under the guest's key)
     assert _host._PREPARE_SLOTS.acquire(blocking=False)  # slots are given back
     _host._PREPARE_SLOTS.release()
+
+
+def test_host_re_randomises_with_encryptions_of_zero_made_ahead(keypair):
+    from fedsk.crypto import EncryptedArray, decrypt_integers, encrypt_integers, packed_histograms
+    from fedsk.ensemble import _host
+
+    pub, priv = keypair
+    state = {}
+    _host._PREPARE.submit(lambda: None).result(10)  # (earlier tests' keys are done)
+    _host._prepare_in_background(pub, state, 2)
+    _host._PREPARE.submit(lambda: None).result(30)
+    stock = state["rerandomisers"]
+    assert stock.workers == 2 and stock._lane == "rerandomise"
+    deadline = time.monotonic() + 60
+    while len(stock._ready) < _host.RERANDOMISERS_AHEAD and time.monotonic() < deadline:
+        with stock._lock:
+            stock._collect()
+        time.sleep(0.05)
+    # three nodes' histograms: every packed ciphertext takes one of them
+    rng = np.random.default_rng(0)
+    enc = encrypt_integers(priv, rng.integers(0, 1000, size=40).tolist())
+    bins = rng.integers(0, 4, size=(40, 2))
+    widths = [20] * 8
+    nodes = [(np.arange(40), bins, np.ones(8, bool), widths, [3, 3, 2])]
+    plain = packed_histograms(enc, nodes, 4, n_jobs=1)
+    ahead = packed_histograms(enc, nodes, 4, n_jobs=2, stock=stock)
+    assert stock.taken == 3 and len(stock._ready) == _host.RERANDOMISERS_AHEAD - 3
+    assert decrypt_integers(priv, ahead[0]) == decrypt_integers(priv, plain[0])
+    assert not set(ahead[0].ciphertexts) & set(plain[0].ciphertexts)
+    # what the worker made is r**n's fast form: encryptions of zero, all different
+    zeros = stock.take(5)
+    assert len(set(zeros)) == 5
+    assert decrypt_integers(priv, EncryptedArray(pub, zeros, 0)) == [0] * 5
 
 
 @pytest.mark.parametrize("task", ["clf", "reg"])

@@ -33,6 +33,10 @@ class ObfuscatorStock:
         under a joblib backend other than the default, nothing is made ahead and
         :meth:`take` returns nothing: every encryption is computed when asked for.
 
+    rerandomise_only : bool, default=False
+        With a public key: for a party that only re-randomises under it (a SecureBoost
+        host). One worker makes them, from the smaller table re-randomisation uses.
+
     wait_first : bool, default=False
         The first :meth:`take` waits (at most :meth:`patience`) for what :meth:`fill`
         has started, instead of leaving the rest to be made on the spot: for a party
@@ -58,8 +62,8 @@ class ObfuscatorStock:
     # core, and twice the time the tables take to build
     WAIT_PER_ITEM, WAIT_TABLES = 5e-4, 0.06
 
-    def __init__(self, key, *, n_jobs=None, wait_first=False):
-        self._crt = None
+    def __init__(self, key, *, n_jobs=None, wait_first=False, rerandomise_only=False):
+        self._crt, self._lane = None, None
         if isinstance(key, PaillierPrivateKey):
             pub = key.public_key
             self._task = K.owner_obfuscators, (key._crt_enc(), pub.obfuscation, pub.alpha_bits)
@@ -68,6 +72,9 @@ class ObfuscatorStock:
         else:
             pub = key
             self._task = K.public_obfuscators, pub._public_args()
+            if rerandomise_only:
+                self._task = K.public_obfuscators, (*pub._public_args(), K.RERANDOMISE_WINDOW)
+                self._lane = "rerandomise"
         self.public_key = pub
         self._workers = idle_workers(n_jobs)
         self._wait_first = wait_first
@@ -75,6 +82,11 @@ class ObfuscatorStock:
         self._lock = threading.Lock()
         self._closed = False
         self.taken = 0  # obfuscators handed out so far
+
+    @property
+    def workers(self):
+        """Worker processes making obfuscators ahead (0: none, :meth:`take` gives none)."""
+        return self._workers
 
     def fill(self, count):
         """Have ``count`` obfuscators ready or in the making; returns at once."""
@@ -94,7 +106,10 @@ class ObfuscatorStock:
         """Start making ``k`` obfuscators: a tuple of futures, or None (a broken pool)."""
         if self._crt is None:
             func, args = self._task
-            future = submit_idle(func, (k, *args), workers=self._workers)
+            if self._lane is None:
+                future = submit_idle(func, (k, *args), workers=self._workers)
+            else:  # (one process: one table per key)
+                future = submit_idle(func, (k, *args), workers=1, lane=self._lane)
             return None if future is None else (future,)
         _n, _p, _q, psquare, qsquare, _inv, hp_s, hq_s = self._crt
         bits = self.public_key.alpha_bits

@@ -559,7 +559,7 @@ def _sub_chunk(cts, ots, mod):
     return K.mulmod_pairs(cts, K.batch_invert(ots, mod), mod)
 
 
-def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
+def packed_histograms(enc, nodes, n_bins, *, n_jobs=None, stock=None):
     """Encrypted histograms of several nodes, packed for decryption and re-randomised.
 
     The host's step of SecureBoost in one call. Node ``k`` is given as
@@ -568,9 +568,11 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
     values in ``[0, n_bins)``; feature-major); the buckets where ``keep`` is true are
     packed in order, ``sizes[i]`` to the ``i``-th ciphertext, bucket ``j`` of them
     ``widths[j]`` bits wide (the first most significant); and every packed ciphertext
-    is re-randomised with this party's own obfuscator. The bucket sums of all nodes
-    are split over worker processes by node and feature (unless they are small); the
-    packing (GIL-free squarings) over threads. Returns one :class:`EncryptedArray` per node.
+    is re-randomised with this party's own obfuscator (from ``stock``, an
+    :class:`ObfuscatorStock` of the public key, as far as it has them ready). The bucket
+    sums of all nodes are split over worker processes by node and feature (unless they
+    are small); the packing (GIL-free squarings) over threads. Returns one
+    :class:`EncryptedArray` per node.
     """
     pub = enc.public_key
     pub_args, nsq = pub._public_args(), pub.nsquare
@@ -591,27 +593,50 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None):
             all_widths.append(widths[start : start + size])
             owners.append(k)
             start += size
-    packed = _pack_groups(all_groups, all_widths, pub_args, n_jobs)
+    ready = []
+    if stock is not None:
+        if stock.public_key != pub:
+            raise ValueError("the obfuscator stock belongs to another key")
+        ready = stock.take(len(all_groups))
+    packed = _pack_groups(all_groups, all_widths, pub_args, n_jobs, ready)
     out = [[] for _ in nodes]
     for k, c in zip(owners, packed):
         out[k].append(c)
     return [EncryptedArray(pub, cts, 0) for cts in out]
 
 
-def _pack_groups(groups, widths, pub_args, n_jobs):
+def _pack_groups(groups, widths, pub_args, n_jobs, ready=()):
     """:func:`K.pack_and_rerandomise` of every group, one task per group on threads.
 
     The threads take the groups longest first as each becomes free: contiguous chunks,
     one per thread, left one thread idle for 10-20 ms of every request while the other
     finished (threads of one process do not run equally fast, nor do groups of equal
-    squarings).
+    squarings). ``ready``: obfuscators made ahead, for the first groups.
     """
+    obfs = list(ready)[: len(groups)]
+    obfs += [None] * (len(groups) - len(obfs))
     squarings = [sum(w) - w[0] for w in widths]
     workers = resolve_n_jobs(n_jobs)
     if workers == 1 or len(groups) < 2 or sum(squarings) < MIN_PARALLEL_OPS // 8:
-        return K.pack_and_rerandomise(groups, widths, pub_args)
+        have = [i for i, r in enumerate(obfs) if r is not None]
+        rest = [i for i, r in enumerate(obfs) if r is None]
+        out = [None] * len(groups)
+        for ids, made in ((have, [obfs[i] for i in have]), (rest, None)):
+            if ids:
+                part = K.pack_and_rerandomise(
+                    [groups[i] for i in ids], [widths[i] for i in ids], pub_args, made
+                )
+                for i, c in zip(ids, part):
+                    out[i] = c
+        return out
     order = sorted(range(len(groups)), key=squarings.__getitem__, reverse=True)
-    tasks = [(K.pack_and_rerandomise, ([groups[i]], [widths[i]], pub_args)) for i in order]
+    tasks = [
+        (
+            K.pack_and_rerandomise,
+            ([groups[i]], [widths[i]], pub_args, None if obfs[i] is None else [obfs[i]]),
+        )
+        for i in order
+    ]
     out = [None] * len(groups)
     for i, (c,) in zip(order, run_tasks(tasks, workers=workers, prefer="threads")):
         out[i] = c

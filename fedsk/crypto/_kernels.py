@@ -219,9 +219,14 @@ def _horner_one(group, widths, mod):
     return acc
 
 
-def pack_and_rerandomise(groups, widths, pub_args):
-    """:func:`horner_pack_widths` then :func:`rerandomise`."""
-    return rerandomise(horner_pack_widths(groups, widths, pub_args[1]), *pub_args)
+def pack_and_rerandomise(groups, widths, pub_args, obfuscators=None):
+    """:func:`horner_pack_widths` then :func:`rerandomise` (with ``obfuscators``, fresh
+    encryptions of zero made ahead, one per group, when given)."""
+    packed = horner_pack_widths(groups, widths, pub_args[1])
+    if obfuscators is None:
+        return rerandomise(packed, *pub_args)
+    nsquare = pub_args[1]
+    return [c * r % nsquare for c, r in zip(packed, obfuscators, strict=True)]
 
 
 # -- obfuscators r**n (the cost of every encryption) -----------------------------------

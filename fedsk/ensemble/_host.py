@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..crypto import EncryptedArray, packed_histograms
+from ..crypto import EncryptedArray, ObfuscatorStock, packed_histograms
+from ..crypto._parallel import idle_workers
 from ..exceptions import BadMessageError, ConflictError
 from ..federation import Message, aligned_rows, model_columns, public_key_from_wire
 from ..tree import BinMapper
@@ -40,17 +41,30 @@ __all__ = ["decisions", "gradients", "histograms", "setup", "splits"]
 KIND = "secureboost"
 MAX_SLOTS = 256
 
-# builds a new guest key's re-randomisation table while the guest encrypts its first
-# gradients, so that the first histogram answer does not wait for it. At most two keys
-# wait at a time: a peer opening fits in a loop cannot queue up work (beyond that, the
-# first histogram request builds the table, as it would without this).
+# gets a new guest key's re-randomisation ready while the guest encrypts its first
+# gradients, so that the first histogram answer does not wait for it: this party's base
+# for the key, then a stock of re-randomisers made by an idle-priority worker process
+# (or, with one worker, the table here). At most two keys wait at a time: a peer
+# opening fits in a loop cannot queue up work (beyond that, the first histogram request
+# builds the table, as it would without this).
 _PREPARE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsk-prepare")
 _PREPARE_SLOTS = threading.BoundedSemaphore(2)
+RERANDOMISERS_AHEAD = 64  # at first; then twice the last answer's packed ciphertexts
 
 
-def _prepare_in_background(public_key):
+def _prepare_in_background(public_key, state, n_jobs):
+    idle = idle_workers(n_jobs)  # (joblib's configuration is this thread's)
+
+    def prepare():
+        if idle:
+            stock = ObfuscatorStock(public_key, n_jobs=idle, rerandomise_only=True)
+            stock.fill(RERANDOMISERS_AHEAD)
+            state["rerandomisers"] = stock
+        else:
+            public_key.prepare_obfuscation(rerandomise_only=True)
+
     if _PREPARE_SLOTS.acquire(blocking=False):
-        future = _PREPARE.submit(public_key.prepare_obfuscation, rerandomise_only=True)
+        future = _PREPARE.submit(prepare)
         future.add_done_callback(lambda _: _PREPARE_SLOTS.release())
 
 
@@ -108,7 +122,8 @@ def setup(ctx, msg):
         "n_committed": len(records["feature"]),
         "gh": {},
     }
-    _prepare_in_background(pub)  # last: it competes for the CPU with what is above
+    # last: it competes for the CPU with what is above
+    _prepare_in_background(pub, ctx.session.state["sb"], ctx.n_jobs)
     return Message(
         {
             "model_id": model_id,
@@ -248,15 +263,19 @@ def _add_histograms(ctx, st, node_rows, msg, reply):
         spec = (idx, node_bins, sent, widths, plaintext_groups(widths, key_length))
         by_slot.setdefault(slot, []).append((k, spec))
     packed = [None] * len(node_rows)
+    stock = st.get("rerandomisers")  # (once the background has made it)
     for slot, items in by_slot.items():
         out = packed_histograms(
             gh["slots"][slot],
             [spec for _, spec in items],
             mapper.n_bins_total,
             n_jobs=ctx.n_jobs,
+            stock=stock,
         )
         for (k, _), enc in zip(items, out):
             packed[k] = enc
+    if stock is not None:  # for the next answers, on idle CPU
+        stock.fill(2 * sum(len(p) for p in packed))
     # the work done, so the guest can relate its fit time to the cryptographic floor
     ops = {
         "additions": int(
