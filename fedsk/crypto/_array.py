@@ -608,10 +608,11 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None, stock=None):
 def _pack_groups(groups, widths, pub_args, n_jobs, ready=()):
     """:func:`K.pack_and_rerandomise` of every group, one task per group on threads.
 
-    The threads take the groups longest first as each becomes free: contiguous chunks,
-    one per thread, left one thread idle for 10-20 ms of every request while the other
-    finished (threads of one process do not run equally fast, nor do groups of equal
-    squarings). ``ready``: obfuscators made ahead, for the first groups.
+    The threads (one more than ``n_jobs`` allows) take the groups longest first as each
+    becomes free: contiguous chunks, one per thread, left one thread idle for 10-20 ms
+    of every request while the other finished (threads of one process do not run
+    equally fast, nor do groups of equal squarings). ``ready``: obfuscators made ahead,
+    for the first groups.
     """
     obfs = list(ready)[: len(groups)]
     obfs += [None] * (len(groups) - len(obfs))
@@ -638,7 +639,10 @@ def _pack_groups(groups, widths, pub_args, n_jobs, ready=()):
         for i in order
     ]
     out = [None] * len(groups)
-    for i, (c,) in zip(order, run_tasks(tasks, workers=workers, prefer="threads")):
+    # one thread more than cores: a thread waits for the GIL between its squarings now
+    # and then, and the last groups share the cores instead of leaving one idle
+    threads = workers + 1
+    for i, (c,) in zip(order, run_tasks(tasks, workers=threads, prefer="threads")):
         out[i] = c
     return out
 
