@@ -78,7 +78,7 @@ class ObfuscatorStock:
         self.public_key = pub
         self._workers = idle_workers(n_jobs)
         self._wait_first = wait_first
-        self._ready, self._pending = [], deque()  # (future, how many it makes)
+        self._ready, self._pending = [], deque()  # ((futures...), how many they make)
         self._lock = threading.Lock()
         self._closed = False
         self.taken = 0  # obfuscators handed out so far
