@@ -619,24 +619,10 @@ def _pack_groups(groups, widths, pub_args, n_jobs, ready=()):
     squarings = [sum(w) - w[0] for w in widths]
     workers = resolve_n_jobs(n_jobs)
     if workers == 1 or len(groups) < 2 or sum(squarings) < MIN_PARALLEL_OPS // 8:
-        have = [i for i, r in enumerate(obfs) if r is not None]
-        rest = [i for i, r in enumerate(obfs) if r is None]
-        out = [None] * len(groups)
-        for ids, made in ((have, [obfs[i] for i in have]), (rest, None)):
-            if ids:
-                part = K.pack_and_rerandomise(
-                    [groups[i] for i in ids], [widths[i] for i in ids], pub_args, made
-                )
-                for i, c in zip(ids, part):
-                    out[i] = c
-        return out
+        return K.pack_and_rerandomise(groups, widths, pub_args, obfs)
     order = sorted(range(len(groups)), key=squarings.__getitem__, reverse=True)
     tasks = [
-        (
-            K.pack_and_rerandomise,
-            ([groups[i]], [widths[i]], pub_args, None if obfs[i] is None else [obfs[i]]),
-        )
-        for i in order
+        (K.pack_and_rerandomise, ([groups[i]], [widths[i]], pub_args, [obfs[i]])) for i in order
     ]
     out = [None] * len(groups)
     # one thread more than cores: a thread waits for the GIL between its squarings now

@@ -220,13 +220,16 @@ def _horner_one(group, widths, mod):
 
 
 def pack_and_rerandomise(groups, widths, pub_args, obfuscators=None):
-    """:func:`horner_pack_widths` then :func:`rerandomise` (with ``obfuscators``, fresh
-    encryptions of zero made ahead, one per group, when given)."""
+    """:func:`horner_pack_widths` then :func:`rerandomise`, with ``obfuscators[i]`` (a
+    fresh encryption of zero made ahead) for group ``i`` where it is not None."""
     packed = horner_pack_widths(groups, widths, pub_args[1])
-    if obfuscators is None:
-        return rerandomise(packed, *pub_args)
+    obfs = list(obfuscators) if obfuscators is not None else [None] * len(packed)
+    missing = [i for i, r in enumerate(obfs) if r is None]
+    made = public_obfuscators(len(missing), *pub_args, RERANDOMISE_WINDOW) if missing else []
+    for i, r in zip(missing, made):
+        obfs[i] = r
     nsquare = pub_args[1]
-    return [c * r % nsquare for c, r in zip(packed, obfuscators, strict=True)]
+    return [c * r % nsquare for c, r in zip(packed, obfs, strict=True)]
 
 
 # -- obfuscators r**n (the cost of every encryption) -----------------------------------
