@@ -45,6 +45,40 @@ def test_message_roundtrip(keypair):
     assert back.n_ciphertexts == 2
 
 
+@pytest.mark.parametrize(
+    "dtype", ["bool", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64", "float64"]
+)
+def test_npy_blobs_are_numpys_and_any_valid_header_reads(dtype):
+    import io
+
+    from fedsk.federation._wire import _npy_bytes, _read_npy
+
+    rng = np.random.default_rng(0)
+    for shape in [(), (0,), (1,), (5,), (2, 3), (0, 7), (3, 1, 2), (2, 2, 2, 2), (600, 9)]:
+        a = (rng.random(shape) * 100).astype(dtype)
+        ref = io.BytesIO()
+        np.lib.format.write_array(ref, a, allow_pickle=False)
+        assert _npy_bytes(a) == ref.getvalue()  # byte for byte what numpy writes
+        back = _read_npy(ref.getvalue(), "a")
+        assert back.dtype == a.dtype and back.shape == a.shape and np.array_equal(back, a)
+    # headers in other valid forms go through numpy's reader: version 2.0, other spacing
+    a = (np.arange(6) % 2).astype(dtype).reshape(2, 3)
+    ref = io.BytesIO()
+    np.lib.format.write_array(ref, a, version=(2, 0), allow_pickle=False)
+    assert np.array_equal(_read_npy(ref.getvalue(), "a"), a)
+    head = f"{{'shape': (2, 3), 'fortran_order': False, 'descr': '{a.dtype.str}'}}".encode()
+    head += b" " * (-(10 + len(head) + 1) % 64) + b"\n"
+    blob = b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head + a.tobytes()
+    assert np.array_equal(_read_npy(blob, "a"), a)
+    # and what is refused stays refused: a Fortran-ordered array, a count that lies
+    fortran = io.BytesIO()
+    np.lib.format.write_array(fortran, np.asfortranarray(np.ones((2, 3))), allow_pickle=False)
+    with pytest.raises(ValueError, match="unsupported"):
+        _read_npy(fortran.getvalue(), "a")
+    with pytest.raises(ValueError, match="truncated"):
+        _read_npy(_npy_bytes(a)[:-1], "a")
+
+
 def test_public_key_roundtrip_and_min_length(keypair):
     from fedsk.exceptions import BadMessageError
 

@@ -217,10 +217,44 @@ def _finite_json(value):
     return True
 
 
+# The .npy header numpy writes for a C-ordered array of a plain dtype, version 1.0:
+# b"\x93NUMPY\x01\x00", a little-endian u16 length, then this text padded with spaces
+# and a newline to a multiple of 64 bytes. Messages carry a handful of small arrays, and
+# numpy's own reader parses every header with ast.literal_eval (~0.1 ms, as long as the
+# rest of the array): headers of this exact form are read and written here, any other
+# goes through numpy.
+_NPY_PREFIX = b"\x93NUMPY\x01\x00"
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([<>|][a-z]\d{1,2})', 'fortran_order': False, "
+    rb"'shape': \(((?:\d{1,15}, )*\d{1,15},?)?\), \} *\n"
+)
+_NPY_DESCR = {dt.str.encode(): dt for dt in _DTYPES}
+
+
 def _npy_bytes(arr):
+    if arr.dtype in _DTYPES and arr.flags.c_contiguous:
+        text = f"{{'descr': '{arr.dtype.str}', 'fortran_order': False, 'shape': {arr.shape!r}, }}"
+        pad = -(len(_NPY_PREFIX) + 2 + len(text) + 1) % 64
+        header = (text + " " * pad + "\n").encode("latin1")
+        if len(header) < 1 << 16:
+            return b"".join([_NPY_PREFIX, struct.pack("<H", len(header)), header, arr.tobytes()])
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
+
+
+def _npy_header(blob):
+    """``(shape, dtype, data offset)`` of a blob whose header is of :func:`_npy_bytes`'s
+    form, else None."""
+    if not blob.startswith(_NPY_PREFIX) or len(blob) < 10:
+        return None
+    (hlen,) = struct.unpack_from("<H", blob, 8)
+    m = _NPY_HEADER.fullmatch(blob, 10, 10 + hlen)
+    dtype = m and _NPY_DESCR.get(m.group(1))
+    if dtype is None:
+        return None
+    shape = tuple(int(d) for d in (m.group(2) or b"").split(b",") if d.strip())
+    return shape, dtype, 10 + hlen
 
 
 def message_to_wire(msg):
@@ -240,17 +274,22 @@ def message_to_wire(msg):
 
 
 def _read_npy(blob, name):
-    buf = io.BytesIO(blob)
-    try:
-        version = np.lib.format.read_magic(buf)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except Exception as exc:  # numpy raises ValueError/SyntaxError/... on bad headers
-        raise BadMessageError(f"array {name!r} is not a valid .npy blob: {exc}") from None
+    fast = _npy_header(blob)
+    if fast is not None:
+        (shape, dtype, offset), fortran = fast, False
+    else:
+        buf = io.BytesIO(blob)
+        try:
+            version = np.lib.format.read_magic(buf)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except Exception as exc:  # numpy raises ValueError/SyntaxError/... on bad headers
+            raise BadMessageError(f"array {name!r} is not a valid .npy blob: {exc}") from None
+        offset = buf.tell()
     if dtype.hasobject or dtype not in _DTYPES or fortran:
         raise BadMessageError(f"array {name!r} has unsupported dtype {dtype}")
     if len(shape) > MAX_NDIM:
@@ -258,7 +297,7 @@ def _read_npy(blob, name):
     if any(int(d) < 0 or int(d) > MAX_DIM for d in shape):
         raise BadMessageError(f"array {name!r} has a dimension out of range: shape {shape}")
     count = math.prod(int(d) for d in shape)  # Python ints: no int64 wrap-around
-    data = blob[buf.tell() :]
+    data = blob[offset:]
     if count < 0 or count * dtype.itemsize != len(data):
         raise BadMessageError(f"array {name!r} is truncated or has trailing bytes")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
