@@ -11,11 +11,14 @@ def keypair():
 
 @pytest.fixture(autouse=True)
 def _fresh_alignments():
-    """Each test aligns its samples anew: a test whose fits are expected to run PSI
-    (counting its requests, or breaking them) must not reuse an earlier test's."""
+    """Each test aligns its samples anew and makes its first key pair: a test whose fits
+    are expected to run PSI (counting its requests, or breaking them) must not reuse an
+    earlier test's alignment, nor take a key pair an earlier test's fit made ahead."""
+    from fedsk.crypto._ahead import drop_keypair_ahead
     from fedsk.federation._psi import _cache
 
     _cache.clear()
+    drop_keypair_ahead()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The vectorised Paillier layer, checked against phe."""
 
+import os
 import time
 
 import gmpy2
@@ -633,3 +634,62 @@ def test_random_exponents_are_uniform_bits_wide_integers():
     for bit in (0, 6, 12):  # every bit is set about half the time
         assert 0.45 < sum((x >> bit) & 1 for x in xs) / len(xs) < 0.55
     assert K.random_exponents(0, 224) == [] and len(K.random_exponents(3, 224)) == 3
+
+
+def _made_ahead(key_length, encryptions):
+    from fedsk.crypto import _ahead
+
+    _ahead.make_keypair_ahead(key_length, n_jobs=2, encryptions=encryptions)
+    deadline = time.monotonic() + 60
+    while not _ahead._NEXT[os.getpid()].ready() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_key_pair_made_ahead_is_phes_fresh_and_taken_once():
+    from fedsk.crypto._ahead import take_keypair_ahead
+
+    _made_ahead(1024, 40)
+    pub, priv, stock = take_keypair_ahead(1024, n_jobs=2)
+    assert take_keypair_ahead(1024, n_jobs=2) is None  # taken once
+    assert pub.n.bit_length() == 1024 and priv.p * priv.q == pub.n and priv.p != priv.q
+    assert {int(priv.p) >> 510, int(priv.q) >> 510} == {3}
+    assert gmpy2.is_prime(priv.p) and gmpy2.is_prime(priv.q)
+    assert abs(int(priv.p) - int(priv.q)) > 1 << 412
+    # the workers drew the fast base's images: n-th residues, as the key draws them
+    lam = gmpy2.lcm(priv.p - 1, priv.q - 1)
+    assert gmpy2.powmod(priv.hp_s, lam, priv.psquare) == 1 != priv.hp_s
+    assert gmpy2.powmod(priv.hq_s, lam, priv.qsquare) == 1 != priv.hq_s
+    # its first obfuscators came with it: fresh encryptions of zero, all different
+    ready = stock.take(40)
+    assert len(ready) == 40 and len({int(r) for r in ready}) == 40
+    phe_priv = priv.to_phe()
+    assert {phe_priv.raw_decrypt(int(r)) for r in ready} == {0}
+    # and they are the key's h_s ** alpha: an encryption from the stock decrypts with phe
+    with stock:
+        stock.fill(10)
+        _wait_for(stock)
+        enc = encrypt_integers(priv, list(range(10)), stock=stock)
+    assert [phe_priv.raw_decrypt(int(c)) for c in enc.ciphertexts] == list(range(10))
+    assert phe_priv.decrypt(pub.to_phe().encrypt(17)) == 17
+
+
+def test_a_key_pair_made_ahead_is_not_taken_for_another_length_or_before_it_is_ready(
+    monkeypatch,
+):
+    from fedsk.crypto import _ahead
+
+    _made_ahead(1024, 0)
+    assert _ahead.take_keypair_ahead(1026, n_jobs=2) is None  # another length: dropped
+    assert _ahead.take_keypair_ahead(1024, n_jobs=2) is None
+    _made_ahead(1024, 0)
+    assert _ahead.take_keypair_ahead(1024, n_jobs=1) is None  # one worker: none made ahead
+    _ahead.make_keypair_ahead(1024, n_jobs=1)
+    assert os.getpid() not in _ahead._NEXT
+    _ahead.make_keypair_ahead(1024, n_jobs=2)
+    monkeypatch.setattr(_ahead._NextKeyPair, "ready", lambda self: False)
+    assert _ahead.take_keypair_ahead(1024, n_jobs=2) is None  # not ready: not waited for
+    assert os.getpid() not in _ahead._NEXT
+    monkeypatch.undo()
+    _made_ahead(1024, 0)
+    monkeypatch.setattr(_ahead, "KEYPAIR_AHEAD_SECONDS", 0.0)
+    assert _ahead.take_keypair_ahead(1024, n_jobs=2) is None  # too old

@@ -106,6 +106,8 @@ def _patch_keys(monkeypatch, keypair):
             generate_keypair
         ):
             monkeypatch.setattr(module, "generate_keypair", lambda *a, **k: keypair)
+    # (and no fit takes a key pair an earlier one made ahead)
+    monkeypatch.setattr("fedsk.federation._guest.take_keypair_ahead", lambda *a, **k: None)
 
 
 def record_flows(federation):

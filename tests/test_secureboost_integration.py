@@ -1,5 +1,6 @@
 """SecureBoost against real party-server processes: sklearn tooling, persistence, faults."""
 
+import os
 import threading
 import time
 
@@ -159,3 +160,35 @@ def test_killed_host_mid_fit_then_warm_start_continues(tmp_path):
             federation=fed, n_estimators=6, key_length=KEY, random_state=0
         ).fit(guest, y)
         np.testing.assert_allclose(clf.predict_proba(guest), fresh.predict_proba(guest), atol=1e-12)
+
+
+def test_a_fit_takes_the_fresh_key_pair_the_fit_before_made_ahead(parties, monkeypatch):
+    from fedsk.crypto import _ahead
+    from fedsk.federation import _guest
+
+    joined, guest, y, fed = parties
+    made_here, taken = [], []
+
+    def spy(func, into):
+        def call(*args, **kwargs):
+            into.append(func(*args, **kwargs))
+            return into[-1]
+
+        return call
+
+    monkeypatch.setattr(_guest, "generate_keypair", spy(_guest.generate_keypair, made_here))
+    monkeypatch.setattr(_guest, "take_keypair_ahead", spy(_guest.take_keypair_ahead, taken))
+    params = dict(n_estimators=2, max_depth=2, random_state=0)
+    est = SecureBoostClassifier(federation=fed, key_length=KEY, n_jobs=2, **params)
+    local = SecureBoostClassifier(**params).fit(joined, y)
+    est.fit(guest, y)  # (the conftest dropped any key pair made before this test)
+    assert len(made_here) == 1 and taken == [None]
+    deadline = time.monotonic() + 60
+    while not _ahead._NEXT[os.getpid()].ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    est.fit(guest, y)
+    assert len(made_here) == 1 and taken[-1] is not None  # no key pair made on the spot
+    first, second = made_here[0][0], taken[-1][0]
+    assert second.key_length == KEY and second.n != first.n  # a fresh key, used once
+    np.testing.assert_allclose(est.predict_proba(guest), local.predict_proba(joined), atol=1e-6)
+    assert os.getpid() in _ahead._NEXT  # the next one is in the making

@@ -7,18 +7,28 @@ it waits for its peers, in worker processes of idle priority; the round's encryp
 are then one multiplication each.
 """
 
+import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import wait
 
+import gmpy2
 from joblib.externals.loky.process_executor import BrokenProcessPool
 
 from . import _kernels as K
-from ._keys import PaillierPrivateKey
+from ._keys import (
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    _prime,
+    check_key_length,
+    distinct_enough,
+    obfuscator_image,
+    short_exponent_bits,
+)
 from ._parallel import idle_workers, submit_idle
 
-__all__ = ["ObfuscatorStock"]
+__all__ = ["ObfuscatorStock", "drop_keypair_ahead", "make_keypair_ahead", "take_keypair_ahead"]
 
 
 class ObfuscatorStock:
@@ -126,6 +136,13 @@ class ObfuscatorStock:
             futures.append(future)
         return tuple(futures)
 
+    def put(self, obfuscators):
+        """Add obfuscators made elsewhere for this key (each a fresh encryption of zero,
+        handed out once like the others)."""
+        with self._lock:
+            if not self._closed:
+                self._ready.extend(obfuscators)
+
     def take(self, count):
         """Up to ``count`` obfuscators that are ready now, never waiting for the rest.
 
@@ -187,3 +204,128 @@ class ObfuscatorStock:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# -- the next fit's key pair, made ahead ---------------------------------------------------
+
+
+def _prime_and_powers(bits, alpha_bits, alphas):
+    """Worker half of a key pair made ahead: a ``bits``-bit prime ``p`` (drawn as
+    :func:`~fedsk.crypto.generate_keypair` draws it), the image ``h`` mod ``p**2`` of the
+    fast obfuscator's base, and ``h ** alpha mod p**2`` for each of ``alphas`` (from this
+    process's table, which the key's later obfuscators of this lane use too)."""
+    p = _prime(bits)
+    image = obfuscator_image(p)
+    return p, int(image), K.fixed_base_powers(image, gmpy2.mpz(p) ** 2, alpha_bits, alphas)
+
+
+class _NextKeyPair:
+    """A key pair and its first obfuscators in the making, in the stock's two lanes."""
+
+    def __init__(self, key_length, workers, count):
+        self.key_length, self.workers = key_length, workers
+        self.made_at = time.monotonic()
+        self.alpha_bits = short_exponent_bits(key_length)
+        alphas = K.random_exponents(count, self.alpha_bits)
+        lane_workers = max(1, workers // 2)  # (the lanes ObfuscatorStock uses)
+        self.futures = []
+        for lane in ("p", "q"):
+            args = (key_length // 2, self.alpha_bits, alphas)
+            future = submit_idle(_prime_and_powers, args, workers=lane_workers, lane=lane)
+            if future is None:
+                self.cancel()
+                return
+            self.futures.append(future)
+
+    def ready(self):
+        return len(self.futures) == 2 and all(f.done() for f in self.futures)
+
+    def cancel(self):
+        for future in self.futures:
+            future.cancel()  # (one already running finishes, and its result is dropped)
+        self.futures = []
+
+
+# one per process: the key pair its next fit takes (a forked child makes its own)
+_NEXT, _NEXT_LOCK = {}, threading.Lock()
+# Key pairs made ahead are kept this long at most (as long as idle workers are kept),
+# and come with at most this many obfuscators (2 MB at 2048 bits): the rest of a large
+# fit's first round is made once it has started, as before.
+KEYPAIR_AHEAD_SECONDS = 300
+KEYPAIR_AHEAD_OBFUSCATORS = 4096
+
+
+def make_keypair_ahead(key_length, *, n_jobs=None, encryptions=0):
+    """Start making the key pair of this process's next fit, on idle CPU.
+
+    A fit's first step is to make a fresh key pair (about 40 ms of CPU at 2048 bits),
+    then the randomness of its first round's encryptions, while its peers wait. A fit
+    that ends calls this, so that the next fit (a grid search's, a cross-validation's,
+    a refit) finds both ready: its key pair is made now, in the idle-priority workers
+    of :class:`ObfuscatorStock` (each finds one prime, as :func:`generate_keypair`
+    does), with the obfuscators of its first ``encryptions`` encryptions (at most
+    :data:`KEYPAIR_AHEAD_OBFUSCATORS`). Every key pair is still used by one fit only;
+    it stays in this process's memory, never on disk, until :func:`take_keypair_ahead`
+    takes it or :data:`KEYPAIR_AHEAD_SECONDS` pass. Nothing happens with one worker or
+    under a joblib backend other than the default (see :func:`idle_workers`).
+    """
+    check_key_length(key_length)
+    workers = idle_workers(n_jobs)
+    if not workers:
+        return
+    count = max(0, min(int(encryptions), KEYPAIR_AHEAD_OBFUSCATORS))
+    with _NEXT_LOCK:
+        old = _NEXT.pop(os.getpid(), None)
+        if old is not None:
+            if old.key_length == key_length and old.workers == workers and old.futures:
+                _NEXT[os.getpid()] = old  # (one is in the making already)
+                return
+            old.cancel()
+        nxt = _NextKeyPair(key_length, workers, count)
+        if nxt.futures:
+            _NEXT[os.getpid()] = nxt
+
+
+def drop_keypair_ahead():
+    """Drop the key pair made ahead, if any (this process's next fit makes its own)."""
+    with _NEXT_LOCK:
+        nxt = _NEXT.pop(os.getpid(), None)
+    if nxt is not None:
+        nxt.cancel()
+
+
+def take_keypair_ahead(key_length, *, n_jobs=None):
+    """The key pair :func:`make_keypair_ahead` made, if it is ready now.
+
+    Returns ``(public_key, private_key, stock)``, the stock an :class:`ObfuscatorStock`
+    of the key (``wait_first``) holding the obfuscators made with it, or None: none was
+    asked for, it is for another key length or number of workers, or it is still in
+    the making (then it is dropped: the caller makes its key pair itself, not waiting
+    for CPU that may not come idle). Either way, the next call needs a new
+    :func:`make_keypair_ahead`.
+    """
+    workers = idle_workers(n_jobs)
+    with _NEXT_LOCK:
+        nxt = _NEXT.pop(os.getpid(), None)
+    if nxt is None:
+        return None
+    fresh = time.monotonic() - nxt.made_at < KEYPAIR_AHEAD_SECONDS
+    if not (fresh and nxt.key_length == key_length and nxt.workers == workers and nxt.ready()):
+        nxt.cancel()
+        return None
+    errors = [f.exception() for f in nxt.futures if not f.cancelled()]
+    if any(f.cancelled() for f in nxt.futures) or any(errors):
+        if any(e is not None and not isinstance(e, BrokenProcessPool) for e in errors):
+            raise next(e for e in errors if e is not None and not isinstance(e, BrokenProcessPool))
+        return None  # (a worker was killed: make the key pair here)
+    (p, hp_s, imgs_p), (q, hq_s, imgs_q) = (f.result() for f in nxt.futures)
+    if p == q or not distinct_enough(p, q):
+        return None
+    pub = PaillierPublicKey(gmpy2.mpz(p) * q)
+    if pub.key_length != key_length or pub.alpha_bits != nxt.alpha_bits:
+        return None
+    priv = PaillierPrivateKey(pub, p, q, obfuscator_images=(hp_s, hq_s))
+    stock = ObfuscatorStock(priv, n_jobs=workers, wait_first=True)
+    _n, _p, _q, psquare, qsquare, inv, _hp, _hq = priv._crt_enc()
+    stock.put([K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(imgs_p, imgs_q)])
+    return pub, priv, stock

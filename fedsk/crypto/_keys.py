@@ -165,7 +165,7 @@ class PaillierPrivateKey:
     purpose: pickling raises).
     """
 
-    def __init__(self, public_key, p, q):
+    def __init__(self, public_key, p, q, *, obfuscator_images=None):
         self.public_key = public_key
         p, q = gmpy2.mpz(p), gmpy2.mpz(q)
         if p * q != public_key.n:
@@ -183,10 +183,14 @@ class PaillierPrivateKey:
         # images mod p**2 and q**2: x**p mod p**2 and y**q mod q**2 for uniform x, y (the
         # n-th residues mod p**2 are the p-th powers, since q is prime to p (p - 1) for
         # primes of one length; likewise mod q**2), half the cost of h**n for each.
-        x = gmpy2.mpz(secrets.randbelow(int(self.psquare) - 2) + 2)
-        y = gmpy2.mpz(secrets.randbelow(int(self.qsquare) - 2) + 2)
-        self.hp_s = gmpy2.powmod(x, p, self.psquare)
-        self.hq_s = gmpy2.powmod(y, q, self.qsquare)
+        # ``obfuscator_images``: (x**p mod p**2, y**q mod q**2) drawn so by the workers
+        # that found the primes (see :func:`obfuscator_image`), key pairs made ahead.
+        if obfuscator_images is None:
+            obfuscator_images = (obfuscator_image(p), obfuscator_image(q))
+        hp_s, hq_s = (gmpy2.mpz(v) for v in obfuscator_images)
+        if not (1 < hp_s < self.psquare and 1 < hq_s < self.qsquare):
+            raise ValueError("the obfuscator images must lie in (1, p**2) and (1, q**2)")
+        self.hp_s, self.hq_s = hp_s, hq_s
 
     def __reduce__(self):
         raise TypeError(
@@ -256,6 +260,15 @@ def _prime(bits):
             return int(p)
 
 
+def obfuscator_image(prime):
+    """``x ** prime mod prime**2`` for a uniform ``x``: a uniform prime-th power, the image
+    mod ``prime**2`` of the fast obfuscator's base (see :class:`PaillierPrivateKey`)."""
+    prime = gmpy2.mpz(prime)
+    square = prime * prime
+    x = gmpy2.mpz(secrets.randbelow(int(square) - 2) + 2)
+    return gmpy2.powmod(x, prime, square)
+
+
 def _factors(key_length, workers):
     """Two distinct primes whose product has ``key_length`` bits; in parallel workers."""
     half = key_length // 2
@@ -264,9 +277,7 @@ def _factors(key_length, workers):
             p, q = run_tasks([(_prime, (half,)), (_prime, (half,))], workers=workers)
         else:
             p, q = _prime(half), _prime(half)
-        # FIPS 186-4, B.3.1: |p - q| > 2**(half - 100), which random primes all but
-        # surely satisfy
-        if abs(p - q) > 1 << (half - 100):
+        if distinct_enough(p, q):
             return p, q
 
 
@@ -304,10 +315,22 @@ def generate_keypair(key_length=DEFAULT_KEY_LENGTH, *, obfuscation="fast", n_job
     public_key : PaillierPublicKey
     private_key : PaillierPrivateKey
     """
+    check_key_length(key_length)
+    p, q = _factors(key_length, resolve_n_jobs(n_jobs))
+    pub = PaillierPublicKey(gmpy2.mpz(p) * q, obfuscation=obfuscation)
+    return pub, PaillierPrivateKey(pub, p, q)
+
+
+def check_key_length(key_length):
+    """Raise ValueError unless ``key_length`` is a key length :func:`generate_keypair` takes."""
     if not isinstance(key_length, int) or key_length < MIN_KEY_LENGTH or key_length % 2:
         # (phe draws two primes of half the length until n has exactly key_length bits,
         # which never happens for an odd length)
         raise ValueError(f"key_length must be an even int >= {MIN_KEY_LENGTH}, got {key_length!r}")
-    p, q = _factors(key_length, resolve_n_jobs(n_jobs))
-    pub = PaillierPublicKey(gmpy2.mpz(p) * q, obfuscation=obfuscation)
-    return pub, PaillierPrivateKey(pub, p, q)
+
+
+def distinct_enough(p, q):
+    """FIPS 186-4, B.3.1: ``|p - q| > 2**(half - 100)``, which random primes all but surely
+    satisfy."""
+    half = max(int(p).bit_length(), int(q).bit_length())
+    return abs(int(p) - int(q)) > 1 << (half - 100)

@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.utils._param_validation import InvalidParameterError
 
 from ..crypto import ObfuscatorStock, generate_keypair, prepare_encryption
+from ..crypto._ahead import make_keypair_ahead, take_keypair_ahead
 from ..crypto._parallel import idle_workers
 from ..exceptions import FedskError
 from ._federation import Federation, HostClient
@@ -344,10 +345,15 @@ def keyed_sessions(
     other than the default, the background thread gets the encryption ready instead.
     Yields ``(sessions, (public_key, private_key), stock)``, the stock the fit's
     encryptions take from (closed on exit).
+
+    On exit, the idle CPU starts making the next fit's key pair and first obfuscators
+    (:func:`~fedsk.crypto._ahead.make_keypair_ahead`), which that fit takes if they are
+    ready by then: a grid search's or cross-validation's fits then start at once.
     """
     keys = Future()  # (public_key, private_key, stock)
     # the stock's workers follow joblib's configuration, which is per thread: read it here
     idle = idle_workers(n_jobs)
+    made = take_keypair_ahead(key_length, n_jobs=n_jobs) if idle else None
 
     def keypair_then_prepare():
         try:
@@ -363,7 +369,11 @@ def keyed_sessions(
 
     try:
         with ThreadPoolExecutor(max_workers=1) as background:
-            background.submit(keypair_then_prepare)
+            if made is None:
+                background.submit(keypair_then_prepare)
+            else:
+                made[2].fill(ahead)  # (the rest of the first round's)
+                keys.set_result(made)
             with aligned_sessions(
                 federation, ids, protocol=protocol, n_jobs=n_jobs, keep_models=keep_models
             ) as sessions:
@@ -372,3 +382,5 @@ def keyed_sessions(
     finally:  # the background thread is done (the executor waited for it): drop the rest
         if keys.done() and keys.exception() is None:
             keys.result()[2].close()
+            if idle:
+                make_keypair_ahead(key_length, n_jobs=n_jobs, encryptions=ahead)
