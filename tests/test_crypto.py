@@ -221,11 +221,10 @@ def test_packed_histograms_with_a_width_per_record(keypair, monkeypatch, in_work
     shipped = []
     if in_workers:  # this work is small: make it go to the workers anyway
         monkeypatch.setattr(_array, "HISTOGRAM_MIN_OPS", 0)
-        monkeypatch.setattr(_array, "MIN_PARALLEL_OPS", 0)
         real = _array.run_tasks
 
         def spy(tasks, **kw):
-            shipped.append((len(tasks), kw.get("prefer")))
+            shipped.append((tasks, kw.get("prefer")))
             return real(tasks, **kw)
 
         monkeypatch.setattr(_array, "run_tasks", spy)
@@ -262,10 +261,25 @@ def test_packed_histograms_with_a_width_per_record(keypair, monkeypatch, in_work
             want = np.zeros((15, 2), dtype=np.int64)  # plaintext sums, feature-major buckets
             np.add.at(want, (bins + 5 * np.arange(3)).T.ravel(), np.tile(values[rows], (3, 1)))
             assert records == [(int(g) << low) + int(h) for g, h in want[keep]]
-    # with workers: the three nodes' sums went out in one call to processes (the largest
-    # node split by feature), then every packed ciphertext as its own task to threads
+        # the multiplications the sums took: c - 1 for a kept bucket of c rows
+        want_mults = sum(
+            int(c) - 1
+            for rows, bins, keep, *_ in nodes
+            for c in np.bincount((bins + 5 * np.arange(3)).ravel(), minlength=15)[keep]
+        )
+        assert _array.histogram_additions(nodes, 5) == want_mults
+    # with workers: the three nodes went out in one call to processes, in runs of their
+    # packed ciphertexts (some of a node's runs share a feature), each summed and packed
+    # there; two calls: n_jobs=1 ran here
     n_groups = sum(len(sizes) for *_, sizes in nodes)
-    assert shipped == ([(5, None), (n_groups, "threads")] if in_workers else [])
+    if in_workers:
+        ((tasks, prefer),) = shipped
+        assert prefer is None and len(tasks) > len(nodes)
+        assert sum(len(args[5]) for _, args in tasks) == n_groups
+        n_kept = sum(int(np.count_nonzero(keep)) for _, _, keep, *_ in nodes)
+        assert sum(len(args[3]) for _, args in tasks) == n_kept  # each bucket summed once
+    else:
+        assert shipped == []
 
 
 def test_ciphertext_bytes_roundtrip_and_range(keypair):

@@ -11,7 +11,7 @@ from . import _kernels as K
 from ._counting import _count
 from ._encoding import BASE, DEFAULT_EXPONENT, decode, encode, to_signed
 from ._keys import PaillierPrivateKey
-from ._parallel import MIN_PARALLEL_OPS, chunk_bounds, parallel_chunks, resolve_n_jobs, run_tasks
+from ._parallel import chunk_bounds, parallel_chunks, resolve_n_jobs, run_tasks
 
 __all__ = [
     "EncryptedArray",
@@ -569,10 +569,15 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None, stock=None):
     packed in order, ``sizes[i]`` to the ``i``-th ciphertext, bucket ``j`` of them
     ``widths[j]`` bits wide (the first most significant); and every packed ciphertext
     is re-randomised with this party's own obfuscator (from ``stock``, an
-    :class:`ObfuscatorStock` of the public key, as far as it has them ready). The bucket
-    sums of all nodes are split over worker processes by node and feature (unless they
-    are small); the packing (GIL-free squarings) over threads. Returns one
-    :class:`EncryptedArray` per node.
+    :class:`ObfuscatorStock` of the public key, as far as it has them ready). Buckets
+    not kept are not summed. Returns one :class:`EncryptedArray` per node.
+
+    Each node's packed ciphertexts are split in runs of about equal cost (bucket sums
+    and squarings); a worker process sums the buckets of its run and packs them
+    (:func:`K.packed_bucket_groups`), so only packed ciphertexts come back, and the
+    squarings run with no GIL to share. This thread makes the obfuscators the stock
+    did not have meanwhile. :func:`histogram_additions` counts the ciphertext
+    multiplications the sums take.
     """
     pub = enc.public_key
     pub_args, nsq = pub._public_args(), pub.nsquare
@@ -582,89 +587,101 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None, stock=None):
             raise ValueError("bins must have one row per ciphertext row")
         if len(widths) != int(np.count_nonzero(keep)) or sum(sizes) != len(widths):
             raise ValueError("widths and sizes must cover the kept buckets")
-    all_groups, all_widths, owners = [], [], []
-    for k, flat in enumerate(_bucket_sums(cts, nodes, n_bins, nsq, n_jobs, pub.key_length)):
-        _, _, keep, widths, sizes = nodes[k]
-        records = [flat[i] for i in np.flatnonzero(keep).tolist()]
-        widths = np.asarray(widths).tolist()
-        start = 0
-        for size in sizes:
-            all_groups.append(records[start : start + size])
-            all_widths.append(widths[start : start + size])
-            owners.append(k)
-            start += size
-    ready = []
+    runs, costs = _histogram_runs(nodes, n_bins, resolve_n_jobs(n_jobs))
+    node_cts = [[cts[i] for i in rows] for rows, *_ in nodes]
+    tasks = []
+    for k, a, b in runs:
+        _, bins, keep, widths, sizes = nodes[k]
+        records = np.flatnonzero(keep)
+        ends = np.cumsum(sizes)
+        first, stop = (int(ends[a - 1]) if a else 0), int(ends[b - 1])
+        f0, f1 = int(records[first]) // n_bins, int(records[stop - 1]) // n_bins + 1
+        args = (
+            node_cts[k],
+            bins[:, f0:f1],
+            n_bins,
+            (records[first:stop] - f0 * n_bins).tolist(),
+            np.asarray(widths)[first:stop].tolist(),
+            list(sizes[a:b]),
+            nsq,
+        )
+        tasks.append((K.packed_bucket_groups, args))
+    n_packed = sum(len(sizes) for *_, sizes in nodes)
+    obfs = []
     if stock is not None:
         if stock.public_key != pub:
             raise ValueError("the obfuscator stock belongs to another key")
-        ready = stock.take(len(all_groups))
-    packed = _pack_groups(all_groups, all_widths, pub_args, n_jobs, ready)
-    out = [[] for _ in nodes]
-    for k, c in zip(owners, packed):
-        out[k].append(c)
-    return [EncryptedArray(pub, cts, 0) for cts in out]
+        obfs = stock.take(n_packed)
 
+    def make_missing():  # (while the workers sum and pack)
+        if len(obfs) < n_packed:
+            obfs.extend(K.public_obfuscators(n_packed - len(obfs), *pub_args, K.RERANDOMISE_WINDOW))
 
-def _pack_groups(groups, widths, pub_args, n_jobs, ready=()):
-    """:func:`K.pack_and_rerandomise` of every group, one task per group on threads.
-
-    The threads (one more than ``n_jobs`` allows) take the groups longest first as each
-    becomes free: contiguous chunks, one per thread, left one thread idle for 10-20 ms
-    of every request while the other finished (threads of one process do not run
-    equally fast, nor do groups of equal squarings). ``ready``: obfuscators made ahead,
-    for the first groups.
-    """
-    obfs = list(ready)[: len(groups)]
-    obfs += [None] * (len(groups) - len(obfs))
-    squarings = [sum(w) - w[0] for w in widths]
     workers = resolve_n_jobs(n_jobs)
-    if workers == 1 or len(groups) < 2 or sum(squarings) < MIN_PARALLEL_OPS // 8:
-        return K.pack_and_rerandomise(groups, widths, pub_args, obfs)
-    order = sorted(range(len(groups)), key=squarings.__getitem__, reverse=True)
-    tasks = [
-        (K.pack_and_rerandomise, ([groups[i]], [widths[i]], pub_args, [obfs[i]])) for i in order
-    ]
-    out = [None] * len(groups)
-    # one thread more than cores: a thread waits for the GIL between its squarings now
-    # and then, and the last groups share the cores instead of leaving one idle
-    threads = workers + 1
-    for i, (c,) in zip(order, run_tasks(tasks, workers=threads, prefer="threads")):
-        out[i] = c
-    return out
+    if workers == 1 or sum(costs) < HISTOGRAM_MIN_OPS * (2048 / pub.key_length) ** 1.6:
+        make_missing()
+        results = [func(*args) for func, args in tasks]
+    else:  # the dearest runs first, so that none is left alone at the end
+        order = sorted(range(len(tasks)), key=costs.__getitem__, reverse=True)
+        done = run_tasks([tasks[i] for i in order], workers=workers, meanwhile=make_missing)
+        results = [None] * len(tasks)
+        for i, packed in zip(order, done):
+            results[i] = packed
+    out = [[] for _ in nodes]
+    for (k, _, _), packed in zip(runs, results):
+        out[k].extend(packed)
+    it = iter(obfs)
+    return [EncryptedArray(pub, [c * next(it) % nsq for c in packed], 0) for packed in out]
 
 
-# Bucket sums below this many multiplications (about 30 ms at 2048 bits; scaled by the
-# cost of a multiplication for other key lengths) stay in the calling process: shipping
-# the ciphertexts to worker processes would cost more than it saves.
+def histogram_additions(nodes, n_bins):
+    """Ciphertext multiplications :func:`packed_histograms` makes for ``nodes``: a kept
+    bucket of ``c`` rows takes ``c - 1``."""
+    total = 0
+    for _, bins, keep, _, _ in nodes:
+        counts = _bucket_counts(bins, n_bins)[np.asarray(keep, dtype=bool)]
+        total += int(counts.sum()) - int(np.count_nonzero(counts))
+    return total
+
+
+def _bucket_counts(bins, n_bins):
+    """Rows in each (feature, bin) bucket, feature-major."""
+    n_features = bins.shape[1]
+    flat = bins.astype(np.int64) + np.arange(n_features) * n_bins
+    return np.bincount(flat.ravel(), minlength=n_features * n_bins)
+
+
+# Histogram work below this many multiplications (about 20 ms at 2048 bits; scaled by
+# the cost of a multiplication for other key lengths) stays in the calling process:
+# shipping the ciphertexts to worker processes would cost more than it saves.
 HISTOGRAM_MIN_OPS = 3_000
+# what a squaring costs, relative to a multiplication (2048-bit: 5 against 6 us)
+_SQUARING_COST = 0.85
 
 
-def _bucket_sums(cts, nodes, n_bins, mod, n_jobs, key_length):
-    """Every node's flat bucket sums (feature-major), all nodes in one parallel call.
-
-    The nodes of one request (a layer of the tree) are split by feature into tasks of
-    about equal cost, so that a layer of many small nodes keeps every worker busy as
-    well as one large root does.
-    """
-    node_cts = [[cts[i] for i in rows] for rows, *_ in nodes]
-    ops = [len(rows) * bins.shape[1] for rows, bins, *_ in nodes]
-    workers = resolve_n_jobs(n_jobs)
-    total = sum(ops)
-    if workers == 1 or total < HISTOGRAM_MIN_OPS * (2048 / key_length) ** 1.6:
-        return [K.histogram_products(c, node[1], n_bins, mod) for c, node in zip(node_cts, nodes)]
-    tasks, owners = [], []
-    for k, (c, (_, bins, *_)) in enumerate(zip(node_cts, nodes)):
-        # several nodes: two tasks per worker over the request, so that none of them
-        # waits long at the end; one node: one task per worker (fewer copies of it)
-        share = workers * ops[k] / total * (2 if len(nodes) > 1 else 1)
-        n_chunks = min(bins.shape[1], max(1, round(share)))
-        for a, b in chunk_bounds(bins.shape[1], n_chunks):
-            tasks.append((K.histogram_products, (c, bins[:, a:b], n_bins, mod)))
-            owners.append(k)
-    out = [[] for _ in nodes]
-    for k, part in zip(owners, run_tasks(tasks, workers=workers)):
-        out[k].extend(part)
-    return out
+def _histogram_runs(nodes, n_bins, workers):
+    """Split every node's packed ciphertexts in runs ``(node, first, stop)`` of about
+    equal cost, two per worker over the call; returns the runs and their costs (in
+    multiplications)."""
+    group_costs = []
+    for _, bins, keep, widths, sizes in nodes:
+        counts = _bucket_counts(bins, n_bins)[np.asarray(keep, dtype=bool)]
+        widths = np.asarray(widths, dtype=np.int64)
+        ends = np.cumsum(sizes, dtype=np.int64)
+        starts = ends - np.asarray(sizes, dtype=np.int64)
+        mults = np.add.reduceat(counts - 1, starts) if len(starts) else np.zeros(0)
+        squarings = (np.add.reduceat(widths, starts) - widths[starts]) if len(starts) else mults
+        group_costs.append(mults + _SQUARING_COST * squarings)
+    total = sum(float(c.sum()) for c in group_costs) or 1.0
+    runs, costs = [], []
+    for k, cost in enumerate(group_costs):
+        if not len(cost):
+            continue
+        share = 2 * workers * float(cost.sum()) / total if workers > 1 else 1
+        for a, b in chunk_bounds(len(cost), max(1, round(share)), cost + 1e-9):
+            runs.append((k, a, b))
+            costs.append(float(cost[a:b].sum()))
+    return runs, costs
 
 
 def _count_multiexp(terms, outputs):

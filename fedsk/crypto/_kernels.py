@@ -214,22 +214,39 @@ def _horner_one(group, widths, mod):
     for c, w in zip(group[1:], widths[1:]):
         e = exps.get(w)
         if e is None:
-            e = exps[w] = mpz(1) << w
+            e = exps[w] = mpz(1) << int(w)
         acc = square([acc], e, mod)[0] * c % mod
     return acc
 
 
-def pack_and_rerandomise(groups, widths, pub_args, obfuscators=None):
-    """:func:`horner_pack_widths` then :func:`rerandomise`, with ``obfuscators[i]`` (a
-    fresh encryption of zero made ahead) for group ``i`` where it is not None."""
-    packed = horner_pack_widths(groups, widths, pub_args[1])
-    obfs = list(obfuscators) if obfuscators is not None else [None] * len(packed)
-    missing = [i for i, r in enumerate(obfs) if r is None]
-    made = public_obfuscators(len(missing), *pub_args, RERANDOMISE_WINDOW) if missing else []
-    for i, r in zip(missing, made):
-        obfs[i] = r
-    nsquare = pub_args[1]
-    return [c * r % nsquare for c, r in zip(packed, obfs, strict=True)]
+def packed_bucket_groups(cts, bins, n_bins, records, widths, sizes, mod):
+    """Bucket sums of some records, packed: the host's histogram work in one task.
+
+    ``records`` are flat (feature-major) bucket indices ``j * n_bins + b`` into ``bins``
+    (shape (len(cts), n_features), values in ``[0, n_bins)``), in packing order; each
+    bucket's product of the ``cts`` that fall in it is packed as by
+    :func:`horner_pack_widths`, ``sizes[i]`` records to the ``i``-th result, record ``r``
+    ``widths[r]`` bits wide. Only the rows of the buckets asked for are multiplied, so
+    tasks that share a feature (each packing some of its buckets) share no work.
+    """
+    n_features = bins.shape[1]
+    slot = np.full(n_features * n_bins, -1, dtype=np.int64)
+    slot[np.asarray(records, dtype=np.int64)] = np.arange(len(records))
+    buckets = [None] * len(records)
+    for j in range(n_features):
+        where = slot[bins[:, j].astype(np.int64) + j * n_bins]
+        rows = np.flatnonzero(where >= 0)
+        for r, i in zip(rows.tolist(), where[rows].tolist()):
+            b = buckets[i]
+            buckets[i] = cts[r] if b is None else b * cts[r] % mod
+    one = mpz(1)
+    buckets = [one if b is None else b for b in buckets]
+    widths = list(widths)
+    out, start = [], 0
+    for size in sizes:
+        out.append(_horner_one(buckets[start : start + size], widths[start : start + size], mod))
+        start += size
+    return out
 
 
 # -- obfuscators r**n (the cost of every encryption) -----------------------------------

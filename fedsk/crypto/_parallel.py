@@ -141,32 +141,42 @@ def submit_idle(func, args, *, workers, lane=None):
         return None
 
 
-def run_tasks(calls, *, workers, prefer=None):
+def run_tasks(calls, *, workers, prefer=None, meanwhile=None):
     """Run ``[(func, args), ...]`` on ``workers`` workers; results in order.
 
     ``prefer="threads"`` (GIL-free kernels) uses the persistent thread pool unless a
     non-default joblib backend is active; other work the persistent process pool under
     joblib's default backend, and :class:`joblib.Parallel` under any other.
+    ``meanwhile``: a function this thread calls once the tasks are handed out (before
+    them where they run here), to do its own share while the workers do theirs.
     """
     calls = list(calls)
     backend = get_active_backend()[0]
     kind = type(backend).__name__
     if prefer == "threads" and kind in _DEFAULT_BACKENDS:
         if threading.current_thread().name.startswith(_POOL_PREFIX):  # nested: no deadlock
+            if meanwhile is not None:
+                meanwhile()
             return [func(*args) for func, args in calls]
         pool = _thread_pool(workers)
         futures = [pool.submit(func, *args) for func, args in calls]
+        if meanwhile is not None:
+            meanwhile()
         return [f.result() for f in futures]
     if prefer is None and _default_processes():
         key, pool = _process_pool(workers)
         try:
             futures = [pool.submit(func, *args) for func, args in calls]
+            if meanwhile is not None:
+                meanwhile()
             return [f.result() for f in futures]
         except BrokenProcessPool:  # a worker died (e.g. killed): the next call starts anew
             with _pools_lock:
                 if _process_pools.get(key) is pool:
                     del _process_pools[key]
             raise
+    if meanwhile is not None:
+        meanwhile()
     return joblib.Parallel(n_jobs=workers, prefer=prefer)(
         joblib.delayed(func)(*args) for func, args in calls
     )

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..crypto import EncryptedArray, ObfuscatorStock, packed_histograms
+from ..crypto._array import histogram_additions
 from ..crypto._parallel import idle_workers
 from ..exceptions import BadMessageError, ConflictError
 from ..federation import Message, aligned_rows, model_columns, public_key_from_wire
@@ -278,8 +279,9 @@ def _add_histograms(ctx, st, node_rows, msg, reply):
         stock.fill(2 * sum(len(p) for p in packed))
     # the work done, so the guest can relate its fit time to the cryptographic floor
     ops = {
-        "additions": int(
-            sum(len(spec[0]) * spec[1].shape[1] for items in by_slot.values() for _, spec in items)
+        "additions": sum(  # (a bucket of c rows: c - 1 multiplications)
+            histogram_additions([spec for _, spec in items], mapper.n_bins_total)
+            for items in by_slot.values()
         ),
         "shifts": int(  # every record but the first of each plaintext: its width
             sum(
