@@ -1,5 +1,6 @@
 """SecureBoost: sklearn compatibility, losslessness, multi-host, privacy (in-process hosts)."""
 
+import random
 import time
 
 import numpy as np
@@ -586,3 +587,45 @@ def test_records_are_as_wide_as_their_bins_rows_need(max_values):
         unpack_records(too_big, widths, sizes, counts, n_terms, max_values)
     with pytest.raises(ValueError, match="does not fit"):
         plaintext_groups([600], 512)
+
+
+@pytest.mark.parametrize("top_bits", [40, 53])
+def test_unpacking_with_numpy_matches_python_integers(top_bits):
+    """Slots are cut from the plaintexts' bytes (up to 56 bits) or with Python integers
+    (wider): both read the same records and refuse the same overflows."""
+    from fedsk.ensemble._gh import _unpack_records
+
+    rng = np.random.default_rng(top_bits)
+    draw = random.Random(top_bits)
+    max_values = (1 << top_bits, 1 << 10)
+    n_terms = 300
+    low = list(RecordLayout.for_sums(max_values, n_terms).slot_bits[1:])
+    for trial in range(20):
+        counts = rng.integers(1, 300, size=int(rng.integers(1, 80)))
+        counts[0] = 299  # (the widest slot: which path the case takes)
+        widths = record_widths(counts, n_terms, max_values)
+        sizes = plaintext_groups(widths, 2048)
+        values = [[draw.randrange(c * v + 1) for v in max_values] for c in counts.tolist()]
+        if trial == 0:  # every slot at its bound
+            values = [[c * v for v in max_values] for c in counts.tolist()]
+        plaintexts, pos = [], 0
+        for size in sizes:
+            m = 0
+            for j in range(pos, pos + size):
+                m = (m << int(widths[j])) | (values[j][0] << low[0]) | values[j][1]
+            plaintexts.append(m)
+            pos += size
+        got = unpack_records(plaintexts, widths, sizes, counts, n_terms, max_values)
+        assert got.dtype == np.int64 and got.tolist() == values
+        assert (widths.max() - low[0] > 56) == (top_bits > 50)  # (the path this case takes)
+        slow = _unpack_records(
+            plaintexts, np.asarray(widths), np.asarray(sizes), counts, low, max_values
+        )
+        assert slow.tolist() == values
+        k = int(rng.integers(len(plaintexts)))
+        above = list(plaintexts)
+        above[k] |= 1 << int(widths[sum(sizes[:k]) : sum(sizes[: k + 1])].sum())
+        with pytest.raises(PackingOverflowError, match="overflowed"):
+            unpack_records(above, widths, sizes, counts, n_terms, max_values)
+        with pytest.raises(PackingOverflowError, match="expected"):
+            unpack_records(plaintexts[:-1], widths, sizes, counts, n_terms, max_values)

@@ -59,8 +59,9 @@ def record_widths(counts, n_terms, max_values=GH_MAX_VALUES):
     counts = np.asarray(counts, dtype=np.int64)
     if counts.size and counts.min() < 1:
         raise ValueError("a packed bin holds at least one row")
-    top = [(int(max_values[0]) * int(c)).bit_length() for c in counts.tolist()]
-    return np.asarray(top, dtype=np.int64) + low
+    values, where = np.unique(counts, return_inverse=True)  # (a node's counts repeat)
+    top = [(int(max_values[0]) * c).bit_length() for c in values.tolist()]
+    return np.asarray(top, dtype=np.int64).reshape(-1)[where.reshape(-1)] + low
 
 
 def plaintext_groups(widths, key_length):
@@ -90,12 +91,58 @@ def unpack_records(plaintexts, widths, sizes, counts, n_terms, max_values=GH_MAX
     Plaintext ``i`` holds ``sizes[i]`` records, the first most significant, record ``j``
     ``widths[j]`` bits wide. Every slot is checked against its bin's bound (``count``
     times the slot's largest value); raises :class:`PackingOverflowError`.
+
+    The plaintexts' bytes are cut into slots with numpy (every slot is read from the 8
+    bytes that end with its last bit); slots wider than 56 bits, or bounds beyond int64,
+    go through Python integers instead.
     """
     low_bits = gh_layout(n_terms, max_values).slot_bits[1:]
-    widths = np.asarray(widths).tolist()
-    out = np.zeros((len(widths), len(max_values)), dtype=object)
-    if len(plaintexts) != len(sizes) or sum(sizes) != len(widths):
+    widths = np.asarray(widths, dtype=np.int64).reshape(-1)
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if len(plaintexts) != len(sizes) or int(sizes.sum()) != len(widths):
         raise PackingOverflowError("the plaintexts do not hold the records expected")
+    n_slots = len(max_values)
+    slot_widths = np.empty((len(widths), n_slots), dtype=np.int64)
+    slot_widths[:, 1:] = low_bits
+    slot_widths[:, 0] = widths - sum(low_bits)
+    plaintexts = [int(m) for m in plaintexts]
+    if (
+        not len(widths)
+        or slot_widths[:, 0].min() < 0
+        or slot_widths.max() > 56  # (+ up to 7 bits of offset: 8 bytes hold any)
+        or counts.min() < 0
+        or int(counts.max()) * max(int(v) for v in max_values) >= 1 << 62
+    ):
+        return _unpack_records(plaintexts, widths, sizes, counts, low_bits, max_values)
+    starts = np.cumsum(sizes) - sizes  # each plaintext's first record
+    totals = np.add.reduceat(widths, starts)  # its records' bits, the lowest of it
+    for m, total in zip(plaintexts, totals.tolist()):
+        if m < 0 or m >> total:
+            raise PackingOverflowError("a packed plaintext overflowed its records")
+    # each plaintext big-endian in a row of bytes, 8 zero bytes in front (so that every
+    # 8-byte window starts inside the row)
+    n_bytes = 8 + (int(totals.max()) + 7) // 8
+    raw = np.frombuffer(b"".join(m.to_bytes(n_bytes, "big") for m in plaintexts), np.uint8)
+    owner = np.repeat(np.arange(len(plaintexts)), sizes)
+    before = np.cumsum(widths) - widths  # bits of the records before, in the plaintext
+    before -= before[starts][owner]
+    first_bit = 8 * n_bytes - totals[owner] + before  # from the row's most significant bit
+    ends = (first_bit[:, None] + np.cumsum(slot_widths, axis=1)).ravel()  # a slot's last+1
+    end_byte = (ends + 7) // 8
+    window = raw[(owner.repeat(n_slots) * n_bytes + end_byte - 8)[:, None] + np.arange(8)]
+    words = window.view(">u8").reshape(-1) >> (8 * end_byte - ends).astype(np.uint64)
+    words &= (np.uint64(1) << slot_widths.reshape(-1).astype(np.uint64)) - np.uint64(1)
+    out = words.astype(np.int64).reshape(-1, n_slots)
+    if (out > counts[:, None] * np.asarray(max_values, dtype=np.int64)).any():
+        raise PackingOverflowError("a record's slot exceeds its bin's bound")
+    return out
+
+
+def _unpack_records(plaintexts, widths, sizes, counts, low_bits, max_values):
+    """:func:`unpack_records` with Python integers, for any slot width."""
+    widths, sizes = widths.tolist(), sizes.tolist()
+    out = np.zeros((len(widths), len(max_values)), dtype=object)
     pos = 0
     for m, size in zip(plaintexts, sizes):
         m = int(m)
@@ -109,7 +156,9 @@ def unpack_records(plaintexts, widths, sizes, counts, n_terms, max_values=GH_MAX
         if m:
             raise PackingOverflowError("a packed plaintext overflowed its records")
         pos += size
-    bounds = np.outer(np.asarray(counts, dtype=object), np.asarray(max_values, dtype=object))
+    bounds = np.outer(
+        np.asarray(counts.tolist(), dtype=object), np.asarray(max_values, dtype=object)
+    )
     if (out > bounds).any():
         raise PackingOverflowError("a record's slot exceeds its bin's bound")
     return out.astype(np.int64)
