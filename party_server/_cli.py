@@ -41,6 +41,7 @@ def _serve(args):
             port=config.port,
             threads=config.threads,
             max_request_body_size=config.max_body_bytes + 1024,
+            recv_bytes=1 << 16,  # (not 8 KiB at a time: request bodies are of ciphertexts)
             ident="fedsk-party-server",
         )
     except OSError as exc:

@@ -407,6 +407,25 @@ def test_rerandomising_builds_the_small_table_and_uses_the_large_one_once_built(
     assert len(used) == 3
 
 
+def test_a_few_obfuscators_come_from_a_table_sized_for_them(keypair):
+    pub, priv = generate_keypair(1024)  # fresh: no table of its base exists yet
+    base, nsq, bits = int(pub.obfuscator_base), int(pub.nsquare), pub.alpha_bits
+    args = pub._public_args()
+    few = K.public_obfuscators(12, *args, None)
+    window = K.cheapest_window(12, bits, K.RERANDOMISE_WINDOW)
+    assert window == 3 and (base, nsq, bits, 3) in K._TABLES
+    assert (base, nsq, bits, K.RERANDOMISE_WINDOW) not in K._TABLES
+    phe_priv = priv.to_phe()
+    assert {phe_priv.raw_decrypt(int(r)) for r in few} == {0} and len(set(few)) == 12
+    pub.prepare_obfuscation(rerandomise_only=True)  # once that table is built: it serves
+    rerandomising = K._TABLES[(base, nsq, bits, K.RERANDOMISE_WINDOW)]
+    used = []
+    real = rerandomising.pow
+    rerandomising.pow = lambda e: used.append(e) or real(e)
+    more = K.public_obfuscators(5, *args, None)
+    assert len(used) == 5 and {phe_priv.raw_decrypt(int(r)) for r in more} == {0}
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_prepare_encryption_builds_the_tables_encryption_uses(n_jobs):
     fresh_pub, fresh_priv = generate_keypair(1024)

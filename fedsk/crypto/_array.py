@@ -613,9 +613,9 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None, stock=None):
             raise ValueError("the obfuscator stock belongs to another key")
         obfs = stock.take(n_packed)
 
-    def make_missing():  # (while the workers sum and pack)
+    def make_missing():  # (while the workers sum and pack; a small table for a few)
         if len(obfs) < n_packed:
-            obfs.extend(K.public_obfuscators(n_packed - len(obfs), *pub_args, K.RERANDOMISE_WINDOW))
+            obfs.extend(K.public_obfuscators(n_packed - len(obfs), *pub_args, None))
 
     workers = resolve_n_jobs(n_jobs)
     if workers == 1 or sum(costs) < HISTOGRAM_MIN_OPS * (2048 / pub.key_length) ** 1.6:

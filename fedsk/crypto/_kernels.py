@@ -382,15 +382,28 @@ def apply_obfuscators(plains, obfuscators, n, nsquare):
     return [(1 + m * n) % nsquare * r % nsquare for m, r in zip(plains, obfuscators)]
 
 
+def cheapest_window(count, bits, largest=8):
+    """Window (at most ``largest``) of the table that makes ``count`` powers of ``bits``-bit
+    exponents in the fewest multiplications, the table's own included."""
+    return min(
+        range(1, largest + 1),
+        key=lambda w: math.ceil(bits / w) * ((1 << w) - 1 + count),
+    )
+
+
 def public_obfuscators(count, n, nsquare, base, obfuscation, alpha_bits, window=8):
     """``count`` fresh encryptions of zero under the public key alone.
 
     ``"fast"``: ``base ** alpha`` where ``base = r0 ** n`` was drawn by *this* party (so a
     peer's choice of base cannot weaken it), from a table of that ``window`` (or the
-    window-8 table, once built). ``"standard"``: ``r ** n`` as in phe.
+    window-8 table, once built; ``window=None``: the window-8 or re-randomisation
+    table if built, else the cheapest for ``count``). ``"standard"``: ``r ** n`` as in phe.
     """
     if obfuscation == "fast":
         table = _TABLES.get((int(base), int(nsquare), alpha_bits, 8))
+        if table is None and window is None:
+            table = _TABLES.get((int(base), int(nsquare), alpha_bits, RERANDOMISE_WINDOW))
+            window = cheapest_window(count, alpha_bits, RERANDOMISE_WINDOW)
         if table is None:
             table = cached_table(base, nsquare, alpha_bits, window)
         return [table.pow(alpha) for alpha in random_exponents(count, alpha_bits)]
