@@ -726,3 +726,10 @@ def test_a_key_pair_made_ahead_is_not_taken_for_another_length_or_before_it_is_r
     _made_ahead(1024, 0)
     monkeypatch.setattr(_ahead, "KEYPAIR_AHEAD_SECONDS", 0.0)
     assert _ahead.take_keypair_ahead(1024, n_jobs=2) is None  # too old
+    # and one nothing takes is dropped when its time is up, by a timer
+    monkeypatch.setattr(_ahead, "KEYPAIR_AHEAD_SECONDS", 0.3)
+    _ahead.make_keypair_ahead(1024, n_jobs=2)
+    timer = _ahead._NEXT[os.getpid()].timer
+    assert timer.daemon and timer.is_alive()
+    timer.join(30)
+    assert os.getpid() not in _ahead._NEXT and not timer.is_alive()

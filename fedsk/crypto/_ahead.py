@@ -225,6 +225,7 @@ class _NextKeyPair:
     def __init__(self, key_length, workers, count):
         self.key_length, self.workers = key_length, workers
         self.made_at = time.monotonic()
+        self.timer = None  # (drops it after KEYPAIR_AHEAD_SECONDS)
         self.alpha_bits = short_exponent_bits(key_length)
         alphas = K.random_exponents(count, self.alpha_bits)
         lane_workers = max(1, workers // 2)  # (the lanes ObfuscatorStock uses)
@@ -244,6 +245,18 @@ class _NextKeyPair:
         for future in self.futures:
             future.cancel()  # (one already running finishes, and its result is dropped)
         self.futures = []
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def _expire(nxt):
+    """Drop ``nxt`` if no fit took it within :data:`KEYPAIR_AHEAD_SECONDS`."""
+    with _NEXT_LOCK:
+        for pid, entry in list(_NEXT.items()):
+            if entry is nxt:
+                del _NEXT[pid]
+    nxt.timer = None
+    nxt.cancel()
 
 
 # one per process: the key pair its next fit takes (a forked child makes its own)
@@ -266,8 +279,9 @@ def make_keypair_ahead(key_length, *, n_jobs=None, encryptions=0):
     does), with the obfuscators of its first ``encryptions`` encryptions (at most
     :data:`KEYPAIR_AHEAD_OBFUSCATORS`). Every key pair is still used by one fit only;
     it stays in this process's memory, never on disk, until :func:`take_keypair_ahead`
-    takes it or :data:`KEYPAIR_AHEAD_SECONDS` pass. Nothing happens with one worker or
-    under a joblib backend other than the default (see :func:`idle_workers`).
+    takes it or :data:`KEYPAIR_AHEAD_SECONDS` pass (then a timer thread drops it).
+    Nothing happens with one worker or under a joblib backend other than the default
+    (see :func:`idle_workers`).
     """
     check_key_length(key_length)
     workers = idle_workers(n_jobs)
@@ -284,6 +298,9 @@ def make_keypair_ahead(key_length, *, n_jobs=None, encryptions=0):
         nxt = _NextKeyPair(key_length, workers, count)
         if nxt.futures:
             _NEXT[os.getpid()] = nxt
+            nxt.timer = threading.Timer(KEYPAIR_AHEAD_SECONDS, _expire, (nxt,))
+            nxt.timer.daemon = True
+            nxt.timer.start()
 
 
 def drop_keypair_ahead():
@@ -310,6 +327,8 @@ def take_keypair_ahead(key_length, *, n_jobs=None):
     if nxt is None:
         return None
     fresh = time.monotonic() - nxt.made_at < KEYPAIR_AHEAD_SECONDS
+    if nxt.timer is not None:
+        nxt.timer.cancel()
     if not (fresh and nxt.key_length == key_length and nxt.workers == workers and nxt.ready()):
         nxt.cancel()
         return None
