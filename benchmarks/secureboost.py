@@ -11,6 +11,8 @@ standardised, guest = first 10 columns + label, host = the other 20; 5 trees, de
 32 bins, learning rate 0.3. The host is a real party-server process (LocalFederation).
 The crypto floor is (encryptions x encrypt cost + decryptions x decrypt cost + host
 additions x add cost + host shift squarings x square cost + re-randomisations x cost),
+where the host's additions are the ciphertext multiplications it makes (c - 1 for a bin
+of c rows, and one per packed record after the first of its plaintext),
 with every cost measured on one core in this run (the median of measurements taken
 before and after each timed fit), divided by the cores used.
 """

@@ -261,12 +261,13 @@ def test_packed_histograms_with_a_width_per_record(keypair, monkeypatch, in_work
             want = np.zeros((15, 2), dtype=np.int64)  # plaintext sums, feature-major buckets
             np.add.at(want, (bins + 5 * np.arange(3)).T.ravel(), np.tile(values[rows], (3, 1)))
             assert records == [(int(g) << low) + int(h) for g, h in want[keep]]
-        # the multiplications the sums took: c - 1 for a kept bucket of c rows
+        # the multiplications made: c - 1 for a kept bucket of c rows, and one per packed
+        # record after the first of its plaintext
         want_mults = sum(
             int(c) - 1
             for rows, bins, keep, *_ in nodes
             for c in np.bincount((bins + 5 * np.arange(3)).ravel(), minlength=15)[keep]
-        )
+        ) + sum(len(widths) - len(sizes) for *_, widths, sizes in nodes)
         assert _array.histogram_additions(nodes, 5) == want_mults
     # with workers: the three nodes went out in one call to processes, in runs of their
     # packed ciphertexts (some of a node's runs share a feature), each summed and packed

@@ -284,6 +284,38 @@ def test_rounds_take_their_randomness_from_the_stock(tmp_path, monkeypatch):
     assert one_core.fit(guest, y)._crypto_counts["encryptions_ahead"] == 0
 
 
+def test_the_host_reports_the_additions_and_squarings_its_answers_took(tmp_path, monkeypatch):
+    """The benchmark's floor prices the hosts' reported work: recount it from what the
+    guest sees of every answer (bin counts and record widths travel in the clear)."""
+    from fedsk.ensemble import _protocol
+
+    seen = {"additions": 0, "shifts": 0, "packed": 0}
+    decode = _protocol.FederatedSource._decode
+
+    def recount(self, plaintexts, qg, rows, n_features, kept, counts, host):
+        sent = sent_bins(kept, n_features)
+        all_counts = np.zeros(len(kept), dtype=np.int64)
+        all_counts[kept] = counts
+        widths = record_widths(all_counts[sent], self.engine.n_active, self.engine.max_values)
+        sizes = plaintext_groups(widths, self.engine.public_key.key_length)
+        seen["additions"] += int((all_counts[sent] - 1).sum()) + len(widths) - len(sizes)
+        firsts = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        seen["shifts"] += int(widths.sum()) - int(widths[firsts].sum()) if len(sizes) else 0
+        seen["packed"] += len(sizes)
+        return decode(self, plaintexts, qg, rows, n_features, kept, counts, host)
+
+    monkeypatch.setattr(_protocol.FederatedSource, "_decode", recount)
+    _, guest, y, _, apps = make_parties(tmp_path)
+    clf = SecureBoostClassifier(
+        federation=InProcessFederation(apps), n_estimators=2, random_state=0, key_length=KEY
+    ).fit(guest, y)
+    counts = clf._crypto_counts
+    assert seen["packed"] > 0 and counts["decryptions"] == seen["packed"]
+    assert counts["host_additions"] == seen["additions"]
+    assert counts["host_shifts"] == seen["shifts"]
+    assert counts["host_rerandomisations"] == seen["packed"]
+
+
 def test_guest_with_labels_only_splits_on_host_columns(tmp_path):
     joined, guest, y, _, apps = make_parties(tmp_path, n_guest=0, host_cols=(5,))
     assert guest.shape[1] == 0

@@ -635,12 +635,15 @@ def packed_histograms(enc, nodes, n_bins, *, n_jobs=None, stock=None):
 
 
 def histogram_additions(nodes, n_bins):
-    """Ciphertext multiplications :func:`packed_histograms` makes for ``nodes``: a kept
-    bucket of ``c`` rows takes ``c - 1``."""
+    """Homomorphic additions (ciphertext multiplications) :func:`packed_histograms` makes
+    for ``nodes``: ``c - 1`` for a kept bucket of ``c`` rows, and one per packed record
+    after the first of its plaintext (adding it below the shifted ones before it); the
+    shifts' squarings and the re-randomisations are counted apart."""
     total = 0
-    for _, bins, keep, _, _ in nodes:
+    for _, bins, keep, widths, sizes in nodes:
         counts = _bucket_counts(bins, n_bins)[np.asarray(keep, dtype=bool)]
         total += int(counts.sum()) - int(np.count_nonzero(counts))
+        total += len(widths) - len(sizes)
     return total
 
 

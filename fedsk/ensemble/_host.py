@@ -279,7 +279,7 @@ def _add_histograms(ctx, st, node_rows, msg, reply):
         stock.fill(2 * sum(len(p) for p in packed))
     # the work done, so the guest can relate its fit time to the cryptographic floor
     ops = {
-        "additions": sum(  # (a bucket of c rows: c - 1 multiplications)
+        "additions": sum(  # (bucket sums and packing: ciphertext multiplications)
             histogram_additions([spec for _, spec in items], mapper.n_bins_total)
             for items in by_slot.values()
         ),
