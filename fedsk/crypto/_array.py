@@ -664,8 +664,12 @@ _SQUARING_COST = 0.85
 
 def _histogram_runs(nodes, n_bins, workers):
     """Split every node's packed ciphertexts in runs ``(node, first, stop)`` of about
-    equal cost, two per worker over the call; returns the runs and their costs (in
-    multiplications)."""
+    equal cost; returns the runs and their costs (in multiplications).
+
+    Several nodes: two runs per worker over the call, so that none waits long at the
+    end. One node: one run per worker, since every run ships all the node's ciphertexts
+    (a second run per worker would ship a root's 100,000 twice).
+    """
     group_costs = []
     for _, bins, keep, widths, sizes in nodes:
         counts = _bucket_counts(bins, n_bins)[np.asarray(keep, dtype=bool)]
@@ -680,7 +684,8 @@ def _histogram_runs(nodes, n_bins, workers):
     for k, cost in enumerate(group_costs):
         if not len(cost):
             continue
-        share = 2 * workers * float(cost.sum()) / total if workers > 1 else 1
+        per_worker = 2 if len(nodes) > 1 else 1
+        share = per_worker * workers * float(cost.sum()) / total if workers > 1 else 1
         for a, b in chunk_bounds(len(cost), max(1, round(share)), cost + 1e-9):
             runs.append((k, a, b))
             costs.append(float(cost[a:b].sum()))
