@@ -560,6 +560,26 @@ def test_encryptions_all_from_the_stock_build_no_table_here():
     assert table in K._TABLES and decrypt_integers(fresh_priv, enc) == [5]
 
 
+def test_stock_combines_the_halves_as_they_arrive_not_when_taken(keypair, monkeypatch):
+    pub, priv = keypair
+    with ObfuscatorStock(priv, n_jobs=2) as stock:
+        stock.fill(150)
+        _wait_for(stock)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with stock._lock:
+                if len(stock._combined) == len(stock._pending):
+                    break
+            time.sleep(0.01)
+        with stock._lock:
+            combined = [r for fs, _ in stock._pending for r in stock._combined[fs]]
+        monkeypatch.setattr(K, "crt_combine", None)  # take() has nothing left to combine
+        got = stock.take(150)
+        assert len(got) == 150 and got == combined and not stock._combined
+    phe_priv = priv.to_phe()
+    assert {phe_priv.raw_decrypt(int(r)) for r in got} == {0} and len(set(got)) == 150
+
+
 def test_stock_fill_tops_up_and_take_never_waits(keypair):
     pub, priv = keypair
     with ObfuscatorStock(priv, n_jobs=2) as stock:

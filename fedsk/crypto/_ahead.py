@@ -89,7 +89,9 @@ class ObfuscatorStock:
         self._workers = idle_workers(n_jobs)
         self._wait_first = wait_first
         self._ready, self._pending = [], deque()  # ((futures...), how many they make)
-        self._lock = threading.Lock()
+        self._combined = {}  # (futures...) -> their obfuscators, combined as they finished
+        # (reentrant: a future already done runs its callback, which takes it, at once)
+        self._lock = threading.RLock()
         self._closed = False
         self.taken = 0  # obfuscators handed out so far
 
@@ -134,7 +136,22 @@ class ObfuscatorStock:
                     f.cancel()
                 return None
             futures.append(future)
-        return tuple(futures)
+        futures = tuple(futures)
+        for future in futures:
+            future.add_done_callback(lambda _, fs=futures: self._combine(fs))
+        return futures
+
+    def _combine(self, futures):
+        """Combine the two halves once both are in, in the thread that received the
+        last (a worker pool's), so that :meth:`take` finds them ready to hand out."""
+        if not all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
+            return
+        _n, _p, _q, psquare, qsquare, inv, _hp, _hq = self._crt
+        xp, xq = (f.result() for f in futures)
+        made = [K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(xp, xq)]
+        with self._lock:  # (only while still pending: take() may have combined them)
+            if any(fs is futures for fs, _ in self._pending):
+                self._combined[futures] = made
 
     def put(self, obfuscators):
         """Add obfuscators made elsewhere for this key (each a fresh encryption of zero,
@@ -176,15 +193,18 @@ class ObfuscatorStock:
         """Move what the finished futures first in line made to the ready list."""
         while self._pending and all(f.done() for f in self._pending[0][0]):
             futures, _ = self._pending.popleft()
+            made = self._combined.pop(futures, None)
             if any(f.cancelled() for f in futures):
                 continue
             errors = [f.exception() for f in futures if f.exception() is not None]
             if not errors:
-                made = [f.result() for f in futures]
-                if len(made) == 2:  # the images mod p**2 and q**2 of the same exponents
-                    _n, _p, _q, psquare, qsquare, inv, _hp, _hq = self._crt
-                    made = [[K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(*made)]]
-                self._ready.extend(made[0])
+                if made is None:
+                    made = [f.result() for f in futures]
+                    if len(made) == 2:  # the images mod p**2 and q**2 of the same exponents
+                        _n, _p, _q, psquare, qsquare, inv, _hp, _hq = self._crt
+                        made = [[K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(*made)]]
+                    made = made[0]
+                self._ready.extend(made)
             elif not all(isinstance(e, BrokenProcessPool) for e in errors):
                 # a bug, not a killed worker (whose share is made on the spot)
                 raise next(e for e in errors if not isinstance(e, BrokenProcessPool))
@@ -197,6 +217,7 @@ class ObfuscatorStock:
                 for future in futures:
                     future.cancel()
             self._pending.clear()
+            self._combined.clear()
             self._ready.clear()
 
     def __enter__(self):
