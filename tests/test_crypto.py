@@ -610,7 +610,13 @@ def test_a_stock_that_waits_first_hands_its_first_take_whole(keypair, monkeypatc
         plain = K.apply_obfuscators([gmpy2.mpz(m) for m in range(70)], first, pub.n, pub.nsquare)
         assert decrypt_integers(priv, EncryptedArray(pub, plain, 0)) == list(range(70))
         assert enc.ciphertexts != plain
-        stock.fill(5000)  # only the first take waits
+        stock.fill(5000)  # later takes wait at most what the workers need for the rest
+        t = time.perf_counter()
+        later = stock.take(5000)
+        assert time.perf_counter() - t < stock.patience(5000, tables=False) + 0.5
+        assert 0 < len(later) <= 5000
+    with ObfuscatorStock(priv, n_jobs=2) as stock:  # (no wait_first: a take never waits)
+        stock.fill(5000)
         t = time.perf_counter()
         assert len(stock.take(5000)) < 5000 and time.perf_counter() - t < 0.5
 
@@ -739,10 +745,17 @@ def test_a_key_pair_made_ahead_is_not_taken_for_another_length_or_before_it_is_r
     assert _ahead.take_keypair_ahead(1024, n_jobs=1) is None  # one worker: none made ahead
     _ahead.make_keypair_ahead(1024, n_jobs=1)
     assert os.getpid() not in _ahead._NEXT
+    _ahead.make_keypair_ahead(1024, n_jobs=2, encryptions=40)
+    t = time.monotonic()
+    made = _ahead.take_keypair_ahead(1024, n_jobs=2)  # in the making: waited for
+    assert made is not None and len(made[2].take(40)) == 40
+    assert time.monotonic() - t < 60
     _ahead.make_keypair_ahead(1024, n_jobs=2)
     monkeypatch.setattr(_ahead._NextKeyPair, "ready", lambda self: False)
-    assert _ahead.take_keypair_ahead(1024, n_jobs=2) is None  # not ready: not waited for
-    assert os.getpid() not in _ahead._NEXT
+    monkeypatch.setattr(_ahead, "keypair_patience", lambda *a: 0.05)
+    t = time.monotonic()
+    assert _ahead.take_keypair_ahead(1024, n_jobs=2) is None  # not ready in time: dropped
+    assert time.monotonic() - t < 30 and os.getpid() not in _ahead._NEXT
     monkeypatch.undo()
     _made_ahead(1024, 0)
     monkeypatch.setattr(_ahead, "KEYPAIR_AHEAD_SECONDS", 0.0)
@@ -754,3 +767,17 @@ def test_a_key_pair_made_ahead_is_not_taken_for_another_length_or_before_it_is_r
     assert timer.daemon and timer.is_alive()
     timer.join(30)
     assert os.getpid() not in _ahead._NEXT and not timer.is_alive()
+
+
+def test_adding_plaintexts_matches_phe_for_any_integer(keypair):
+    pub, priv = keypair
+    phe_pub, phe_priv = pub.to_phe(), priv.to_phe()
+    cts = [gmpy2.mpz(phe_pub.encrypt(v).ciphertext()) for v in range(6)]
+    ms = [0, 1, -7, int(pub.n) - 1, 10**300, -(10**200)]
+    out = K.add_plaintexts(cts, ms, pub.n, pub.nsquare)
+    assert all(0 < c < pub.nsquare for c in out)
+    assert [phe_priv.raw_decrypt(int(c)) for c in out] == [
+        (v + m) % int(pub.n) for v, m in zip(range(6), ms)
+    ]
+    enc = K.apply_obfuscators([gmpy2.mpz(m) % pub.n for m in ms], cts[:6], pub.n, pub.nsquare)
+    assert enc == out  # (encrypting with an obfuscator is adding the plaintext to it)

@@ -53,7 +53,8 @@ class ObfuscatorStock:
         that fills the stock as soon as it has the key, and takes from it once it has
         nothing else to do (a fit's first round). The idle CPU then makes them about as
         fast as the party's own workers would, without building the key's fixed-base
-        tables in those workers and in this process too.
+        tables in those workers and in this process too. Later takes wait too, at most
+        what the workers need for the ones missing (their tables are built by then).
 
     Notes
     -----
@@ -87,7 +88,7 @@ class ObfuscatorStock:
                 self._lane = "rerandomise"
         self.public_key = pub
         self._workers = idle_workers(n_jobs)
-        self._wait_first = wait_first
+        self._wait_first = self._waits = wait_first
         self._ready, self._pending = [], deque()  # ((futures...), how many they make)
         self._combined = {}  # (futures...) -> their obfuscators, combined as they finished
         # (reentrant: a future already done runs its callback, which takes it, at once)
@@ -164,9 +165,19 @@ class ObfuscatorStock:
         """Up to ``count`` obfuscators that are ready now, never waiting for the rest.
 
         Except with ``wait_first``: the first call waits for those in the making (at
-        most :meth:`patience`), see the class.
+        most :meth:`patience`), see the class; later calls wait at most what the
+        workers need for the ones missing (:meth:`patience` without the tables), far
+        less than this thread would need to make them (it has no tables of the key).
         """
-        wait_s, self._wait_first = (self.patience(count) if self._wait_first else 0.0), False
+        if self._wait_first:
+            wait_s = self.patience(count)
+        elif self._waits:
+            with self._lock:
+                self._collect()
+                wait_s = self.patience(count - len(self._ready), tables=False)
+        else:
+            wait_s = 0.0
+        self._wait_first = False
         deadline = time.monotonic() + wait_s
         while True:
             with self._lock:
@@ -180,14 +191,17 @@ class ObfuscatorStock:
                 head = self._pending[0][0]
             wait(head, timeout=left)  # (outside the lock: close() may cancel it)
 
-    def patience(self, count):
+    def patience(self, count, *, tables=True):
         """How long the first :meth:`take` of ``count`` may wait: about what making
-        them here would take (fixed-base tables included), times a margin."""
+        them here would take (fixed-base tables included, unless not ``tables``), times
+        a margin."""
         pub = self.public_key
-        if pub.obfuscation != "fast" or not self._workers:
+        if pub.obfuscation != "fast" or not self._workers or count <= 0:
             return 0.0
         scale = (pub.key_length / 2048) ** 2
-        return (self.WAIT_PER_ITEM * count / self._workers + self.WAIT_TABLES) * scale
+        return (
+            self.WAIT_PER_ITEM * count / self._workers + (self.WAIT_TABLES if tables else 0.0)
+        ) * scale
 
     def _collect(self):
         """Move what the finished futures first in line made to the ready list."""
@@ -248,6 +262,7 @@ class _NextKeyPair:
         self.made_at = time.monotonic()
         self.timer = None  # (drops it after KEYPAIR_AHEAD_SECONDS)
         self.alpha_bits = short_exponent_bits(key_length)
+        self.count = count
         alphas = K.random_exponents(count, self.alpha_bits)
         lane_workers = max(1, workers // 2)  # (the lanes ObfuscatorStock uses)
         self.futures = []
@@ -324,6 +339,14 @@ def make_keypair_ahead(key_length, *, n_jobs=None, encryptions=0):
             nxt.timer.start()
 
 
+def keypair_patience(key_length, count):
+    """How long :func:`take_keypair_ahead` waits for a key pair still in the making:
+    about four times what its workers need on idle cores (a prime search and ``count``
+    obfuscators; 0.3 s at 2048 bits with 455), at least 0.2 s."""
+    scale = key_length / 2048
+    return max(0.2, 4 * (0.04 * scale**3 + ObfuscatorStock.WAIT_PER_ITEM / 4 * count * scale**2))
+
+
 def drop_keypair_ahead():
     """Drop the key pair made ahead, if any (this process's next fit makes its own)."""
     with _NEXT_LOCK:
@@ -333,13 +356,15 @@ def drop_keypair_ahead():
 
 
 def take_keypair_ahead(key_length, *, n_jobs=None):
-    """The key pair :func:`make_keypair_ahead` made, if it is ready now.
+    """The key pair :func:`make_keypair_ahead` made, once it is ready.
 
     Returns ``(public_key, private_key, stock)``, the stock an :class:`ObfuscatorStock`
     of the key (``wait_first``) holding the obfuscators made with it, or None: none was
     asked for, it is for another key length or number of workers, or it is still in
-    the making (then it is dropped: the caller makes its key pair itself, not waiting
-    for CPU that may not come idle). Either way, the next call needs a new
+    the making after :func:`keypair_patience` (then it is dropped and the caller makes
+    its key pair itself, not waiting longer for CPU that may not come idle). A fit that
+    follows another at once (a grid search's) waits for it: its workers are busy with
+    it, and it needs less than making another. Either way, the next call needs a new
     :func:`make_keypair_ahead`.
     """
     workers = idle_workers(n_jobs)
@@ -350,6 +375,8 @@ def take_keypair_ahead(key_length, *, n_jobs=None):
     fresh = time.monotonic() - nxt.made_at < KEYPAIR_AHEAD_SECONDS
     if nxt.timer is not None:
         nxt.timer.cancel()
+    if fresh and nxt.key_length == key_length and nxt.workers == workers and nxt.futures:
+        wait(nxt.futures, timeout=keypair_patience(key_length, nxt.count))
     if not (fresh and nxt.key_length == key_length and nxt.workers == workers and nxt.ready()):
         nxt.cancel()
         return None

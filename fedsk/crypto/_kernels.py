@@ -25,8 +25,16 @@ def mulmod_pairs(xs, ys, mod):
 
 
 def add_plaintexts(cts, plains, n, nsquare):
-    """Add plaintext integers to ciphertexts: ``c * (1 + m n) mod n**2`` (g = n + 1)."""
-    return [c * ((1 + (m % n) * n) % nsquare) % nsquare for c, m in zip(cts, plains)]
+    """Add plaintext integers to ciphertexts: ``c * (1 + m n) mod n**2`` (g = n + 1).
+
+    Computed as ``c + n * (m * c mod n)`` (less than ``2 n**2``): since ``n * k mod n**2``
+    is ``n * (k mod n)``, this needs no product of two numbers of n**2's size.
+    """
+    out = []
+    for c, m in zip(cts, plains):
+        c = c + n * (m * (c % n) % n)
+        out.append(c - nsquare if c >= nsquare else c)
+    return out
 
 
 def batch_invert(xs, mod):
@@ -378,8 +386,9 @@ def owner_obfuscators(count, crt, obfuscation, alpha_bits):
 
 
 def apply_obfuscators(plains, obfuscators, n, nsquare):
-    """Encryptions ``(1 + m n) r mod n**2`` of ``plains`` (reduced mod n), one ``r`` each."""
-    return [(1 + m * n) % nsquare * r % nsquare for m, r in zip(plains, obfuscators)]
+    """Encryptions ``(1 + m n) r mod n**2`` of ``plains`` (reduced mod n), one ``r`` each
+    (see :func:`add_plaintexts`)."""
+    return add_plaintexts(obfuscators, plains, n, nsquare)
 
 
 def cheapest_window(count, bits, largest=8):
