@@ -162,12 +162,13 @@ class ObfuscatorStock:
                 self._ready.extend(obfuscators)
 
     def take(self, count):
-        """Up to ``count`` obfuscators that are ready now, never waiting for the rest.
+        """Up to ``count`` obfuscators that are ready now; the caller makes the rest.
 
-        Except with ``wait_first``: the first call waits for those in the making (at
-        most :meth:`patience`), see the class; later calls wait at most what the
-        workers need for the ones missing (:meth:`patience` without the tables), far
-        less than this thread would need to make them (it has no tables of the key).
+        With ``wait_first``, the first call waits for those in the making (at most
+        :meth:`patience`), see the class; later calls wait at most what the workers
+        need for the ones missing (:meth:`patience` without the tables), far less than
+        this thread would need to make them (it has no tables of the key). Without it,
+        a call never waits.
         """
         if self._wait_first:
             wait_s = self.patience(count)
