@@ -142,14 +142,17 @@ class ObfuscatorStock:
             future.add_done_callback(lambda _, fs=futures: self._combine(fs))
         return futures
 
+    def _crt_pairs(self, xp, xq):
+        """The obfuscators whose images mod p**2 and q**2 are ``xp`` and ``xq``."""
+        _n, _p, _q, psquare, qsquare, inv, _hp, _hq = self._crt
+        return [K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(xp, xq)]
+
     def _combine(self, futures):
         """Combine the two halves once both are in, in the thread that received the
         last (a worker pool's), so that :meth:`take` finds them ready to hand out."""
         if not all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
             return
-        _n, _p, _q, psquare, qsquare, inv, _hp, _hq = self._crt
-        xp, xq = (f.result() for f in futures)
-        made = [K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(xp, xq)]
+        made = self._crt_pairs(*(f.result() for f in futures))
         with self._lock:  # (only while still pending: take() may have combined them)
             if any(fs is futures for fs, _ in self._pending):
                 self._combined[futures] = made
@@ -214,11 +217,9 @@ class ObfuscatorStock:
             errors = [f.exception() for f in futures if f.exception() is not None]
             if not errors:
                 if made is None:
-                    made = [f.result() for f in futures]
-                    if len(made) == 2:  # the images mod p**2 and q**2 of the same exponents
-                        _n, _p, _q, psquare, qsquare, inv, _hp, _hq = self._crt
-                        made = [[K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(*made)]]
-                    made = made[0]
+                    results = [f.result() for f in futures]
+                    # (two: the images mod p**2 and q**2 of the same exponents)
+                    made = self._crt_pairs(*results) if len(results) == 2 else results[0]
                 self._ready.extend(made)
             elif not all(isinstance(e, BrokenProcessPool) for e in errors):
                 # a bug, not a killed worker (whose share is made on the spot)
@@ -376,9 +377,10 @@ def take_keypair_ahead(key_length, *, n_jobs=None):
     fresh = time.monotonic() - nxt.made_at < KEYPAIR_AHEAD_SECONDS
     if nxt.timer is not None:
         nxt.timer.cancel()
-    if fresh and nxt.key_length == key_length and nxt.workers == workers and nxt.futures:
+    matches = fresh and nxt.key_length == key_length and nxt.workers == workers
+    if matches and nxt.futures:
         wait(nxt.futures, timeout=keypair_patience(key_length, nxt.count))
-    if not (fresh and nxt.key_length == key_length and nxt.workers == workers and nxt.ready()):
+    if not (matches and nxt.ready()):
         nxt.cancel()
         return None
     errors = [f.exception() for f in nxt.futures if not f.cancelled()]
@@ -394,6 +396,5 @@ def take_keypair_ahead(key_length, *, n_jobs=None):
         return None
     priv = PaillierPrivateKey(pub, p, q, obfuscator_images=(hp_s, hq_s))
     stock = ObfuscatorStock(priv, n_jobs=workers, wait_first=True)
-    _n, _p, _q, psquare, qsquare, inv, _hp, _hq = priv._crt_enc()
-    stock.put([K.crt_combine(a, b, psquare, qsquare, inv) for a, b in zip(imgs_p, imgs_q)])
+    stock.put(stock._crt_pairs(imgs_p, imgs_q))
     return pub, priv, stock
