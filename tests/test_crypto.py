@@ -560,8 +560,21 @@ def test_encryptions_all_from_the_stock_build_no_table_here():
     assert table in K._TABLES and decrypt_integers(fresh_priv, enc) == [5]
 
 
-def test_stock_combines_the_halves_as_they_arrive_not_when_taken(keypair, monkeypatch):
+@pytest.mark.parametrize("done_at_once", [False, True])
+def test_stock_combines_the_halves_as_they_arrive_not_when_taken(
+    keypair, monkeypatch, done_at_once
+):
     pub, priv = keypair
+    if done_at_once:  # workers so quick that both halves are in before fill() goes on
+        submit = ObfuscatorStock._submit
+
+        def submit_and_wait(self, k):
+            futures = submit(self, k)
+            for f in futures:
+                f.result(timeout=60)
+            return futures
+
+        monkeypatch.setattr(ObfuscatorStock, "_submit", submit_and_wait)
     with ObfuscatorStock(priv, n_jobs=2) as stock:
         stock.fill(150)
         _wait_for(stock)

@@ -113,6 +113,9 @@ class ObfuscatorStock:
                 if futures is None:
                     return
                 self._pending.append((futures, k))
+                if len(futures) == 2:  # (once pending: a future already done calls back now)
+                    for future in futures:
+                        future.add_done_callback(lambda _, fs=futures: self._combine(fs))
                 missing -= k
 
     def _submit(self, k):
@@ -137,10 +140,7 @@ class ObfuscatorStock:
                     f.cancel()
                 return None
             futures.append(future)
-        futures = tuple(futures)
-        for future in futures:
-            future.add_done_callback(lambda _, fs=futures: self._combine(fs))
-        return futures
+        return tuple(futures)
 
     def _crt_pairs(self, xp, xq):
         """The obfuscators whose images mod p**2 and q**2 are ``xp`` and ``xq``."""
